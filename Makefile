@@ -1,0 +1,25 @@
+# Two entry points for a fresh machine: `make demo` (the main job) and `make test`.
+# Each creates .venv, installs torch and then the project with its dev extra. A GPU machine keeps
+# PyPI's CUDA build; for a CPU-only build from PyTorch's own index, run e.g.
+#   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# (machines that carry a local CPU wheel of torch $(TORCH_VERSION) pick it up without this).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+
+$(BIN)/megabyte: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+.PHONY: setup demo test
+setup: $(BIN)/megabyte
+
+demo: setup
+	$(BIN)/megabyte demo
+
+test: setup
+	DS_ACCELERATOR=cpu $(BIN)/python -m pytest -q tests

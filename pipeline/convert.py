@@ -1,0 +1,352 @@
+"""The conversion driver shared by every modality: inputs → tasks → workers → shards → manifest.
+
+    SRC paths/globs ─▶ sorted input files ─▶ --part i/n subset (file_index % n == i)
+          │
+          ▼
+    converter.make_tasks(files)          main process; cheap (paths, or batches of JSONL docs)
+          │  bounded window of tasks in flight
+          ▼
+    converter.run_task(task, encoder)    worker processes: read, decode, transform, compress
+          │  results in task order
+          ▼
+    ShardWriter  ──cut at --shard-size──▶  NAME-000000.tar, NAME-000001.tar, …  ──▶ index.json
+
+Deterministic: tasks, samples and shard cuts depend only on the inputs and the arguments (never
+on --workers), so the shards are byte-identical whatever the parallelism. Resumable: after each
+shard, a journal `.progress.json` records the shards so far and the cursor (task, sample) where the
+next shard begins; a re-run with the same arguments skips the work before the cursor and goes on,
+yielding the same shards as an uninterrupted run. The journal is removed once index.json exists.
+"""
+
+import fnmatch
+import glob
+import json
+import logging
+import multiprocessing
+import os
+import uuid
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zstandard
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from pipeline.errors import DataError, UsageError
+from pipeline.shards import (INDEX_NAME, Manifest, ShardInfo, ShardWriter, load_manifest,
+                             shard_name, write_json_atomic)
+
+log = logging.getLogger("megabyte.convert")
+
+JOURNAL_NAME = ".progress.json"
+SPILL_BYTES = 32 << 20  # encoded payloads larger than this go to a spill file, not through a pipe
+
+
+# ---------------------------------------------------------------------------------------------
+# what converters produce
+
+
+@dataclass
+class Sample:
+    key: str  # unique in the dataset, no dot
+    payload: bytes | Path  # the encoded member, or a spill file holding it
+    length: int  # length of the byte stream (decoded payload)
+    meta: dict
+
+
+@dataclass
+class TaskResult:
+    samples: list[Sample] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # [{"source": ..., "reason": ...}]
+    source_bytes: int = 0  # input bytes this task consumed, for the progress bar
+
+
+class Encoder:
+    """Turns a byte stream into its stored member: zstd at `level`, or raw with "none".
+
+    Built inside each worker (a zstd context cannot be pickled). Large outputs spill to a file in
+    the output directory so that no large document crosses a pipe or sits in memory twice.
+    """
+
+    def __init__(self, compression: str, level: int, spill_dir: Path):
+        self.compression = compression
+        self.level = level
+        self.spill_dir = Path(spill_dir)
+        self.payload_name = "bin.zst" if compression == "zstd" else "bin"
+        self._cctx = zstandard.ZstdCompressor(level=level) if compression == "zstd" else None
+
+    def encode(self, data: bytes) -> bytes | Path:
+        out = self._cctx.compress(data) if self._cctx else bytes(data)
+        return self._spill([out]) if len(out) > SPILL_BYTES else out
+
+    def encode_stream(self, chunks) -> tuple[bytes | Path, int]:
+        """Encode an iterable of byte chunks without holding them all; returns (payload, length)."""
+        compressor = self._cctx.compressobj() if self._cctx else None
+        parts, held, length, spill = [], 0, 0, None
+        try:
+            for chunk in chunks:
+                length += len(chunk)
+                out = compressor.compress(chunk) if compressor else chunk
+                parts.append(out)
+                held += len(out)
+                if held > SPILL_BYTES:
+                    spill = self._spill(parts, spill)
+                    parts, held = [], 0
+        except BaseException:
+            if spill is not None:
+                spill.unlink(missing_ok=True)
+            raise
+        if compressor:
+            parts.append(compressor.flush())
+        if spill is None:
+            return b"".join(parts), length
+        return self._spill(parts, spill), length
+
+    def _spill(self, parts, path: Path | None = None) -> Path:
+        path = path or self.spill_dir / f".spill-{uuid.uuid4().hex}.tmp"
+        with open(path, "ab") as f:
+            for part in parts:
+                f.write(part)
+        return path
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs
+
+
+def expand_sources(sources: list[str], include: str | None = None,
+                   exclude: list[str] = ()) -> list[Path]:
+    """Files, directories (recursive) and globs → a sorted, de-duplicated list of files.
+
+    Inside directories, `include` keeps the file names matching a glob (e.g. "*.py") and
+    `exclude` drops the paths, relative to the directory, matching any of its globs (e.g.
+    "site-packages/*"). A source that does not exist, or a glob that matches nothing, is a
+    UsageError.
+    """
+    files = set()
+    for source in sources:
+        if glob.has_magic(source):
+            matches = [Path(p) for p in glob.glob(source, recursive=True)]
+            if not matches:
+                raise UsageError(f"{source}: the pattern matches no file")
+        elif os.path.exists(source):
+            matches = [Path(source)]
+        else:
+            raise UsageError(f"{source}: no such file or directory")
+        for match in matches:
+            if match.is_dir():
+                files.update(p for p in match.rglob(include or "*") if p.is_file() and not any(
+                    fnmatch.fnmatch(str(p.relative_to(match)), pattern) for pattern in exclude))
+            elif match.is_file():
+                files.add(match)
+    if not files:
+        raise UsageError(f"no input files found in {' '.join(sources)}")
+    return sorted(files)
+
+
+def parse_part(text: str | None) -> tuple[int, int]:
+    """'i/n' → (i, n) with 0 <= i < n; None → (0, 1)."""
+    if text is None:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--part {text}: expected i/n, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise UsageError(f"--part {text}: need 0 <= i < n")
+    return i, n
+
+
+def parse_size(text: str) -> int:
+    """'256MiB', '64K', '1G', '4096' → bytes (binary multiples)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    number = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = number[-1] if number and number[-1] in units else ""
+    try:
+        value = int(float(number[: len(number) - len(unit)]) * units[unit])
+    except ValueError:
+        raise UsageError(f"{text!r} is not a size (examples: 256MiB, 64K, 1G)") from None
+    if value <= 0:
+        raise UsageError(f"size {text!r} must be positive")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# the driver
+
+
+@dataclass
+class ConvertOptions:
+    out: Path
+    name: str
+    shard_bytes: int = 256 << 20
+    compression: str = "zstd"  # "zstd" | "none"
+    level: int = 3
+    workers: int = 1
+    part: tuple[int, int] = (0, 1)
+    strict: bool = False
+    progress: bool = True
+
+
+def prepare_output(options: ConvertOptions, arguments: dict) -> dict | None:
+    """Check the output directory; return the journal to resume from (None: a fresh start).
+
+    Returns {"done": manifest} when the same conversion already finished there.
+    """
+    out = options.out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"{out}: cannot create the output directory ({error.strerror})") from None
+    if not os.access(out, os.W_OK):
+        raise UsageError(f"{out}: the output directory is not writable")
+    if (out / INDEX_NAME).exists():
+        manifest = load_manifest(out)
+        if manifest.arguments != arguments:
+            raise UsageError(f"{out}: holds a finished conversion made with other arguments; "
+                             "choose another --out")
+        return {"done": manifest}
+    for stray in out.glob(".*.tmp"):  # a shard, spill or journal cut off by a kill
+        stray.unlink()
+    journal_path = out / JOURNAL_NAME
+    if journal_path.exists():
+        journal = json.loads(journal_path.read_text(encoding="utf-8"))
+        if journal["arguments"] != arguments:
+            raise UsageError(f"{out}: holds an unfinished conversion made with other arguments; "
+                             "rerun it with the same arguments, or choose another --out")
+        return journal
+    if any(out.iterdir()):
+        raise UsageError(f"{out}: the output directory is not empty")
+    return None
+
+
+def convert(converter, files: list[Path], options: ConvertOptions, arguments: dict) -> Manifest:
+    """Run one conversion (or resume it) and return its manifest.
+
+    converter: an object with `modality`, `make_tasks(indexed_files)` yielding picklable tasks,
+    and a picklable `run_task(task, encoder) -> TaskResult`.
+    arguments: the converter arguments recorded in the manifest; a resume must match them.
+    """
+    journal = prepare_output(options, arguments)
+    if journal and "done" in journal:
+        log.info(f"{options.out}: already converted ({journal['done'].totals['samples']} samples)")
+        return journal["done"]
+    part_index, part_count = options.part
+    indexed_files = [(i, f) for i, f in enumerate(files) if i % part_count == part_index]
+
+    manifest = Manifest(options.name, converter.modality, arguments)
+    cursor_task, cursor_sample = 0, 0
+    if journal:
+        manifest.shards = [ShardInfo(**s) for s in journal["shards"]]
+        manifest.skipped = journal["skipped"]
+        cursor_task, cursor_sample = journal["cursor"]
+        log.info(f"{options.out}: resuming after {len(manifest.shards)} complete shards")
+
+    writer = None
+    total_source_bytes = sum(f.stat().st_size for _, f in indexed_files)
+    bar = tqdm(total=total_source_bytes, unit="B", unit_scale=True, unit_divisor=1024,
+               desc=f"convert {converter.modality}", disable=not options.progress, smoothing=0.1)
+    results = run_tasks(converter, converter.make_tasks(indexed_files), options, cursor_task)
+    try:
+        with logging_redirect_tqdm():
+            for task_index, result in results:
+                first = cursor_sample if task_index == cursor_task else 0
+                for sample_index, sample in enumerate(result.samples):
+                    if sample_index < first:
+                        discard(sample)
+                        continue
+                    if writer is None:
+                        writer = ShardWriter(options.out / shard_name(options.name, len(manifest.shards)))
+                    writer.add(sample.key, payload_name(options), sample.payload,
+                               sample.length, sample.meta)
+                    if writer.file_bytes >= options.shard_bytes:
+                        manifest.shards.append(writer.close())
+                        writer = None
+                        save_journal(options.out, manifest, (task_index, sample_index + 1))
+                for skip in result.skipped:
+                    log.warning(f"warning: skipped {skip['source']}: {skip['reason']}")
+                    if options.strict:
+                        raise DataError(f"{skip['source']}: {skip['reason']} (--strict)")
+                manifest.skipped.extend(result.skipped)
+                bar.update(result.source_bytes)
+        if writer is not None:
+            manifest.shards.append(writer.close())
+            writer = None
+    finally:
+        bar.close()
+        results.close()
+        if writer is not None:
+            writer.abort()
+    manifest.save(options.out)
+    (options.out / JOURNAL_NAME).unlink(missing_ok=True)
+    return manifest
+
+
+def payload_name(options: ConvertOptions) -> str:
+    return "bin.zst" if options.compression == "zstd" else "bin"
+
+
+def discard(sample: Sample) -> None:
+    if isinstance(sample.payload, Path):
+        sample.payload.unlink(missing_ok=True)
+
+
+def save_journal(out: Path, manifest: Manifest, cursor: tuple[int, int]) -> None:
+    write_json_atomic(out / JOURNAL_NAME, {
+        "arguments": manifest.arguments,
+        "shards": [vars(s) for s in manifest.shards],
+        "skipped": manifest.skipped,
+        "cursor": list(cursor),
+    })
+
+
+# ---------------------------------------------------------------------------------------------
+# running tasks, in-process or on a pool, results in task order
+
+
+_worker_encoder = None
+
+
+def _init_worker(compression: str, level: int, spill_dir: Path) -> None:
+    global _worker_encoder
+    _worker_encoder = Encoder(compression, level, spill_dir)
+
+
+def _run_in_worker(run_task, task) -> TaskResult:
+    return run_task(task, _worker_encoder)
+
+
+def run_tasks(converter, tasks, options: ConvertOptions, first_task: int):
+    """Yield (task_index, TaskResult) in task order; tasks before `first_task` are not run.
+
+    With workers > 1, at most 2 * workers tasks are in flight, so memory stays bounded whatever
+    the corpus size.
+    """
+    encoder_args = (options.compression, options.level, options.out)
+    if options.workers <= 1:
+        encoder = Encoder(*encoder_args)
+        for task_index, task in enumerate(tasks):
+            if task_index >= first_task:
+                yield task_index, converter.run_task(task, encoder)
+        return
+    # spawn, not fork: the parent may hold threads (torch, tqdm) that fork would copy mid-lock
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(options.workers, mp_context=context, initializer=_init_worker,
+                             initargs=encoder_args) as pool:
+        in_flight = deque()
+        try:
+            for task_index, task in enumerate(tasks):
+                if task_index < first_task:
+                    continue
+                in_flight.append((task_index, pool.submit(_run_in_worker, converter.run_task, task)))
+                if len(in_flight) >= 2 * options.workers:
+                    index, future = in_flight.popleft()
+                    yield index, future.result()
+            while in_flight:
+                index, future = in_flight.popleft()
+                yield index, future.result()
+        finally:
+            for _, future in in_flight:
+                future.cancel()

@@ -1,0 +1,297 @@
+"""Shard format v1: deterministic, atomic WebDataset tars plus an `index.json` manifest.
+
+    DIR/
+      NAME-000000.tar    <key>.bin.zst  the byte stream (zstd; `.bin` when uncompressed)
+      NAME-000001.tar    <key>.json     metadata: modality, source, length, modality fields
+      ...
+      index.json         written last: format, version, modality, arguments, shards, totals, skipped
+
+A shard's bytes depend only on its samples: members are written in a fixed order with mtime 0,
+owner 0/0, mode 0644 and the ustar format (no pax headers carrying times), so a re-run gives
+byte-identical files and sha256. A shard is written under a temporary name, fsynced and renamed,
+so a file under a final name is always complete.
+"""
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import zstandard
+
+from pipeline.errors import DataError, UsageError
+
+FORMAT_NAME = "megabyte-shards"
+FORMAT_VERSION = 1
+INDEX_NAME = "index.json"
+PAYLOAD_SUFFIXES = (".bin.zst", ".bin")
+
+
+# ---------------------------------------------------------------------------------------------
+# files: atomic writes
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON to `path` through a temporary file, fsync and rename: never half-written."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+class HashingWriter(io.RawIOBase):
+    """A write-only file wrapper that hashes and counts what passes through it."""
+
+    def __init__(self, f):
+        self.f = f
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:  # tarfile asks where it starts
+        return self.size
+
+    def write(self, data) -> int:
+        self.f.write(data)
+        self.sha256.update(data)
+        self.size += len(data)
+        return len(data)
+
+
+# ---------------------------------------------------------------------------------------------
+# manifest
+
+
+@dataclass
+class ShardInfo:
+    name: str
+    samples: int
+    payload_bytes: int  # uncompressed byte-stream bytes of all samples
+    file_bytes: int  # size of the tar file
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    name: str
+    modality: str
+    arguments: dict
+    shards: list[ShardInfo] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # [{"source": ..., "reason": ...}]
+    format: str = FORMAT_NAME
+    version: int = FORMAT_VERSION
+
+    @property
+    def totals(self) -> dict:
+        return {
+            "shards": len(self.shards),
+            "samples": sum(s.samples for s in self.shards),
+            "payload_bytes": sum(s.payload_bytes for s in self.shards),
+            "file_bytes": sum(s.file_bytes for s in self.shards),
+            "skipped": len(self.skipped),
+        }
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["totals"] = self.totals
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Manifest":
+        d = dict(d)
+        d.pop("totals", None)
+        d["shards"] = [ShardInfo(**s) for s in d["shards"]]
+        return cls(**d)
+
+    def save(self, directory: Path) -> None:
+        write_json_atomic(Path(directory) / INDEX_NAME, self.to_dict())
+
+
+def load_manifest(directory) -> Manifest:
+    """Read DIR/index.json; a missing or malformed manifest is a one-line UsageError."""
+    path = Path(directory) / INDEX_NAME
+    if not path.is_file():
+        raise UsageError(f"{path}: no such manifest (is {directory} a converted dataset directory?)")
+    try:
+        manifest = Manifest.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError, KeyError) as error:
+        raise UsageError(f"{path}: not a valid manifest ({error})") from None
+    if manifest.format != FORMAT_NAME or manifest.version > FORMAT_VERSION:
+        raise UsageError(f"{path}: format {manifest.format!r} v{manifest.version} is not readable "
+                         f"by this version ({FORMAT_NAME} v{FORMAT_VERSION})")
+    return manifest
+
+
+def shard_name(name: str, number: int) -> str:
+    return f"{name}-{number:06d}.tar"
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+
+def _tar_member(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+class ShardWriter:
+    """Writes one shard: `add` samples, then `close` to publish it atomically under its name.
+
+    Payloads arrive already encoded (zstd-compressed or raw), either as bytes or as the path of a
+    spill file holding them (large documents), which is removed once copied into the tar.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.tmp_path = self.path.with_name(f".{self.path.name}.tmp")
+        self._file = open(self.tmp_path, "wb")
+        self._hasher = HashingWriter(self._file)
+        self._tar = tarfile.open(fileobj=self._hasher, mode="w", format=tarfile.USTAR_FORMAT)
+        self.samples = 0
+        self.payload_bytes = 0
+
+    @property
+    def file_bytes(self) -> int:
+        return self._hasher.size
+
+    def add(self, key: str, payload_name: str, payload, payload_length: int, meta: dict) -> None:
+        """payload_name: "bin.zst" or "bin"; payload: bytes, or a Path to a spill file."""
+        if "." in key or "/" in key or not key:
+            raise ValueError(f"invalid sample key {key!r}: keys are non-empty and have no dot or slash")
+        if isinstance(payload, Path):
+            with open(payload, "rb") as f:
+                self._tar.addfile(_tar_member(f"{key}.{payload_name}", payload.stat().st_size), f)
+            payload.unlink()
+        else:
+            self._tar.addfile(_tar_member(f"{key}.{payload_name}", len(payload)), io.BytesIO(payload))
+        meta_bytes = json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
+        self._tar.addfile(_tar_member(f"{key}.json", len(meta_bytes)), io.BytesIO(meta_bytes))
+        self.samples += 1
+        self.payload_bytes += payload_length
+
+    def close(self) -> ShardInfo:
+        self._tar.close()  # writes the end-of-archive blocks through the hasher
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self.tmp_path, self.path)
+        fsync_dir(self.path.parent)
+        return ShardInfo(self.path.name, self.samples, self.payload_bytes, self.file_bytes,
+                         self._hasher.sha256.hexdigest())
+
+    def abort(self) -> None:
+        self._file.close()
+        self.tmp_path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def decompress_bounded(data: bytes, max_bytes: int) -> bytes:
+    """Decompress a zstd member, refusing to produce more than `max_bytes` (a zstd bomb is an
+    error, not an out-of-memory)."""
+    reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True)
+    out = reader.read(max_bytes + 1)
+    if len(out) > max_bytes:
+        raise DataError(f"decompresses to more than {max_bytes} bytes")
+    return out
+
+
+def decode_payload(payload_name: str, data: bytes, meta: dict) -> bytes:
+    """The sample's byte stream from its stored member, checked against the metadata length."""
+    length = meta["length"]
+    if payload_name == "bin.zst":
+        try:
+            stream = decompress_bounded(data, length)
+        except zstandard.ZstdError as error:
+            raise DataError(f"corrupt zstd member ({error})") from None
+    elif payload_name == "bin":
+        stream = data
+    else:
+        raise DataError(f"unknown payload member .{payload_name}")
+    if len(stream) != length:
+        raise DataError(f"payload is {len(stream)} bytes, metadata says {length}")
+    return stream
+
+
+def iter_shard(path, *, decode: bool = True):
+    """Yield (key, meta, payload) for each sample of one shard, in stored order.
+
+    payload is the decoded byte stream (or the stored member bytes with decode=False). Errors
+    are DataError naming the shard and key.
+    """
+    path = Path(path)
+    pending: dict[str, dict[str, bytes]] = {}  # key -> {extension: member bytes}
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, ext = member.name.partition(".")
+                data = tar.extractfile(member).read()
+                pending.setdefault(key, {})[ext] = data
+                entry = pending[key]
+                if "json" in entry and any(s[1:] in entry for s in PAYLOAD_SUFFIXES):
+                    yield key, *_decode_sample(path, key, pending.pop(key), decode)
+    except tarfile.TarError as error:
+        raise DataError(f"{path}: broken tar ({error})") from None
+    if pending:
+        key = next(iter(pending))
+        raise DataError(f"{path}: sample {key} is incomplete (members {sorted(pending[key])})")
+
+
+def _decode_sample(path: Path, key: str, members: dict, decode: bool):
+    try:
+        meta = json.loads(members["json"])
+    except ValueError as error:
+        raise DataError(f"{path}: {key}.json is not valid JSON ({error})") from None
+    payload_name = "bin.zst" if "bin.zst" in members else "bin"
+    if not decode:
+        return meta, members[payload_name]
+    try:
+        return meta, decode_payload(payload_name, members[payload_name], meta)
+    except DataError as error:
+        raise DataError(f"{path}: {key}: {error}") from None
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def dataset_shard_paths(path) -> list[Path]:
+    """A dataset directory → its shards in manifest order; a shard path → itself."""
+    path = Path(path)
+    if path.is_dir():
+        return [path / s.name for s in load_manifest(path).shards]
+    if path.is_file():
+        return [path]
+    raise UsageError(f"{path}: no such dataset directory or shard")

@@ -1,0 +1,158 @@
+"""Text converter: plain-text files and JSONL, optionally .gz / .zst / .xz, to byte-stream shards.
+
+    plain file (PG-19 layout)  ─▶ one task per file ─▶ worker streams it through the encoder
+    JSONL (one doc per line)   ─▶ main process reads lines, batches ~4 MiB of docs per task
+                                  ─▶ worker encodes each document
+
+Each document's bytes are kept exactly as in the source: a plain file's raw bytes (invalid UTF-8
+is fine), or the UTF-8 bytes of a JSONL line's string field. Keys are `<file index>-<doc index>`
+over the sorted input list, so a --part split and its merge give the same keys as one run.
+"""
+
+import gzip
+import json
+import lzma
+from dataclasses import dataclass
+from pathlib import Path
+
+import zstandard
+
+from pipeline.convert import Sample, TaskResult
+
+COMPRESSION_SUFFIXES = (".gz", ".zst", ".xz")
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+READ_CHUNK = 1 << 20
+DOCS_PER_TASK_BYTES = 4 << 20
+# what a broken or unreadable source raises while being read
+READ_ERRORS = (OSError, EOFError, lzma.LZMAError, zstandard.ZstdError)
+
+
+def open_source(path: Path):
+    """A binary reader of the decompressed source, chosen by suffix."""
+    suffix = path.suffix.lower()
+    if suffix == ".gz":
+        return gzip.open(path, "rb")
+    if suffix == ".xz":
+        return lzma.open(path, "rb")
+    if suffix == ".zst":
+        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True,
+                                                          closefd=True)
+    return open(path, "rb")
+
+
+def is_jsonl(path: Path) -> bool:
+    name = path.name.lower()
+    for suffix in COMPRESSION_SUFFIXES:
+        name = name.removesuffix(suffix)
+    return name.endswith(JSONL_SUFFIXES)
+
+
+def read_error_reason(error: Exception) -> str:
+    kind = "unreadable" if isinstance(error, PermissionError) else "broken or unreadable"
+    return f"{kind} ({type(error).__name__}: {error})"
+
+
+def doc_key(file_index: int, doc_index: int) -> str:
+    return f"{file_index:08d}-{doc_index:09d}"
+
+
+@dataclass
+class PlainFileTask:
+    file_index: int
+    path: Path
+
+
+@dataclass
+class DocsTask:
+    file_index: int
+    path: Path
+    docs: list[tuple[int, bytes]]  # (line number, document bytes)
+    skipped: list[dict]  # problems found while reading these lines
+    source_bytes: int
+
+
+class TextConverter:
+    modality = "text"
+
+    def __init__(self, field: str = "text"):
+        self.field = field
+
+    def make_tasks(self, indexed_files):
+        for file_index, path in indexed_files:
+            if is_jsonl(path):
+                yield from self.jsonl_tasks(file_index, path)
+            else:
+                yield PlainFileTask(file_index, path)
+
+    def jsonl_tasks(self, file_index: int, path: Path):
+        """Read a JSONL file line by line in the main process; yield batches of documents."""
+        task = DocsTask(file_index, path, [], [], 0)
+        held = 0
+        try:
+            with open_source(path) as f:
+                for line_number, line in enumerate(f, start=1):
+                    task.source_bytes += len(line)
+                    doc, reason = self.parse_line(line)
+                    if reason:
+                        task.skipped.append({"source": f"{path}:{line_number}", "reason": reason})
+                    elif doc is not None:
+                        task.docs.append((line_number, doc))
+                        held += len(doc)
+                    if held >= DOCS_PER_TASK_BYTES:
+                        yield task
+                        task, held = DocsTask(file_index, path, [], [], 0), 0
+        except READ_ERRORS as error:
+            task.skipped.append({"source": str(path), "reason": read_error_reason(error)})
+        if task.source_bytes == 0 and not task.skipped and not task.docs:
+            task.skipped.append({"source": str(path), "reason": "empty file"})
+        yield task
+
+    def parse_line(self, line: bytes) -> tuple[bytes | None, str | None]:
+        """(document bytes, None), (None, skip reason), or (None, None) for a blank line."""
+        if not line.strip():
+            return None, None
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return None, "not valid JSON"
+        if not isinstance(record, dict) or self.field not in record:
+            return None, f"no field {self.field!r}"
+        value = record[self.field]
+        if not isinstance(value, str):
+            return None, f"field {self.field!r} is {type(value).__name__}, not a string"
+        if not value:
+            return None, "empty document"
+        # surrogatepass: a lone \\udXXX escape in the JSON keeps its bytes rather than failing
+        return value.encode("utf-8", "surrogatepass"), None
+
+    @staticmethod
+    def run_task(task, encoder) -> TaskResult:
+        if isinstance(task, DocsTask):
+            samples = [Sample(doc_key(task.file_index, line), encoder.encode(doc), len(doc),
+                              {"modality": "text", "source": str(task.path), "line": line,
+                               "length": len(doc)})
+                       for line, doc in task.docs]
+            return TaskResult(samples, task.skipped, task.source_bytes)
+        return run_plain_file(task, encoder)
+
+
+def run_plain_file(task: PlainFileTask, encoder) -> TaskResult:
+    """One document per file, streamed through the encoder (never read whole into memory)."""
+    source = str(task.path)
+    try:
+        size = task.path.stat().st_size
+
+        def chunks():
+            with open_source(task.path) as f:
+                while chunk := f.read(READ_CHUNK):
+                    yield chunk
+
+        payload, length = encoder.encode_stream(chunks())
+    except READ_ERRORS as error:
+        return TaskResult([], [{"source": source, "reason": read_error_reason(error)}], 0)
+    if length == 0:
+        if isinstance(payload, Path):
+            payload.unlink()
+        return TaskResult([], [{"source": source, "reason": "empty file"}], size)
+    meta = {"modality": "text", "source": source, "length": length}
+    return TaskResult([Sample(doc_key(task.file_index, 0), payload, length, meta)], [], size)

@@ -1,0 +1,1 @@
+"""The `megabyte` command line and the inspection / rendering utilities. Nothing imports tools/."""

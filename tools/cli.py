@@ -1,0 +1,39 @@
+"""`megabyte`: one command, a subcommand per verb.
+
+Each subcommand lives in its own tools/cmd_*.py module, which adds its parser in `register` and
+keeps every `cmd_*` function a thin call into library code. Expected failures (UsageError,
+DataError and their subclasses) become one line on stderr and a non-zero exit code.
+"""
+
+import argparse
+import sys
+
+from pipeline.errors import DataError, UsageError
+from tools import cmd_convert, cmd_inspect
+
+COMMAND_MODULES = [cmd_convert, cmd_inspect]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="megabyte", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (UsageError, DataError) as error:
+        print(f"megabyte {args.command}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"megabyte {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

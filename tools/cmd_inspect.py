@@ -1,0 +1,83 @@
+"""`megabyte inspect {ls,stats,verify,show}`: look inside converted datasets."""
+
+import json
+import sys
+from pathlib import Path
+
+from pipeline import inspect
+from pipeline.errors import DataError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("inspect", help="list, summarise, verify and show shards")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def add_verb(name: str, help_text: str, func):
+        verb = verbs.add_parser(name, help=help_text)
+        verb.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                          help="dataset directories (with index.json) and/or shard .tar files")
+        verb.set_defaults(func=func)
+        return verb
+
+    add_verb("ls", "shards with their samples and bytes", cmd_ls)
+    stats = add_verb("stats", "totals, sample lengths, byte histogram and entropy", cmd_stats)
+    stats.add_argument("--max-samples", type=int, default=None,
+                       help="look at only the first N samples (default: all)")
+    add_verb("verify", "check sha256 of every shard and decode every member; exit 1 on any problem",
+             cmd_verify)
+    show = add_verb("show", "one sample: its metadata and first bytes", cmd_show)
+    which = show.add_mutually_exclusive_group()
+    which.add_argument("--key", default=None, help="the sample's key")
+    which.add_argument("--index", type=int, default=0,
+                       help="the sample's position in the dataset, 0-based (default: 0)")
+    show.add_argument("--bytes", type=int, default=512, help="how many leading bytes to print (default: 512)")
+    show.add_argument("--hex", action="store_true", help="print a hexdump instead of text")
+
+
+def cmd_ls(args) -> int:
+    rows = inspect.list_shards(args.paths)
+    print(f"{'shard':<40} {'samples':>10} {'payload bytes':>16} {'file bytes':>16}")
+    for row in rows:
+        name = str(Path(row["dataset"]) / row["name"]) if row["dataset"] else row["name"]
+        print(f"{name:<40} {row['samples']:>10,} {row['payload_bytes']:>16,} {row['file_bytes']:>16,}")
+    print(f"{'total (' + str(len(rows)) + ' shards)':<40} {sum(r['samples'] for r in rows):>10,} "
+          f"{sum(r['payload_bytes'] for r in rows):>16,} {sum(r['file_bytes'] for r in rows):>16,}")
+    return 0
+
+
+def cmd_stats(args) -> int:
+    stats = inspect.dataset_stats(args.paths, args.max_samples)
+    print(f"samples        {stats.samples:,}")
+    print(f"payload bytes  {stats.payload_bytes:,}")
+    print(f"modalities     {json.dumps(stats.modalities)}")
+    print("sample length  " + "  ".join(f"{k} {v:,}" for k, v in stats.length_percentiles().items()))
+    print(f"byte entropy   {stats.entropy_bits:.4f} bits/byte (unigram)")
+    print("most common bytes:")
+    total = max(int(stats.histogram.sum()), 1)
+    for value in stats.histogram.argsort()[::-1][:16]:
+        if stats.histogram[value]:
+            label = repr(chr(value)) if 32 <= value < 127 else f"0x{value:02x}"
+            print(f"  {label:>6}  {stats.histogram[value] / total:8.4%}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    checked, problems = inspect.verify(args.paths)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        raise DataError(f"{len(problems)} problems in {checked} samples checked")
+    print(f"ok: {checked} samples verified")
+    return 0
+
+
+def cmd_show(args) -> int:
+    shard, key, meta, payload = inspect.find_sample(args.paths, args.key, None if args.key else args.index)
+    print(f"shard  {shard}\nkey    {key}\nmeta   {json.dumps(meta, sort_keys=True)}")
+    head = payload[: args.bytes]
+    print(f"first {len(head)} of {len(payload)} bytes:")
+    if args.hex:
+        print(inspect.hexdump(head))
+    else:
+        sys.stdout.write(head.decode("utf-8", "backslashreplace") + "\n")
+    return 0
