@@ -78,38 +78,49 @@ class Encoder:
         self._cctx = zstandard.ZstdCompressor(level=level) if compression == "zstd" else None
 
     def encode(self, data: bytes) -> bytes | Path:
+        """One document already in memory → its member (a spill file past SPILL_BYTES)."""
         out = self._cctx.compress(data) if self._cctx else bytes(data)
-        return self._spill([out]) if len(out) > SPILL_BYTES else out
+        if len(out) <= SPILL_BYTES:
+            return out
+        path = self._spill_path()
+        path.write_bytes(out)
+        return path
 
     def encode_stream(self, chunks) -> tuple[bytes | Path, int]:
-        """Encode an iterable of byte chunks without holding them all; returns (payload, length)."""
-        compressor = self._cctx.compressobj() if self._cctx else None
-        parts, held, length, spill = [], 0, 0, None
-        try:
-            for chunk in chunks:
-                length += len(chunk)
-                out = compressor.compress(chunk) if compressor else chunk
-                parts.append(out)
-                held += len(out)
-                if held > SPILL_BYTES:
-                    spill = self._spill(parts, spill)
-                    parts, held = [], 0
-        except BaseException:
-            if spill is not None:
-                spill.unlink(missing_ok=True)
-            raise
-        if compressor:
-            parts.append(compressor.flush())
-        if spill is None:
-            return b"".join(parts), length
-        return self._spill(parts, spill), length
+        """Encode an iterable of byte chunks; returns (payload, length).
 
-    def _spill(self, parts, path: Path | None = None) -> Path:
-        path = path or self.spill_dir / f".spill-{uuid.uuid4().hex}.tmp"
-        with open(path, "ab") as f:
-            for part in parts:
-                f.write(part)
-        return path
+        Up to SPILL_BYTES the stream is encoded in one piece (the zstd frame then records its
+        content size, which some readers need); past that it is compressed chunk by chunk into a
+        spill file, never held whole.
+        """
+        chunks = iter(chunks)
+        head, length = [], 0
+        for chunk in chunks:
+            head.append(chunk)
+            length += len(chunk)
+            if length > SPILL_BYTES:
+                break
+        else:
+            return self.encode(b"".join(head)), length
+        compressor = self._cctx.compressobj() if self._cctx else None
+        path = self._spill_path()
+        try:
+            with open(path, "wb") as f:
+                for chunk in head:
+                    f.write(compressor.compress(chunk) if compressor else chunk)
+                head.clear()
+                for chunk in chunks:
+                    length += len(chunk)
+                    f.write(compressor.compress(chunk) if compressor else chunk)
+                if compressor:
+                    f.write(compressor.flush())
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return path, length
+
+    def _spill_path(self) -> Path:
+        return self.spill_dir / f".spill-{uuid.uuid4().hex}.tmp"
 
 
 # ---------------------------------------------------------------------------------------------

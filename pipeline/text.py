@@ -1,6 +1,7 @@
 """Text converter: plain-text files and JSONL, optionally .gz / .zst / .xz, to byte-stream shards.
 
-    plain file (PG-19 layout)  ─▶ one task per file ─▶ worker streams it through the encoder
+    plain files (PG-19 layout) ─▶ tasks of up to ~4 MiB of files ─▶ worker streams each file
+                                  through the encoder
     JSONL (one doc per line)   ─▶ main process reads lines, batches ~4 MiB of docs per task
                                   ─▶ worker encodes each document
 
@@ -23,6 +24,7 @@ COMPRESSION_SUFFIXES = (".gz", ".zst", ".xz")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 READ_CHUNK = 1 << 20
 DOCS_PER_TASK_BYTES = 4 << 20
+FILES_PER_TASK = 256
 # what a broken or unreadable source raises while being read
 READ_ERRORS = (OSError, EOFError, lzma.LZMAError, zstandard.ZstdError)
 
@@ -57,9 +59,8 @@ def doc_key(file_index: int, doc_index: int) -> str:
 
 
 @dataclass
-class PlainFileTask:
-    file_index: int
-    path: Path
+class PlainFilesTask:
+    files: list[tuple[int, Path]]  # (file index, path); small files share a task, cheaper IPC
 
 
 @dataclass
@@ -78,11 +79,18 @@ class TextConverter:
         self.field = field
 
     def make_tasks(self, indexed_files):
+        batch, held = PlainFilesTask([]), 0
         for file_index, path in indexed_files:
             if is_jsonl(path):
                 yield from self.jsonl_tasks(file_index, path)
-            else:
-                yield PlainFileTask(file_index, path)
+                continue
+            batch.files.append((file_index, path))
+            held += path.stat().st_size
+            if held >= DOCS_PER_TASK_BYTES or len(batch.files) >= FILES_PER_TASK:
+                yield batch
+                batch, held = PlainFilesTask([]), 0
+        if batch.files:
+            yield batch
 
     def jsonl_tasks(self, file_index: int, path: Path):
         """Read a JSONL file line by line in the main process; yield batches of documents."""
@@ -133,26 +141,30 @@ class TextConverter:
                                "length": len(doc)})
                        for line, doc in task.docs]
             return TaskResult(samples, task.skipped, task.source_bytes)
-        return run_plain_file(task, encoder)
+        result = TaskResult()
+        for file_index, path in task.files:
+            sample, skip, size = read_plain_file(file_index, path, encoder)
+            result.samples += [sample] if sample else []
+            result.skipped += [skip] if skip else []
+            result.source_bytes += size
+        return result
 
 
-def run_plain_file(task: PlainFileTask, encoder) -> TaskResult:
-    """One document per file, streamed through the encoder (never read whole into memory)."""
-    source = str(task.path)
+def read_plain_file(file_index: int, path: Path, encoder) -> tuple[Sample | None, dict | None, int]:
+    """One document per file, streamed through the encoder: (sample, skip record, bytes read)."""
+    source = str(path)
     try:
-        size = task.path.stat().st_size
+        size = path.stat().st_size
 
         def chunks():
-            with open_source(task.path) as f:
+            with open_source(path) as f:
                 while chunk := f.read(READ_CHUNK):
                     yield chunk
 
         payload, length = encoder.encode_stream(chunks())
     except READ_ERRORS as error:
-        return TaskResult([], [{"source": source, "reason": read_error_reason(error)}], 0)
+        return None, {"source": source, "reason": read_error_reason(error)}, 0
     if length == 0:
-        if isinstance(payload, Path):
-            payload.unlink()
-        return TaskResult([], [{"source": source, "reason": "empty file"}], size)
+        return None, {"source": source, "reason": "empty file"}, size
     meta = {"modality": "text", "source": source, "length": length}
-    return TaskResult([Sample(doc_key(task.file_index, 0), payload, length, meta)], [], size)
+    return Sample(doc_key(file_index, 0), payload, length, meta), None, size
