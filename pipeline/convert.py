@@ -124,6 +124,53 @@ class Encoder:
 
 
 # ---------------------------------------------------------------------------------------------
+# converters whose inputs are whole files (image, audio): batches of files, a skip per bad file
+
+
+class SkipInput(Exception):
+    """Raised while converting one input file: it is bad; the message is the manifest's reason."""
+
+
+@dataclass
+class FileItem:
+    file_index: int  # position in the sorted input list: the first half of its sample keys
+    path: Path
+    size: int  # bytes, for the progress bar
+
+
+def batch_files(indexed_files, max_files: int, max_bytes: int):
+    """(file_index, path) pairs → lists of FileItem of at most `max_files` files and about
+    `max_bytes` source bytes (a larger file is a batch of its own). One task per batch keeps the
+    pool's per-task cost small beside the work; batches depend only on the inputs, so a resumed
+    run finds the same tasks."""
+    batch, held = [], 0
+    for file_index, path in indexed_files:
+        size = path.stat().st_size
+        if batch and (len(batch) >= max_files or held + size > max_bytes):
+            yield batch
+            batch, held = [], 0
+        batch.append(FileItem(file_index, path, size))
+        held += size
+    if batch:
+        yield batch
+
+
+def run_file_batch(files: list[FileItem], convert_file) -> TaskResult:
+    """`convert_file(position, item) -> list[Sample]` over a batch: an empty file or a SkipInput
+    becomes a skip entry naming the file, and the batch goes on."""
+    result = TaskResult()
+    for position, item in enumerate(files):
+        try:
+            if item.size == 0:
+                raise SkipInput("empty file")
+            result.samples += convert_file(position, item)
+        except SkipInput as skip:
+            result.skipped.append({"source": str(item.path), "reason": str(skip)})
+        result.source_bytes += item.size
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
 # inputs
 
 

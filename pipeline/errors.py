@@ -1,5 +1,7 @@
 """Errors the command line turns into one line and an exit code (never a traceback)."""
 
+import sys
+
 
 class UsageError(Exception):
     """The command cannot start: missing input, unwritable output, bad arguments. Exit code 2."""
@@ -11,3 +13,15 @@ class DataError(Exception):
     """The data is bad (corrupt shard, bad input under --strict). Exit code 1."""
 
     exit_code = 1
+
+
+def report_errors(command: str, func, *args) -> int:
+    """Run func(*args); an expected error becomes one line on stderr and its exit code."""
+    try:
+        return func(*args) or 0
+    except (UsageError, DataError) as error:
+        print(f"megabyte {command}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"megabyte {command}: interrupted", file=sys.stderr)
+        return 130

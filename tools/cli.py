@@ -8,7 +8,7 @@ DataError and their subclasses) become one line on stderr and a non-zero exit co
 import argparse
 import sys
 
-from pipeline.errors import DataError, UsageError
+from pipeline.errors import report_errors
 from tools import cmd_convert, cmd_inspect
 
 COMMAND_MODULES = [cmd_convert, cmd_inspect]
@@ -23,16 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args) or 0
-    except (UsageError, DataError) as error:
-        print(f"megabyte {args.command}: error: {error}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        print(f"megabyte {args.command}: interrupted", file=sys.stderr)
-        return 130
+    args = build_parser().parse_args(argv)
+    return report_errors(args.command, args.func, args)
 
 
 if __name__ == "__main__":

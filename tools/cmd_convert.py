@@ -1,10 +1,12 @@
-"""`megabyte convert {text,merge}`: raw corpora → byte-stream shards."""
+"""`megabyte convert {text,image,audio,merge}`: raw corpora → byte-stream shards."""
 
 import argparse
 import logging
 from pathlib import Path
 
+from pipeline.audio import AudioConverter, AudioSettings, audio_files
 from pipeline.convert import ConvertOptions, convert, expand_sources, parse_part, parse_size
+from pipeline.image import DEFAULT_MAX_PIXELS, ImageSettings, build_image_converter
 from pipeline.merge import merge_parts
 from pipeline.text import TextConverter
 
@@ -26,6 +28,63 @@ def register(subparsers) -> None:
                            "GLOB, e.g. 'site-packages/*'; may be repeated")
     add_output_flags(text, default_name="text")
     text.set_defaults(func=cmd_convert_text)
+
+    image = kinds.add_parser("image", help="ImageNet layouts (ImageFolder, flat folder + labels, "
+                                            "downsampled .npz) → S×S raw RGB bytes")
+    image.add_argument("sources", nargs="+", metavar="SRC",
+                       help="one folder (ImageFolder: SRC/<synset>/*.JPEG; flat: SRC/*.JPEG with "
+                            "--labels), or .npz files / a folder of them")
+    image.add_argument("--size", type=int, required=True, metavar="S",
+                       help="side of the stored square images in pixels (the paper: 64, 256, 640)")
+    image.add_argument("--resize", choices=["crop", "box"], default="crop",
+                       help="crop: shorter side to S (antialiased bicubic), centre crop (default); "
+                            "box: whole image to S×S with a box filter, as downsampled ImageNet")
+    image.add_argument("--layout", choices=["auto", "folder", "flat", "npz"], default="auto",
+                       help="auto (default): npz for .npz inputs, flat with --labels or without "
+                            "subfolders, else folder (ImageFolder)")
+    image.add_argument("--labels", type=Path, default=None, metavar="FILE",
+                       help="flat folder labels: filename,label CSV rows, or one label per line "
+                            "for the files in sorted order (ILSVRC2012_validation_ground_truth.txt); "
+                            "a label is a synset or an integer id")
+    image.add_argument("--classes", type=Path, default=None, metavar="FILE",
+                       help="class list, a synset per line: class index = line number, 0-based "
+                            "(default: the sorted class folders)")
+    image.add_argument("--classes-from", type=Path, default=None, metavar="DIR",
+                       help="take the class list from the sorted subfolders of DIR (e.g. train/), "
+                            "so that a flat val folder gets the train folder's class indices")
+    image.add_argument("--label-ids", type=Path, default=None, metavar="FILE",
+                       help="the synset of each integer label id, in id order: a synset per line "
+                            "(map_clsloc.txt works) or the ILSVRC2012 devkit's meta.mat "
+                            "(default: ids are class indices)")
+    image.add_argument("--label-base", type=int, choices=[0, 1], default=1,
+                       help="the first integer id in --labels (default: 1, as in ImageNet's ground "
+                            "truth; metadata labels are 0-based class indices); .npz labels count from 1")
+    image.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                       help="Pillow's decompression-bomb limit: images over N pixels warn, over 2·N "
+                            f"are skipped (default: Pillow's {DEFAULT_MAX_PIXELS:,})")
+    add_output_flags(image, default_name="image")
+    image.set_defaults(func=cmd_convert_image)
+
+    audio = kinds.add_parser("audio", help="audio files soundfile reads (wav, flac, ogg, mp3, aiff…) "
+                                            "→ mono PCM bytes at one sample rate")
+    audio.add_argument("sources", nargs="+", metavar="SRC",
+                       help="files, directories (searched recursively) or quoted globs")
+    audio.add_argument("--sample-rate", type=int, default=16000, metavar="HZ",
+                       help="target sample rate; others are resampled (default: 16000)")
+    audio.add_argument("--encoding", choices=["pcm16", "mulaw8"], default="pcm16",
+                       help="pcm16: 16-bit little-endian PCM, the paper's setting (default); "
+                            "mulaw8: 8-bit µ-law")
+    audio.add_argument("--clip-seconds", type=float, default=None, metavar="SECONDS",
+                       help="cut each file into clips this long (the last one shorter), the offset "
+                            "recorded (default: one sample per file)")
+    audio.add_argument("--include", default=None, metavar="GLOB",
+                       help="inside directories, only files whose name matches GLOB "
+                            "(default: the endings of audio formats; '*' takes every file)")
+    audio.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                       help="inside directories, skip paths (relative to the directory) matching "
+                            "GLOB; may be repeated")
+    add_output_flags(audio, default_name="audio")
+    audio.set_defaults(func=cmd_convert_audio)
 
     merge = kinds.add_parser("merge", help="join the datasets of `convert --part i/n` runs into one")
     merge.add_argument("parts", nargs="+", type=Path, metavar="PART_DIR", help="one directory per part")
@@ -83,6 +142,27 @@ def cmd_convert_text(args) -> int:
     files = expand_sources(args.sources, args.include, args.exclude)
     return run_conversion(args, TextConverter(field=args.field), files,
                           {"field": args.field, "include": args.include, "exclude": args.exclude})
+
+
+def cmd_convert_image(args) -> int:
+    settings = ImageSettings(args.size, args.resize, args.max_pixels)
+    converter, files, layout = build_image_converter(
+        args.sources, settings, layout=args.layout, labels=args.labels, classes=args.classes,
+        classes_from=args.classes_from, label_ids=args.label_ids, label_base=args.label_base)
+    label_files = {name: None if getattr(args, name) is None else str(getattr(args, name))
+                   for name in ("labels", "classes", "classes_from", "label_ids")}
+    return run_conversion(args, converter, files,
+                          {"size": args.size, "resize": args.resize, "layout": layout,
+                           "max_pixels": args.max_pixels, "label_base": args.label_base, **label_files})
+
+
+def cmd_convert_audio(args) -> int:
+    settings = AudioSettings(args.sample_rate, args.encoding, args.clip_seconds)
+    files = audio_files(args.sources, args.include, args.exclude)
+    return run_conversion(args, AudioConverter(settings), files,
+                          {"sample_rate": args.sample_rate, "encoding": args.encoding,
+                           "clip_seconds": args.clip_seconds, "include": args.include,
+                           "exclude": args.exclude})
 
 
 def cmd_convert_merge(args) -> int:

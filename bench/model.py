@@ -1,0 +1,225 @@
+"""Benchmark: MegaByte against megabyte-pytorch (the peer package) and the byte-transformer baseline.
+
+    python bench/model.py                       # defaults: a few minutes on a 2-core CPU
+    python bench/model.py --seq-lens 2048 8192 --global-dim 1024 --global-layers 8 --steps 5
+    python bench/model.py --profile             # where the training step spends its time
+
+(a) training bytes/s (forward + backward + AdamW step) at each T: ours, megabyte-pytorch with the
+    same widths, depths, heads, P and T, and our baseline at an equal parameter count;
+(b) generation bytes/s, N new bytes after an L-byte prompt, prefill included: ours with KV caches,
+    megabyte-pytorch's generate (it reruns the full forward per byte, so it is timed on fewer
+    bytes, --peer-new-bytes, and its per-byte rate reported) and the baseline with its KV cache;
+(c) peak memory of each run: the rise of the process's peak RSS (CPU) or max allocated (CUDA).
+Each run is a fresh subprocess, so peak memory is its own. Needs `pip install megabyte-pytorch`
+(the `bench` extra) for the peer columns; without it they are skipped.
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from model import MegaByteConfig, build_model, byte_loss, generate  # noqa: E402
+
+
+def megabyte_config(args, seq_len: int) -> MegaByteConfig:
+    return MegaByteConfig(seq_len=seq_len, patch_size=args.patch_size, global_dim=args.global_dim,
+                          global_layers=args.global_layers, global_heads=args.global_heads, local_dim=args.local_dim,
+                          local_layers=args.local_layers, local_heads=args.local_heads, dropout=0.0)
+
+
+def equal_size_baseline(config: MegaByteConfig) -> MegaByteConfig:
+    """The baseline at MegaByte's global width and heads, with the depth whose size is nearest."""
+    with torch.device("meta"):
+        target = build_model(config).num_parameters()
+        candidates = []
+        for layers in range(1, 65):
+            baseline = MegaByteConfig(architecture="transformer", patch_size=1, local_layers=0, seq_len=config.seq_len,
+                                      global_dim=config.global_dim, global_layers=layers,
+                                      global_heads=config.global_heads, dropout=0.0)
+            candidates.append((abs(build_model(baseline).num_parameters() - target), layers, baseline))
+    return min(candidates, key=lambda c: c[:2])[2]
+
+
+def peer_model(config: MegaByteConfig, seq_len: int):
+    """megabyte-pytorch's MEGABYTE with our widths, depths and heads (its fastest attention path)."""
+    from MEGABYTE_pytorch import MEGABYTE
+    from MEGABYTE_pytorch.megabyte import Transformer
+    head_dim = config.global_dim // config.global_heads
+    model = MEGABYTE(num_tokens=config.vocab_size, pad_id=config.pad_id, dim=(config.global_dim, config.local_dim),
+                     depth=(config.global_layers, config.local_layers),
+                     max_seq_len=(seq_len // config.patch_size, config.patch_size),
+                     dim_head=head_dim, heads=config.global_heads, pos_emb=True, flash_attn=True)
+    # it gives both stages the same heads: rebuild its local stage with ours, from its own class
+    model.transformers[1] = Transformer(dim=config.local_dim, layers=config.local_layers,
+                                        dim_head=config.local_dim // config.local_heads, heads=config.local_heads,
+                                        rel_pos=False, flash_attn=True)
+    return model
+
+
+def memory_now_mb(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    with open("/proc/self/status") as status:  # VmHWM: the peak resident set so far
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+
+
+def run_one(job: dict) -> dict:
+    """One measurement in this (fresh) process."""
+    args = argparse.Namespace(**job["args"])
+    device = args.device
+    torch.manual_seed(0)
+    memory_before = memory_now_mb(device)
+    if job["kind"] == "train":
+        config = megabyte_config(args, job["seq_len"])
+        if job["impl"] == "baseline":
+            config = equal_size_baseline(config)
+        model = peer_model(config, job["seq_len"]) if job["impl"] == "peer" else build_model(config)
+        model.to(device).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        ids = torch.randint(0, 256, (args.batch, job["seq_len"]), device=device)
+
+        def step():
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=args.bf16):
+                loss = model(ids, return_loss=True) if job["impl"] == "peer" else byte_loss(model(ids), ids)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        step()  # warm-up: allocations, kernel choice
+        profile = ""
+        if args.profile:
+            with torch.profiler.profile() as prof:
+                step()
+            profile = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10)
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        synchronize(device)
+        seconds = (time.perf_counter() - start) / args.steps
+        return dict(rate=args.batch * job["seq_len"] / seconds, seconds=seconds, params=count(model),
+                    memory=memory_now_mb(device) - memory_before, profile=profile, layers=config.global_layers)
+
+    # generation: one prompt of args.prompt bytes
+    new_bytes = args.peer_new_bytes if job["impl"] == "peer" else args.new_bytes
+    total = args.prompt + new_bytes
+    total += -total % args.patch_size
+    config = megabyte_config(args, total)
+    if job["impl"] == "baseline":
+        config = equal_size_baseline(config)
+    model = peer_model(config, total) if job["impl"] == "peer" else build_model(config)
+    model.to(device).eval()
+    prompt = torch.randint(0, 256, (1, args.prompt), device=device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        if job["impl"] == "peer":
+            with contextlib.redirect_stderr(io.StringIO()):  # its tqdm bar
+                out = model.generate(prompt)
+            new_bytes = out.numel() - args.prompt
+        else:
+            out = generate(model, prompt, new_bytes, temperature=1.0, seed=0, stop_at_boundary=False)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    assert out.numel() == args.prompt + new_bytes
+    return dict(rate=new_bytes / seconds, seconds=seconds, params=count(model),
+                memory=memory_now_mb(device) - memory_before, new_bytes=new_bytes, layers=config.global_layers)
+
+
+def synchronize(device: str):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def spawn(job: dict) -> dict:
+    result = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"benchmark run {job['kind']}/{job['impl']} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), cpu)
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seq-lens", type=int, nargs="+", default=[2048, 8192], help="training sequence lengths T")
+    parser.add_argument("--patch-size", type=int, default=8)
+    parser.add_argument("--global-dim", type=int, default=512, help="global width P·D_G")
+    parser.add_argument("--global-layers", type=int, default=4)
+    parser.add_argument("--global-heads", type=int, default=8)
+    parser.add_argument("--local-dim", type=int, default=256)
+    parser.add_argument("--local-layers", type=int, default=2)
+    parser.add_argument("--local-heads", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=2, help="timed training steps per run (after one warm-up)")
+    parser.add_argument("--prompt", type=int, default=8000, help="prompt bytes for the generation runs")
+    parser.add_argument("--new-bytes", type=int, default=512)
+    parser.add_argument("--peer-new-bytes", type=int, default=8, help="bytes timed for megabyte-pytorch's generate")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--bf16", action="store_true", help="train under bf16 autocast")
+    parser.add_argument("--skip-peer", action="store_true", help="leave out megabyte-pytorch")
+    parser.add_argument("--profile", action="store_true", help="print the top ops of one training step")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(run_one(json.loads(args.worker))))
+        return
+    job_args = {k: v for k, v in vars(args).items() if k != "worker"}
+    impls = ["megabyte", "baseline"]
+    if not args.skip_peer:
+        try:
+            import MEGABYTE_pytorch  # noqa: F401
+            impls.insert(1, "peer")
+        except ImportError:
+            print("megabyte-pytorch is not installed (pip install megabyte-pytorch): peer columns skipped")
+    names = {"megabyte": "ours", "peer": "megabyte-pytorch", "baseline": "baseline (equal size)"}
+    print(f"machine: {machine()}")
+    print(f"MegaByte: P={args.patch_size} global {args.global_dim}×{args.global_layers} ({args.global_heads} heads), "
+          f"local {args.local_dim}×{args.local_layers} ({args.local_heads} heads), batch {args.batch}, "
+          f"{'bf16 autocast' if args.bf16 else 'fp32'}, {args.device}")
+    print(f"\n{'run':<46}{'params':>9}{'bytes/s':>11}{'s/step':>9}{'peak MB':>9}{'ours ×':>9}")
+    profiles = []
+    for seq_len in args.seq_lens:
+        results = {impl: spawn(dict(kind="train", impl=impl, seq_len=seq_len, args=job_args)) for impl in impls}
+        for impl, r in results.items():
+            label = f"train T={seq_len} {names[impl]}" + (f" L={r['layers']}" if impl == "baseline" else "")
+            ratio = results["megabyte"]["rate"] / r["rate"]
+            print(f"{label:<46}{r['params'] / 1e6:>8.2f}M{r['rate']:>11.0f}{r['seconds']:>9.2f}"
+                  f"{r['memory']:>9.0f}{ratio:>9.2f}")
+            if r["profile"]:
+                profiles.append((f"train T={seq_len} {names[impl]}", r["profile"]))
+    results = {impl: spawn(dict(kind="generate", impl=impl, args=job_args)) for impl in impls}
+    for impl, r in results.items():
+        label = f"generate {r['new_bytes']} after {args.prompt} {names[impl]}"
+        ratio = results["megabyte"]["rate"] / r["rate"]
+        print(f"{label:<46}{r['params'] / 1e6:>8.2f}M{r['rate']:>11.1f}{r['seconds']:>9.2f}"
+              f"{r['memory']:>9.0f}{ratio:>9.2f}")
+    print("\nbytes/s: training bytes per second (forward + backward + AdamW), or new bytes per second with\n"
+          "the prompt's prefill included; s/step: seconds per training step, or for the whole generate call;\n"
+          "peak MB: rise of peak memory during the run; ours ×: our MegaByte's bytes/s over this row's.")
+    for label, table in profiles:
+        print(f"\nprofile of one training step, {label}:\n{table}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""Audio converter: any file soundfile reads → mono PCM byte streams at one sample rate.
+
+    files ─▶ batches ─▶ worker: soundfile blocks ─▶ downmix ─▶ polyphase resample ─▶ encode ─▶ zstd
+                                (float32, frames×ch)   (mean)   (rate_in → --sample-rate)  │
+                                              whole file: one sample, streamed ◀───────────┤
+                                              --clip-seconds C: a sample per C s ◀─────────┘
+
+- downmix: the mean of the channels;
+- resampling: scipy's polyphase `resample_poly` (Kaiser-windowed sinc low-pass at the lower
+  Nyquist, so nothing aliases), applied block by block with enough context that the result equals
+  resampling the whole file at once, in bounded memory whatever the file's length;
+- encodings: "pcm16", 16-bit little-endian PCM, x·32768 rounded and clipped (a 16-bit source at
+  the target rate keeps its exact samples); "mulaw8", µ-law with µ = 255 (WaveNet's companding:
+  byte = round((F(x) + 1)/2 · 255), F(x) = sign(x)·ln(1 + µ|x|)/ln(1 + µ)).
+Metadata: sample_rate, encoding, samples (in this sample), channels_in, source_sample_rate, and
+offset: where the clip starts in the file, in samples at sample_rate (0 for a whole file).
+Keys: `<file index>-<clip index>` (clip 0 for a whole file).
+"""
+
+import os
+from dataclasses import dataclass
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+import soundfile
+from scipy.signal import firwin, resample_poly
+
+from pipeline.convert import (FileItem, Sample, SkipInput, TaskResult, batch_files, discard,
+                              expand_sources, run_file_batch)
+from pipeline.errors import UsageError
+from pipeline.text import doc_key as sample_key
+
+ENCODINGS = {"pcm16": 2, "mulaw8": 1}  # bytes per sample
+MU = 255
+# what the directory search takes by default: the endings of formats libsndfile reads
+AUDIO_SUFFIXES = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif",
+                  ".aifc", ".au", ".snd", ".caf", ".w64", ".rf64", ".voc", ".sd2", ".sph", ".nist",
+                  ".htk", ".paf", ".pvf", ".xi", ".sds", ".wve", ".avr", ".svx", ".iff", ".ircam")
+READ_FRAMES = 1 << 18  # frames per soundfile block
+RESAMPLE_STEP = 1 << 18  # input samples per resampling step (about)
+TASK_MAX_FILES = 32
+TASK_SOURCE_BYTES = 16 << 20
+READ_ERRORS = (soundfile.SoundFileError, OSError)
+
+
+# ---------------------------------------------------------------------------------------------
+# samples ↔ bytes
+
+
+def encode_samples(samples: np.ndarray, encoding: str) -> bytes:
+    """float samples in [-1, 1] → stored bytes (values beyond are clipped)."""
+    if encoding == "pcm16":
+        return np.clip(np.round(samples * 32768.0), -32768, 32767).astype("<i2").tobytes()
+    if encoding == "mulaw8":
+        x = np.clip(samples, -1.0, 1.0)
+        companded = np.sign(x) * np.log1p(MU * np.abs(x)) / np.log1p(MU)
+        return np.round((companded + 1.0) / 2.0 * MU).astype(np.uint8).tobytes()
+    raise ValueError(f"unknown audio encoding {encoding!r} (known: {', '.join(ENCODINGS)})")
+
+
+def decode_samples(raw: bytes, encoding: str) -> np.ndarray:
+    """Stored bytes → float32 samples in [-1, 1]: the inverse of encode_samples up to its
+    quantisation (pcm16: 1/65536; mulaw8: half a µ-law step)."""
+    if encoding == "pcm16":
+        if len(raw) % 2:
+            raise ValueError(f"pcm16 audio has an even number of bytes, not {len(raw)}")
+        return (np.frombuffer(raw, dtype="<i2") / 32768.0).astype(np.float32)
+    if encoding == "mulaw8":
+        companded = np.frombuffer(raw, dtype=np.uint8) / MU * 2.0 - 1.0
+        return (np.sign(companded) * np.expm1(np.abs(companded) * np.log1p(MU)) / MU).astype(np.float32)
+    raise ValueError(f"unknown audio encoding {encoding!r} (known: {', '.join(ENCODINGS)})")
+
+
+# ---------------------------------------------------------------------------------------------
+# sample-rate conversion in bounded memory
+
+
+class Resampler:
+    """rate_in → rate_out over a stream of blocks, equal to scipy's `resample_poly` over the whole
+    signal (the same filter, zeros outside the signal) up to float32 rounding.
+
+    Each step resamples a window of the input starting on a multiple of `down` samples, so that
+    its outputs fall on the whole signal's output grid, with `context` multiples of `down` more
+    input on both sides than the outputs it keeps need: further than the filter reaches.
+    """
+
+    def __init__(self, rate_in: int, rate_out: int, step_samples: int = RESAMPLE_STEP):
+        common = gcd(rate_in, rate_out)
+        self.up, self.down = rate_out // common, rate_in // common
+        if self.up == self.down:
+            return  # the identity: no filter
+        max_rate = max(self.up, self.down)
+        half_len = 10 * max_rate  # resample_poly's filter half-length, in upsampled samples
+        self.taps = firwin(2 * half_len + 1, 1.0 / max_rate, window=("kaiser", 5.0)).astype(np.float32)
+        self.context = -(-half_len // self.up) // self.down + 1
+        self.step = max(1, step_samples // self.down)
+
+    def __call__(self, blocks):
+        if self.up == self.down:
+            yield from blocks
+            return
+        up, down, context, step = self.up, self.down, self.context, self.step
+        window = (step + 2 * context) * down
+        pending = np.zeros(context * down, dtype=np.float32)  # the zeros before the signal
+        received = produced = 0
+        for block in blocks:
+            received += len(block)
+            pending = np.concatenate([pending, block])
+            while len(pending) >= window:
+                out = resample_poly(pending[:window], up, down, window=self.taps)  # (window·up/down,)
+                yield out[context * up: (context + step) * up]
+                produced += step * up
+                pending = pending[step * down:]
+        total = -(-received * up // down)  # the whole signal's output length, ceil(n·up/down)
+        if total > produced:
+            out = resample_poly(pending, up, down, window=self.taps)
+            yield out[context * up: context * up + total - produced]
+
+
+def cut_clips(blocks, clip_samples: int):
+    """Blocks of samples → arrays of exactly `clip_samples` (the last one may be shorter)."""
+    held, count = [], 0
+    for block in blocks:
+        while len(block):
+            take = min(len(block), clip_samples - count)
+            held.append(block[:take])
+            count += take
+            block = block[take:]
+            if count == clip_samples:
+                yield np.concatenate(held)
+                held, count = [], 0
+    if count:
+        yield np.concatenate(held)
+
+
+# ---------------------------------------------------------------------------------------------
+# one file → samples
+
+
+@dataclass(frozen=True)
+class AudioSettings:
+    sample_rate: int = 16000
+    encoding: str = "pcm16"
+    clip_seconds: float | None = None  # None: one sample per file
+
+    def __post_init__(self):
+        if self.sample_rate <= 0:
+            raise UsageError(f"--sample-rate {self.sample_rate}: must be positive, e.g. 16000")
+        if self.encoding not in ENCODINGS:
+            raise UsageError(f"--encoding {self.encoding}: choose one of {', '.join(ENCODINGS)}")
+        if self.clip_seconds is not None and round(self.clip_seconds * self.sample_rate) < 1:
+            raise UsageError(f"--clip-seconds {self.clip_seconds}: must hold at least one sample")
+
+    @property
+    def clip_samples(self) -> int | None:
+        return None if self.clip_seconds is None else round(self.clip_seconds * self.sample_rate)
+
+
+def mono_blocks(sound: soundfile.SoundFile):
+    for block in sound.blocks(READ_FRAMES, dtype="float32", always_2d=True):  # (frames, channels)
+        yield block.mean(axis=1, dtype=np.float32)  # (frames,)
+
+
+def convert_audio_file(item: FileItem, settings: AudioSettings, encoder) -> list[Sample]:
+    try:
+        with soundfile.SoundFile(item.path) as sound:
+            if sound.frames == 0:
+                raise SkipInput("no audio frames")
+            meta = {"modality": "audio", "source": str(item.path), "sample_rate": settings.sample_rate,
+                    "encoding": settings.encoding, "channels_in": sound.channels,
+                    "source_sample_rate": sound.samplerate}
+            resampled = Resampler(sound.samplerate, settings.sample_rate)(mono_blocks(sound))
+            if settings.clip_samples is None:
+                samples = [whole_sample(item.file_index, resampled, meta, encoder)]
+            else:
+                samples = clip_samples(item.file_index, resampled, settings.clip_samples, meta, encoder)
+    except READ_ERRORS as error:
+        raise SkipInput(f"unreadable audio ({type(error).__name__}: {error})") from None
+    if not samples or samples[0].length == 0:
+        for sample in samples:
+            discard(sample)
+        raise SkipInput("no audio frames")
+    return samples
+
+
+def whole_sample(file_index: int, resampled, meta: dict, encoder) -> Sample:
+    encoding = meta["encoding"]
+    payload, length = encoder.encode_stream(encode_samples(block, encoding) for block in resampled)
+    meta = {**meta, "length": length, "samples": length // ENCODINGS[encoding], "offset": 0}
+    return Sample(sample_key(file_index, 0), payload, length, meta)
+
+
+def clip_samples(file_index: int, resampled, clip_length: int, meta: dict, encoder) -> list[Sample]:
+    encoding, samples = meta["encoding"], []
+    try:
+        for clip_index, clip in enumerate(cut_clips(resampled, clip_length)):
+            raw = encode_samples(clip, encoding)
+            clip_meta = {**meta, "length": len(raw), "samples": len(clip), "offset": clip_index * clip_length}
+            samples.append(Sample(sample_key(file_index, clip_index), encoder.encode(raw), len(raw), clip_meta))
+    except BaseException:
+        for sample in samples:  # a file that fails half-way is skipped whole
+            discard(sample)
+        raise
+    return samples
+
+
+# ---------------------------------------------------------------------------------------------
+# the converter
+
+
+@dataclass
+class AudioFilesTask:
+    settings: AudioSettings
+    files: list[FileItem]
+
+
+class AudioConverter:
+    modality = "audio"
+
+    def __init__(self, settings: AudioSettings):
+        self.settings = settings
+
+    def make_tasks(self, indexed_files):
+        for batch in batch_files(indexed_files, TASK_MAX_FILES, TASK_SOURCE_BYTES):
+            yield AudioFilesTask(self.settings, batch)
+
+    @staticmethod
+    def run_task(task: AudioFilesTask, encoder) -> TaskResult:
+        return run_file_batch(task.files, lambda _, item: convert_audio_file(item, task.settings, encoder))
+
+
+def audio_files(sources: list[str], include: str | None = None, exclude: list[str] = ()) -> list[Path]:
+    """Files named on the command line, and inside directories those with an audio ending (or
+    matching `include`, e.g. '*' for every file)."""
+    named = {Path(s) for s in sources if os.path.isfile(s)}
+    files = [f for f in expand_sources(sources, include, exclude)
+             if f in named or include or f.suffix.lower() in AUDIO_SUFFIXES]
+    if not files:
+        raise UsageError(f"no audio files ({', '.join(AUDIO_SUFFIXES[:6])}, …) found in {' '.join(sources)}; "
+                         "--include '*' takes every file")
+    return files

@@ -1,0 +1,492 @@
+"""Image converter: ImageNet layouts → shards of S×S raw RGB bytes (row-major, S·S·3 per sample).
+
+    ImageFolder  SRC/<synset>/*.JPEG ──┐ label: the synset's index among the sorted class folders
+    flat folder  SRC/*.JPEG + --labels ┤ label: from the labels file
+                                       ▼
+                 batches of files ─▶ worker: Pillow open ─▶ EXIF orientation ─▶ RGB ─▶ resize ─▶ bytes
+                                                                                   crop | box
+    downsampled  SRC/*.npz ─▶ main process streams `data` rows ─▶ worker: channel-planar → row-major
+                              (3·R·R bytes each, `labels` 1-based)        (─▶ resize when R ≠ S)
+
+Labels in metadata are 0-based class indices everywhere, with the synset beside them when known.
+Pixels:
+- RGB conversion: alpha and transparency are composited over white; 16-bit grey (PNG "I;16",
+  "I") keeps its high byte; every other mode (L, 1, P, CMYK, YCbCr, …) goes through Pillow's
+  `convert("RGB")`. ICC profiles are not applied.
+- resize "crop" (default): the shorter side to S with Pillow's antialiased bicubic filter (the
+  longer side to round(long·S/short)), then the centre S×S (offset floor((long' - S)/2)).
+  resize "box": the whole image to S×S with Pillow's box filter, aspect not kept, as downsampled
+  ImageNet (Chrabaszcz et al., 2017) was made.
+- Pillow's decompression-bomb guard stays on: over MAX_IMAGE_PIXELS (--max-pixels) an image
+  warns, over twice that it is skipped; truncated images are errors (skipped), never padded.
+Keys: `<file index>-<item index>`, the item index being 0 for an image file and the row of an
+npz file, so a --part split and its merge give the same keys as one run.
+"""
+
+import csv
+import io
+import struct
+import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pipeline.convert import (FileItem, Sample, SkipInput, TaskResult, batch_files, expand_sources,
+                              run_file_batch)
+from pipeline.errors import UsageError
+from pipeline.text import doc_key as sample_key
+
+LAYOUTS = ("folder", "flat", "npz")
+RESIZE_METHODS = ("crop", "box")
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's own default, 89,478,485
+SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+BACKGROUND = (255, 255, 255, 255)  # what transparent pixels become
+TASK_PIXEL_BYTES = 8 << 20  # pixels a task returns, at most (and at least one image)
+TASK_MAX_FILES = 64
+TASK_SOURCE_BYTES = 32 << 20
+# what Pillow raises on a broken file, besides DecompressionBombError and UnidentifiedImageError
+BROKEN_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError)
+NPZ_ERRORS = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile)
+
+
+# ---------------------------------------------------------------------------------------------
+# pixels: one image file → S·S·3 bytes
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    size: int  # S: samples are S×S
+    resize: str = "crop"  # "crop" | "box"
+    max_pixels: int = DEFAULT_MAX_PIXELS  # Pillow's MAX_IMAGE_PIXELS while converting
+
+    def __post_init__(self):
+        if self.size <= 0:
+            raise UsageError(f"--size {self.size}: must be a positive number of pixels, e.g. 64")
+        if self.resize not in RESIZE_METHODS:
+            raise UsageError(f"--resize {self.resize}: choose one of {', '.join(RESIZE_METHODS)}")
+        if self.max_pixels <= 0:
+            raise UsageError(f"--max-pixels {self.max_pixels}: must be positive")
+
+    @property
+    def sample_bytes(self) -> int:
+        return self.size * self.size * 3
+
+
+@contextmanager
+def pixel_limit(max_pixels: int):
+    """Pillow's decompression-bomb limit is a module global: set it for the work at hand only
+    (workers are spawned, so the parent's setting would not reach them anyway)."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode → RGB (see the module docstring for the rules)."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        high_byte = np.clip(np.asarray(image).astype(np.int64) >> 8, 0, 255)  # (H, W)
+        image = Image.fromarray(high_byte.astype(np.uint8), "L")
+    if image.has_transparency_data:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, BACKGROUND), rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def resize_square(image: Image.Image, size: int, method: str) -> Image.Image:
+    """An RGB image → S×S: "crop" (shorter side to S, centre crop) or "box" (whole image)."""
+    if method == "box":
+        return image.resize((size, size), Image.Resampling.BOX)
+    width, height = image.size
+    short = min(width, height)
+    new_width, new_height = max(size, round(width * size / short)), max(size, round(height * size / short))
+    resized = image.resize((new_width, new_height), Image.Resampling.BICUBIC)
+    left, top = (new_width - size) // 2, (new_height - size) // 2
+    return resized.crop((left, top, left + size, top + size))
+
+
+def apply_orientation(image: Image.Image) -> None:
+    """Turn the image as its EXIF Orientation tag says. A broken EXIF block leaves it as stored:
+    the pixels are still good."""
+    try:
+        ImageOps.exif_transpose(image, in_place=True)
+    except (SyntaxError, ValueError, OSError, struct.error):
+        pass
+
+
+def decode_image(path: Path, settings: ImageSettings) -> tuple[bytes, tuple[int, int]]:
+    """One image file → (S·S·3 raw RGB bytes, its (width, height) as stored); SkipInput if bad."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            apply_orientation(image)
+            original_size = image.size
+            pixels = resize_square(to_rgb(image), settings.size, settings.resize).tobytes()
+    except Image.DecompressionBombError as error:
+        raise SkipInput(f"decompression bomb: {error}") from None
+    except UnidentifiedImageError:
+        raise SkipInput("not an image Pillow can read") from None
+    except BROKEN_IMAGE_ERRORS as error:
+        raise SkipInput(f"broken image ({type(error).__name__}: {error})") from None
+    return pixels, original_size
+
+
+def image_sample(key: str, pixels: bytes, settings: ImageSettings, encoder, **fields) -> Sample:
+    meta = {"modality": "image", "length": len(pixels), "height": settings.size,
+            "width": settings.size, "channels": 3, **fields}
+    return Sample(key, encoder.encode(pixels), len(pixels), meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# labels: 0-based class indices and their synsets
+
+
+@dataclass
+class LabelMap:
+    """Class index (0-based, what metadata stores) ↔ synset, and integer label ids → synsets.
+
+    classes: the synset of each class index (None: unknown, integer ids are class indices).
+    ids: the synset of each integer id when ids are not class indices (ImageNet's ILSVRC2012 ids
+    follow the devkit's order, not the sorted one); None: ids count classes.
+    """
+
+    classes: list[str] | None
+    ids: list[str] | None = None
+
+    def __post_init__(self):
+        self._index = {synset: i for i, synset in enumerate(self.classes or self.ids or [])}
+
+    def by_synset(self, synset: str) -> tuple[int, str]:
+        if not self._index:
+            raise ValueError(f"synset {synset} needs a class list (--classes or --classes-from) "
+                             "to become a class index")
+        if synset not in self._index:
+            raise ValueError(f"synset {synset} is not one of the {len(self._index)} classes")
+        return self._index[synset], synset
+
+    def by_id(self, number: int, base: int) -> tuple[int, str | None]:
+        names = self.ids or self.classes
+        index = number - base
+        if index < 0 or (names is not None and index >= len(names)):
+            top = f"{base + len(names) - 1}" if names is not None else "…"
+            raise ValueError(f"label {number} is outside {base}..{top}")
+        if self.ids:
+            return self.by_synset(self.ids[index])
+        return index, self.classes[index] if self.classes else None
+
+    def parse(self, token: str, base: int) -> tuple[int, str | None]:
+        """A label as written in a labels file: an integer id or a synset."""
+        token = token.strip()
+        if token.lstrip("-").isdigit():
+            return self.by_id(int(token), base)
+        return self.by_synset(token)
+
+
+def read_name_list(path: Path) -> list[str]:
+    """The first word of each non-blank line: a synset list (LOC_synset_mapping.txt's
+    "n01440764 tench, …" and map_clsloc.txt's "n02119789 1 kit_fox" lines work as they are)."""
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    names = [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(set(names)) != len(names):
+        raise UsageError(f"{path}: a name is listed twice")
+    if not names:
+        raise UsageError(f"{path}: lists no names")
+    return names
+
+
+def read_devkit_ids(path: Path) -> list[str]:
+    """ILSVRC2012 devkit meta.mat → the synset of each ILSVRC2012_ID (1-based) in id order."""
+    from scipy.io import loadmat  # only this layout needs it
+
+    try:
+        synsets = loadmat(path, squeeze_me=True)["synsets"]
+        leaves = [s for s in synsets if int(s["num_children"]) == 0]  # the 1000 classes
+        return [str(s["WNID"]) for s in sorted(leaves, key=lambda s: int(s["ILSVRC2012_ID"]))]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UsageError(f"{path}: not an ImageNet devkit meta.mat ({error})") from None
+
+
+def class_folders(directory: Path) -> list[str]:
+    if not directory.is_dir():
+        raise UsageError(f"{directory}: no such directory")
+    names = sorted(p.name for p in directory.iterdir() if p.is_dir())
+    if not names:
+        raise UsageError(f"{directory}: has no class folders")
+    return names
+
+
+def build_label_map(classes: Path | None, classes_from: Path | None, label_ids: Path | None,
+                    folder_root: Path | None = None) -> LabelMap:
+    """--classes FILE or --classes-from DIR (or, for ImageFolder, its own sorted class folders)
+    and --label-ids FILE (a synset list in id order, or the devkit's meta.mat)."""
+    if classes and classes_from:
+        raise UsageError("give --classes or --classes-from, not both")
+    if classes:
+        class_list = read_name_list(classes)
+    elif classes_from or folder_root:
+        class_list = class_folders(classes_from or folder_root)
+    else:
+        class_list = None
+    ids = None
+    if label_ids:
+        if not label_ids.is_file():
+            raise UsageError(f"{label_ids}: no such file")
+        ids = read_devkit_ids(label_ids) if label_ids.suffix == ".mat" else read_name_list(label_ids)
+    return LabelMap(class_list, ids)
+
+
+Label = tuple[int | None, str | None] | str  # (class index, synset), or why there is none
+NO_LABEL = (None, None)
+
+
+def folder_labels(root: Path, files: list[Path], label_map: LabelMap) -> dict[Path, Label]:
+    """ImageFolder: each file's class folder (the first directory under the root) is its synset."""
+    labels = {}
+    for path in files:
+        parts = path.relative_to(root).parts
+        if len(parts) < 2:
+            labels[path] = "not inside a class folder"
+            continue
+        try:
+            labels[path] = label_map.by_synset(parts[0])
+        except ValueError as error:
+            raise UsageError(f"{root / parts[0]}: class folder not in the class list ({error})") from None
+    return labels
+
+
+def read_label_file(path: Path, files: list[Path], label_map: LabelMap, base: int) -> dict[Path, Label]:
+    """--labels: `filename,label` CSV rows, or one label per line for the sorted files."""
+    if not path.is_file():
+        raise UsageError(f"{path}: no such labels file")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if any("," in line for line in lines):
+        return csv_labels(path, lines, files, label_map, base)
+    if len(lines) != len(files):
+        raise UsageError(f"{path}: {len(lines)} labels for {len(files)} files (one label per line "
+                         "is read as the label of each file in sorted name order)")
+    return {file: parse_label(path, number, line, label_map, base)
+            for number, (file, line) in enumerate(zip(files, lines), start=1)}
+
+
+def csv_labels(path: Path, lines: list[str], files: list[Path], label_map: LabelMap,
+               base: int) -> dict[Path, Label]:
+    """`filename,label` rows (the filename with or without its extension; the label is the
+    first word of the second column, so Kaggle's LOC_val_solution.csv works). A first row that
+    names no file is a header."""
+    by_name = {}
+    for number, row in enumerate(csv.reader(lines), start=1):
+        if len(row) < 2 or not row[1].split():
+            raise UsageError(f"{path}:{number}: expected filename,label")
+        by_name[row[0].strip()] = (number, row[1].split()[0])
+    labels = {}
+    for file in files:
+        found = by_name.get(file.name) or by_name.get(file.stem)
+        labels[file] = (parse_label(path, *found, label_map, base) if found
+                        else f"no label in {path}")
+    return labels
+
+
+def parse_label(path: Path, number: int, token: str, label_map: LabelMap, base: int) -> Label:
+    if not token.strip():
+        raise UsageError(f"{path}:{number}: empty label")
+    try:
+        return label_map.parse(token, base)
+    except ValueError as error:
+        raise UsageError(f"{path}:{number}: {error}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# downsampled ImageNet .npz: `data` (N, 3·R·R) uint8 channel-planar rows, `labels` (N,) 1-based
+
+
+def read_npy_header(f) -> tuple[tuple[int, ...], np.dtype]:
+    version = np.lib.format.read_magic(f)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    if version not in readers:
+        raise ValueError(f"npy format version {version} is not supported")
+    shape, fortran_order, dtype = readers[version](f)
+    if fortran_order or dtype != np.uint8 or len(shape) < 2:
+        raise ValueError(f"data is {dtype} {shape}{' Fortran-ordered' if fortran_order else ''}, "
+                         "expected uint8 rows (N, 3·R·R) in C order")
+    return shape, dtype
+
+
+def planar_side(shape: tuple[int, ...]) -> int:
+    """R such that a row of shape[1:] holds 3·R·R bytes."""
+    row_bytes = int(np.prod(shape[1:]))
+    side = int(round((row_bytes / 3) ** 0.5))
+    if 3 * side * side != row_bytes:
+        raise ValueError(f"rows of {row_bytes} bytes are not square RGB images (3·R·R)")
+    return side
+
+
+def npz_labels(archive: zipfile.ZipFile, rows: int, label_map: LabelMap) -> list[Label]:
+    if "labels.npy" not in archive.namelist():
+        return [NO_LABEL] * rows
+    labels = np.load(io.BytesIO(archive.read("labels.npy")), allow_pickle=False).reshape(-1)
+    if len(labels) != rows:
+        raise ValueError(f"{len(labels)} labels for {rows} rows")
+    resolved = []
+    for number in labels.tolist():
+        try:
+            resolved.append(label_map.by_id(int(number), base=1))
+        except ValueError as error:
+            resolved.append(str(error))
+    return resolved
+
+
+@dataclass
+class NpzRowsTask:
+    settings: ImageSettings
+    file_index: int
+    path: Path
+    first_row: int
+    side: int  # R: the rows are 3·R·R bytes
+    rows: bytes  # (n, 3, R, R) channel-planar
+    labels: list[Label]
+    skipped: list[dict]
+    source_bytes: int
+
+
+def npz_tasks(settings: ImageSettings, file_index: int, path: Path, label_map: LabelMap):
+    """Stream one .npz's rows in the main process (a member of a zip can only be read in order
+    cheaply); yield tasks of about TASK_PIXEL_BYTES."""
+    size = path.stat().st_size
+
+    first_row = 0
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("data.npy") as f:
+            shape, _ = read_npy_header(f)
+            side = planar_side(shape)
+            total, row_bytes = shape[0], 3 * side * side
+            labels = npz_labels(archive, total, label_map)
+            per_task = max(1, TASK_PIXEL_BYTES // max(row_bytes, settings.sample_bytes))
+            for first_row in range(0, total, per_task):
+                count = min(per_task, total - first_row)
+                rows = f.read(count * row_bytes)
+                if len(rows) != count * row_bytes:
+                    raise EOFError(f"data ends in row {first_row + len(rows) // row_bytes} of {total}")
+                yield NpzRowsTask(settings, file_index, path, first_row, side, rows,
+                                  labels[first_row: first_row + count], [],
+                                  size * count // max(total, 1))
+    except NPZ_ERRORS as error:
+        reason = f"broken or unreadable npz ({type(error).__name__}: {error})"
+        yield NpzRowsTask(settings, file_index, path, first_row, 0, b"", [],
+                          [{"source": str(path), "reason": reason}], 0)
+
+
+def run_npz_rows(task: NpzRowsTask, encoder) -> TaskResult:
+    settings = task.settings
+    images = np.frombuffer(task.rows, dtype=np.uint8).reshape(-1, 3, task.side, task.side)  # (n, 3, R, R)
+    images = images.transpose(0, 2, 3, 1)  # (n, R, R, 3): channel-planar → row-major RGB
+    result = TaskResult([], list(task.skipped), task.source_bytes)
+    for offset, (image, label) in enumerate(zip(images, task.labels)):
+        row = task.first_row + offset
+        if isinstance(label, str):
+            result.skipped.append({"source": f"{task.path}:{row}", "reason": label})
+            continue
+        if task.side != settings.size:
+            image = resize_square(Image.fromarray(image), settings.size, settings.resize)
+        pixels = np.ascontiguousarray(image).tobytes()
+        result.samples.append(image_sample(sample_key(task.file_index, row), pixels, settings, encoder,
+                                           source=str(task.path), row=row, label=label[0],
+                                           synset=label[1]))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# the converter
+
+
+@dataclass
+class ImageFilesTask:
+    settings: ImageSettings
+    files: list[FileItem]
+    labels: list[Label]  # one per file
+
+
+def run_image_files(task: ImageFilesTask, encoder) -> TaskResult:
+    settings = task.settings
+
+    def convert_file(position: int, item: FileItem) -> list[Sample]:
+        label = task.labels[position]
+        if isinstance(label, str):
+            raise SkipInput(label)
+        pixels, (width, height) = decode_image(item.path, settings)
+        return [image_sample(sample_key(item.file_index, 0), pixels, settings, encoder,
+                             source=str(item.path), label=label[0], synset=label[1],
+                             original_width=width, original_height=height)]
+
+    with pixel_limit(settings.max_pixels):
+        return run_file_batch(task.files, convert_file)
+
+
+class ImageConverter:
+    modality = "image"
+
+    def __init__(self, settings: ImageSettings, layout: str, file_labels: dict[Path, Label] | None = None,
+                 label_map: LabelMap | None = None):
+        self.settings = settings
+        self.layout = layout
+        self.file_labels = file_labels  # folder and flat layouts; None: unlabelled
+        self.label_map = label_map or LabelMap(None)  # npz layout
+
+    def make_tasks(self, indexed_files):
+        if self.layout == "npz":
+            for file_index, path in indexed_files:
+                yield from npz_tasks(self.settings, file_index, path, self.label_map)
+            return
+        per_task = max(1, min(TASK_MAX_FILES, TASK_PIXEL_BYTES // self.settings.sample_bytes))
+        for batch in batch_files(indexed_files, per_task, TASK_SOURCE_BYTES):
+            labels = [self.file_labels[item.path] if self.file_labels else NO_LABEL for item in batch]
+            yield ImageFilesTask(self.settings, batch, labels)
+
+    @staticmethod
+    def run_task(task, encoder) -> TaskResult:
+        if isinstance(task, NpzRowsTask):
+            return run_npz_rows(task, encoder)
+        return run_image_files(task, encoder)
+
+
+def detect_layout(sources: list[str], files: list[Path], labels: Path | None) -> str:
+    """npz when every input is a .npz; otherwise one folder: flat with --labels or when no file
+    sits in a subfolder, ImageFolder when they do."""
+    if all(f.suffix.lower() == ".npz" for f in files):
+        return "npz"
+    if len(sources) != 1 or not Path(sources[0]).is_dir():
+        raise UsageError("give one image folder (ImageFolder or flat) or .npz files")
+    root = Path(sources[0])
+    return "flat" if labels or all(f.parent == root for f in files) else "folder"
+
+
+def build_image_converter(sources: list[str], settings: ImageSettings, *, layout: str = "auto",
+                          labels: Path | None = None, classes: Path | None = None,
+                          classes_from: Path | None = None, label_ids: Path | None = None,
+                          label_base: int = 1) -> tuple[ImageConverter, list[Path], str]:
+    """Inputs and label options → (converter, sorted input files, the layout used)."""
+    files = expand_sources(sources)
+    if layout == "auto":
+        layout = detect_layout(sources, files, labels)
+    if layout == "npz":
+        if labels:
+            raise UsageError("--labels does not apply to .npz inputs: their labels are inside")
+        return ImageConverter(settings, layout, None, build_label_map(classes, classes_from, label_ids)), files, layout
+    if len(sources) != 1 or not Path(sources[0]).is_dir():
+        raise UsageError(f"the {layout} layout reads one folder; got {' '.join(sources)}")
+    root = Path(sources[0])
+    if layout == "folder":
+        if labels:
+            raise UsageError("--labels is for a flat folder; an ImageFolder's labels are its class folders")
+        label_map = build_label_map(classes, classes_from, label_ids, folder_root=root)
+        return ImageConverter(settings, layout, folder_labels(root, files, label_map)), files, layout
+    label_map = build_label_map(classes, classes_from, label_ids)
+    file_labels = read_label_file(labels, files, label_map, label_base) if labels else None
+    return ImageConverter(settings, layout, file_labels), files, layout

@@ -1,0 +1,120 @@
+"""Stored bytes back to pictures and sound: what you see and hear is what the model reads.
+
+    image sample ─▶ bytes_to_image (raster, or the patch scan undone) ─▶ (H, W, 3) ─▶ image_grid ─▶ PNG
+    audio sample ─▶ decode_audio_bytes (pcm16 | mulaw8) ─▶ float32 samples ─────────▶ write_wav ─▶ WAV
+
+Plain functions of bytes and metadata, so the generation tool can turn model output into files with
+the same code that renders the shards.
+"""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import soundfile
+from PIL import Image
+
+from pipeline.audio import decode_samples
+from pipeline.errors import UsageError
+from pipeline.inspect import iter_samples
+from pipeline.scan import from_patch_order
+
+GRID_BACKGROUND = (255, 255, 255)
+
+
+def bytes_to_image(raw: bytes, size: int | tuple[int, int], order: str = "raster",
+                   patch_bytes: int | None = None) -> np.ndarray:
+    """S·S·3 (or H·W·3) RGB bytes → a (H, W, 3) uint8 array.
+
+    order "raster": row-major pixels, as stored in the shards; "patch": the paper's scan of
+    p×p blocks (square images, p = sqrt(patch_bytes/3)), undone first.
+    """
+    height, width = (size, size) if isinstance(size, int) else size
+    if len(raw) != height * width * 3:
+        raise ValueError(f"{len(raw)} bytes are not a {height}×{width} RGB image ({height * width * 3} bytes)")
+    if order == "patch":
+        if height != width or patch_bytes is None:
+            raise ValueError("the patch scan needs a square image and patch_bytes")
+        raw = from_patch_order(raw, height, patch_bytes)
+    elif order != "raster":
+        raise ValueError(f"unknown byte order {order!r}: raster or patch")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)  # (H, W, 3)
+
+
+def image_grid(images: list[np.ndarray], columns: int | None = None, padding: int = 2,
+               scale: int = 1) -> Image.Image:
+    """(H, W, 3) arrays of one size → one picture, `columns` per row (default: a near square),
+    `padding` white pixels between them, each enlarged `scale` times (nearest neighbour)."""
+    if not images:
+        raise ValueError("no images to put in a grid")
+    height, width = images[0].shape[:2]
+    columns = columns or math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / columns)
+    cell_h, cell_w = height * scale + padding, width * scale + padding
+    grid = Image.new("RGB", (columns * cell_w + padding, rows * cell_h + padding), GRID_BACKGROUND)
+    for position, pixels in enumerate(images):
+        tile = Image.fromarray(pixels, "RGB")
+        if scale != 1:
+            tile = tile.resize((width * scale, height * scale), Image.Resampling.NEAREST)
+        row, column = divmod(position, columns)
+        grid.paste(tile, (padding + column * cell_w, padding + row * cell_h))
+    return grid
+
+
+def decode_audio_bytes(raw: bytes, encoding: str) -> np.ndarray:
+    """Stored audio bytes (pcm16 or mulaw8) → float32 samples in [-1, 1]."""
+    return decode_samples(raw, encoding)
+
+
+def write_wav(path, raw: bytes, encoding: str, sample_rate: int) -> None:
+    """Audio bytes → a 16-bit PCM WAV file; pcm16 bytes go in unchanged."""
+    if encoding == "pcm16":
+        samples = np.frombuffer(raw[: len(raw) // 2 * 2], dtype="<i2")
+    else:
+        samples = np.round(np.clip(decode_audio_bytes(raw, encoding), -1.0, 32767 / 32768) * 32768).astype(np.int16)
+    soundfile.write(str(path), samples, sample_rate, subtype="PCM_16", format="WAV")
+
+
+# ---------------------------------------------------------------------------------------------
+# rendering datasets
+
+
+def select_samples(paths, indices: list[int] | None = None, count: int = 16):
+    """(key, meta, payload) of the samples at `indices` (dataset positions, 0-based), or the first
+    `count`; stops reading once it has them."""
+    wanted = set(indices) if indices is not None else set(range(count))
+    found = {}
+    for position, (_, key, meta, payload) in enumerate(iter_samples(paths)):
+        if position in wanted:
+            found[position] = (key, meta, payload)
+        if len(found) == len(wanted) or position >= max(wanted, default=-1):
+            break
+    missing = sorted(wanted - set(found))
+    if missing and indices is not None:
+        raise UsageError(f"no sample at index {missing[0]} (the dataset has fewer samples)")
+    if not found:
+        raise UsageError(f"no samples in {' '.join(map(str, paths))}")
+    return [found[p] for p in sorted(found)] if indices is None else [found[p] for p in indices]
+
+
+def render_samples(paths, out: Path, indices: list[int] | None = None, count: int = 16,
+                   columns: int | None = None, scale: int = 1) -> list[Path]:
+    """Image samples → one PNG grid at `out`; audio samples → WAV files (`out` itself for one
+    sample and a .wav name, else `out/<key>.wav`). Returns the files written."""
+    samples = select_samples(paths, indices, count)
+    modalities = {meta.get("modality") for _, meta, _ in samples}
+    if modalities == {"image"}:
+        images = [bytes_to_image(payload, (meta["height"], meta["width"])) for _, meta, payload in samples]
+        if len({image.shape for image in images}) > 1:
+            raise UsageError("the selected images differ in size; render them separately")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        image_grid(images, columns, scale=scale).save(out, format="PNG")
+        return [out]
+    if modalities == {"audio"}:
+        single = len(samples) == 1 and out.suffix.lower() == ".wav"
+        targets = [out] if single else [out / f"{key}.wav" for key, _, _ in samples]
+        targets[0].parent.mkdir(parents=True, exist_ok=True)
+        for target, (_, meta, payload) in zip(targets, samples):
+            write_wav(target, payload, meta["encoding"], meta["sample_rate"])
+        return targets
+    raise UsageError(f"render draws image or audio samples, one kind at a time; these are {sorted(map(str, modalities))}")

@@ -1,0 +1,1 @@
+"""The DeepSpeed trainer: joins the loader (pipeline/), the model (model/) and DeepSpeed."""

@@ -1,0 +1,224 @@
+"""Training configuration: a TOML file with five sections, overridable from the command line.
+
+    [data]       datasets, weights, validation set, batch sizes, loader options
+    [model]      preset = "<name in model.PRESETS>", plus any MegaByteConfig field to override
+    [optim]      AdamW and the learning-rate schedule
+    [deepspeed]  ZeRO stage, precision, offload (or a raw DeepSpeed JSON)
+    [run]        output directory, checkpoint / eval / log intervals, seed, limits
+
+`--set section.key=value` overrides one key; the value is read as a TOML value (`3`, `1e-3`,
+`true`, `"text"`, `["a", "b"]`), and a bare word is taken as a string. Unknown sections or keys,
+missing datasets and batch sizes that do not divide are ConfigError: one line saying what to change.
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from model import PRESETS, MegaByteConfig
+from pipeline.errors import UsageError
+
+SHIPPED_CONFIGS = Path(__file__).parent / "configs"
+
+
+class ConfigError(UsageError):
+    """A training configuration that cannot run, with what to change."""
+
+
+@dataclass
+class DataConfig:
+    datasets: list[str] = field(default_factory=list)  # dataset directories (converted shards)
+    weights: list[float] = field(default_factory=list)  # mixing weights, one per dataset; [] = equal
+    validation: str = ""  # dataset directory for held-out bits per byte; "" = no validation
+    batch_size: int = 8  # global batch: sequences per optimizer step, all ranks together
+    micro_batch_size: int = 8  # sequences per rank per forward/backward
+    num_workers: int = 1  # DataLoader worker processes per rank
+    shuffle_buffer: int = 256  # sequences held for shuffling; 0 = no shuffle buffer
+    image_order: str = "raster"  # "raster" or "patch" (the paper's p×p block scan)
+    text_packing: str = "concat"  # "concat" (documents joined by the boundary id) or "document"
+    on_error: str = "raise"  # bad shard or member: "raise" or "skip" (counted and logged)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-3  # peak learning rate
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-8
+    weight_decay: float = 0.1  # on matrices only, not on norms, biases or embeddings
+    grad_clip: float = 1.0
+    warmup_steps: int = 100  # linear warm-up from 0
+    schedule: str = "cosine"  # after warm-up: "cosine" or "linear" decay to min_lr_ratio·lr, or "constant"
+    min_lr_ratio: float = 0.1
+    total_steps: int = 1000  # optimizer steps of the whole run
+
+
+@dataclass
+class DeepSpeedSection:
+    zero_stage: int = 2  # 0 (plain data parallel), 1, 2 or 3
+    precision: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU), "bf16" or "fp32"
+    offload_optimizer: bool = False  # ZeRO-Offload of optimizer states to CPU memory
+    offload_param: bool = False  # parameters to CPU memory too (ZeRO-3 only)
+    config_file: str = ""  # a raw DeepSpeed JSON: used as the base; batch sizes come from [data]
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs/default"  # checkpoints, metrics.jsonl, TensorBoard events, resolved config
+    seed: int = 1234
+    checkpoint_every: int = 500  # optimizer steps; 0 = only at the end (and on SIGTERM/SIGINT)
+    keep_last: int = 3  # checkpoints kept; older ones are pruned
+    eval_every: int = 500  # optimizer steps; 0 = only at the end
+    eval_batches: int = 0  # validation batches per rank per evaluation; 0 = the whole set
+    log_every: int = 10
+    max_minutes: float = 0.0  # stop (with a checkpoint) after this wall time; 0 = no limit
+    progress: bool = True  # progress bar on rank 0
+
+
+SECTIONS = {"data": DataConfig, "optim": OptimConfig, "deepspeed": DeepSpeedSection, "run": RunConfig}
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig
+    model: MegaByteConfig
+    model_preset: str
+    optim: OptimConfig
+    deepspeed: DeepSpeedSection
+    run: RunConfig
+
+    def to_dict(self) -> dict:
+        """JSON-safe; `from_dict(to_dict())` gives the same config (stored in checkpoints)."""
+        return {"data": dataclasses.asdict(self.data),
+                "model": {"preset": self.model_preset, **self.model.to_dict()},
+                "optim": dataclasses.asdict(self.optim),
+                "deepspeed": dataclasses.asdict(self.deepspeed),
+                "run": dataclasses.asdict(self.run)}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "TrainConfig":
+        unknown = sorted(set(raw) - set(SECTIONS) - {"model"})
+        if unknown:
+            raise ConfigError(f"unknown section(s) {unknown}; sections are "
+                              f"{sorted([*SECTIONS, 'model'])}")
+        sections = {name: build_section(name, kind, raw.get(name, {})) for name, kind in SECTIONS.items()}
+        model_fields = dict(raw.get("model", {}))
+        preset = model_fields.pop("preset", "tiny")
+        if preset not in PRESETS:
+            raise ConfigError(f"model.preset {preset!r} is not a preset; choose one of {sorted(PRESETS)}")
+        try:
+            model = MegaByteConfig.from_dict({**PRESETS[preset].to_dict(), **model_fields})
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"[model]: {error}") from None
+        config = cls(model=model, model_preset=preset, **sections)
+        config.check()
+        return config
+
+    def check(self) -> None:
+        data, optim = self.data, self.optim
+        for name, value in [("data.batch_size", data.batch_size),
+                            ("data.micro_batch_size", data.micro_batch_size),
+                            ("optim.total_steps", optim.total_steps)]:
+            if value < 1:
+                raise ConfigError(f"{name} = {value}: must be at least 1")
+        if not data.datasets:
+            raise ConfigError("data.datasets is empty: list at least one converted dataset directory")
+        if data.weights and len(data.weights) != len(data.datasets):
+            raise ConfigError(f"data.weights has {len(data.weights)} entries for "
+                              f"{len(data.datasets)} datasets: give one weight per dataset, or none")
+        choices = {"data.image_order": (data.image_order, ("raster", "patch")),
+                   "data.text_packing": (data.text_packing, ("concat", "document")),
+                   "data.on_error": (data.on_error, ("raise", "skip")),
+                   "optim.schedule": (optim.schedule, ("cosine", "linear", "constant")),
+                   "deepspeed.precision": (self.deepspeed.precision, ("auto", "bf16", "fp32")),
+                   "deepspeed.zero_stage": (self.deepspeed.zero_stage, (0, 1, 2, 3))}
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ConfigError(f"{name} = {value!r}: choose one of {list(allowed)}")
+        if self.deepspeed.offload_param and self.deepspeed.zero_stage != 3:
+            raise ConfigError("deepspeed.offload_param needs deepspeed.zero_stage = 3")
+
+    def check_paths(self) -> None:
+        """The datasets exist (checked at start-up, not when a checkpoint's config is read)."""
+        for path in [*self.data.datasets, *([self.data.validation] if self.data.validation else [])]:
+            if not (Path(path) / "index.json").is_file():
+                raise ConfigError(f"{path}: not a converted dataset (no index.json); convert it with "
+                                  "`megabyte convert` or fix the path in [data]")
+
+    def accumulation_steps(self, world_size: int) -> int:
+        """Gradient accumulation so that micro_batch_size × world_size × steps = batch_size."""
+        per_step = self.data.micro_batch_size * world_size
+        if self.data.batch_size % per_step:
+            raise ConfigError(f"data.batch_size = {self.data.batch_size} is not a multiple of "
+                              f"data.micro_batch_size × world size = {self.data.micro_batch_size} × "
+                              f"{world_size}; change one of them")
+        return self.data.batch_size // per_step
+
+
+def build_section(name: str, kind, values: dict):
+    known = {f.name for f in dataclasses.fields(kind)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in [{name}]; known keys are {sorted(known)}")
+    try:
+        return kind(**values)
+    except TypeError as error:
+        raise ConfigError(f"[{name}]: {error}") from None
+
+
+def parse_override(text: str) -> tuple[str, str, object]:
+    """'section.key=value' → (section, key, value); the value is parsed as TOML if it can be."""
+    target, sep, value_text = text.partition("=")
+    section, dot, key = target.strip().partition(".")
+    if not sep or not dot or not key:
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. optim.lr=1e-3")
+    try:
+        value = tomllib.loads(f"v = {value_text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = value_text  # a bare word: a string
+    return section, key.strip(), value
+
+
+def resolve_config_path(path: str) -> Path:
+    """A file path, or the name of a shipped config (e.g. "tiny-cpu")."""
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate
+    shipped = SHIPPED_CONFIGS / f"{path}.toml"
+    if shipped.is_file():
+        return shipped
+    names = sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.toml"))
+    raise ConfigError(f"{path}: no such config file (shipped configs: {', '.join(names)})")
+
+
+def load_config(path: str, overrides: list[str] = ()) -> TrainConfig:
+    config_path = resolve_config_path(path)
+    try:
+        raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{config_path}: not valid TOML ({error})") from None
+    for override in overrides:
+        section, key, value = parse_override(override)
+        raw.setdefault(section, {})[key] = value
+    return TrainConfig.from_dict(raw)
+
+
+def dump_config(config: TrainConfig) -> str:
+    return json.dumps(config.to_dict(), indent=1)
+
+
+def add_train_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of `megabyte train` / `python -m train.main` (and of `megabyte config`)."""
+    parser.add_argument("--config", required=True,
+                        help="a TOML file, or a shipped config name: tiny-cpu, text, imagenet64, audio")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config key, e.g. --set optim.lr=1e-3 (repeatable)")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                        help="set by the deepspeed launcher; not for manual use")

@@ -1,0 +1,114 @@
+"""Setting up the DeepSpeed engine: distributed init, DeepSpeed config, optimizer, schedule.
+
+CPU runs (DS_ACCELERATOR=cpu, or no CUDA device) use gloo and fp32; GPU runs use NCCL and bf16 by
+default. A plain `python -m train.main` is a world of one: the rendezvous variables the launcher
+would set are filled in here.
+"""
+
+import json
+import math
+import os
+import socket
+
+import torch
+
+from train.config import ConfigError, TrainConfig
+
+
+def on_gpu() -> bool:
+    return os.environ.get("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu") == "cuda" \
+        and torch.cuda.is_available()
+
+
+def init_distributed() -> tuple[int, int, torch.device]:
+    """Join (or, without a launcher, create) the process group; returns (rank, world size, device)."""
+    if "RANK" not in os.environ:  # plain python: a world of one
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(port))
+    gpu = on_gpu()
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if gpu else "cpu")
+    import deepspeed  # after DS_ACCELERATOR is settled: it picks its accelerator on import
+
+    deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo", verbose=False)
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if gpu:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    return torch.distributed.get_rank(), torch.distributed.get_world_size(), device
+
+
+def use_bf16(config: TrainConfig) -> bool:
+    return config.deepspeed.precision == "bf16" or (config.deepspeed.precision == "auto" and on_gpu())
+
+
+def deepspeed_config(config: TrainConfig, world_size: int) -> dict:
+    """The DeepSpeed config dict for this run (a raw JSON from deepspeed.config_file is the base)."""
+    section = config.deepspeed
+    base = {}
+    if section.config_file:
+        try:
+            with open(section.config_file, encoding="utf-8") as f:
+                base = json.load(f)
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"{section.config_file}: cannot read the DeepSpeed JSON ({error})") from None
+    zero = {"stage": section.zero_stage, **base.get("zero_optimization", {})}
+    if section.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu()}
+    if section.offload_param:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": on_gpu()}
+    return {
+        **base,
+        "train_batch_size": config.data.batch_size,
+        "train_micro_batch_size_per_gpu": config.data.micro_batch_size,
+        "gradient_accumulation_steps": config.accumulation_steps(world_size),
+        "gradient_clipping": config.optim.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": use_bf16(config)},
+        "zero_allow_untested_optimizer": True,  # our torch AdamW: fused on GPU, exact on CPU
+        "steps_per_print": base.get("steps_per_print", 10**9),  # we log ourselves
+        "wall_clock_breakdown": False,
+    }
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; weight decay on matrices only (not norms, biases or embedding tables)."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        is_embedding = "emb" in name or "pad" in name
+        (decay if parameter.dim() >= 2 and not is_embedding else no_decay).append(parameter)
+    optim = config.optim
+    groups = [{"params": decay, "weight_decay": optim.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
+                             fused=on_gpu())
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Multiplier of the peak lr at optimizer step `step`: linear warm-up, then the decay."""
+    optim = config.optim
+    if step < optim.warmup_steps:
+        return (step + 1) / optim.warmup_steps
+    if optim.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - optim.warmup_steps) / max(1, optim.total_steps - optim.warmup_steps))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if optim.schedule == "cosine" else 1 - progress
+    return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * shape
+
+
+def build_engine(model: torch.nn.Module, config: TrainConfig, world_size: int):
+    """(engine, lr scheduler): DeepSpeed wraps the model, our AdamW and a LambdaLR schedule."""
+    import deepspeed
+
+    optimizer = build_optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
+    engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                   lr_scheduler=scheduler,
+                                                   config=deepspeed_config(config, world_size))
+    return engine, scheduler

@@ -1,0 +1,76 @@
+"""Checkpoint → one safetensors file (+ its model config) that model/ loads without DeepSpeed.
+
+ZeRO shards of any stage are consolidated into full fp32 tensors with DeepSpeed's own
+zero_to_fp32 reader; stage 0 checkpoints hold the whole module already.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+
+from model import MegaByteConfig, build_model
+from model.weights import save_weights
+from pipeline.errors import UsageError
+from pipeline.shards import load_manifest
+from train import checkpoint
+
+
+def find_checkpoint(path) -> Path:
+    """A checkpoint folder, a run's checkpoints/ folder or a run directory → a complete checkpoint."""
+    path = Path(path)
+    if (path / checkpoint.MARKER).is_file():
+        return path
+    for root in (path / "checkpoints", path):
+        folder = checkpoint.latest(root) if root.is_dir() else None
+        if folder is not None:
+            return folder
+    raise UsageError(f"{path}: no complete checkpoint here (expected a run directory or a "
+                     f"step-NNNNNN folder with a {checkpoint.MARKER} marker)")
+
+
+def consolidated_state_dict(folder: Path, zero_stage: int) -> dict:
+    if zero_stage == 0:
+        files = sorted(folder.glob("mp_rank_*_model_states.pt"))
+        return torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
+
+
+def data_metadata(datasets: list[str]) -> dict:
+    """What generate needs to turn bytes back into media: the training data's modality and,
+    for images and audio, their converter arguments (size, sample rate, encoding)."""
+    manifests = []
+    for path in datasets:
+        try:
+            manifests.append(load_manifest(path))
+        except UsageError:
+            pass  # exported elsewhere than the data: the metadata is a convenience
+    modalities = sorted({m.modality for m in manifests})
+    extra = {"modality": modalities[0] if len(modalities) == 1 else "mixed"}
+    if manifests and len(modalities) == 1:
+        extra["data_arguments"] = json.dumps(manifests[0].arguments, sort_keys=True)
+    return extra
+
+
+def export(path, out: Path) -> Path:
+    folder = find_checkpoint(path)
+    state = checkpoint.read_state(folder)
+    config = state["config"]
+    model_fields = {k: v for k, v in config["model"].items() if k != "preset"}
+    model = build_model(MegaByteConfig.from_dict(model_fields))
+    weights = consolidated_state_dict(folder, config["deepspeed"]["zero_stage"])
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    tied = {name for name in missing if name.endswith("weight") and "head" in name}
+    if unexpected or set(missing) - tied:
+        raise UsageError(f"{folder}: checkpoint does not match its model config "
+                         f"(missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)})")
+    extra = {"step": state["step"], "image_order": config["data"]["image_order"],
+             **data_metadata(config["data"]["datasets"])}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_weights(model, tmp, extra)
+    tmp.replace(out)
+    return folder

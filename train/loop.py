@@ -1,0 +1,110 @@
+"""The training loop: one function, from the current step to optim.total_steps.
+
+Per optimizer step: `accumulation` micro-batches of forward + backward (DeepSpeed accumulates and
+steps on the last), then one all-reduce of [loss sum, bytes, stop request] that gives every rank
+the same view for logging and for stopping. Checkpoints are taken at step boundaries only, so a
+resumed run continues exactly where the saved one stood.
+"""
+
+import math
+import signal
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from model import byte_loss
+from pipeline.vocab import PAD_ID
+from train import checkpoint
+from train.evaluate import evaluate
+from train.metrics import flops_per_byte, peak_flops
+
+
+@dataclass
+class RunState:
+    step: int = 0  # optimizer steps done
+    bytes_seen: int = 0  # non-PAD targets trained on, all ranks together
+
+
+class StopRequest:
+    """SIGTERM / SIGINT set a flag; the loop saves at the next step boundary and returns."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def handle(self, signum, frame):
+        self.requested = True
+
+    def restore(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def train_loop(t, state: RunState, stop: StopRequest) -> dict:
+    """t: the Trainer (engine, scheduler, loaders, config, metrics, paths, rank, device)."""
+    config, engine = t.config, t.engine
+    total = config.optim.total_steps
+    accumulation = engine.gradient_accumulation_steps()
+    started = time.perf_counter()
+    peak = peak_flops()
+    model_flops = flops_per_byte(config.model) if peak else None
+    bar = tqdm(total=total, initial=state.step, desc="train", unit="step",
+               disable=t.rank != 0 or not config.run.progress, dynamic_ncols=True)
+    last = {}
+    while state.step < total:
+        step_start = time.perf_counter()
+        sums = torch.zeros(3, dtype=torch.float64, device=t.device)  # loss sum, bytes, stop votes
+        for _ in range(accumulation):
+            ids = next(t.batches)["ids"].to(t.device, non_blocking=True)  # (B, T)
+            loss = byte_loss(engine(ids), ids, PAD_ID)
+            engine.backward(loss)
+            engine.step()
+            sums[0] += loss.detach().double()  # stays on the device: no sync per micro-batch
+            sums[1] += (ids != PAD_ID).sum()
+        state.step += 1
+        out_of_time = config.run.max_minutes and time.perf_counter() - started > 60 * config.run.max_minutes
+        sums[2] = float(stop.requested or out_of_time)
+        dist.all_reduce(sums)  # on the device: NCCL reduces device tensors only
+        loss_sum, step_bytes, stop_votes = sums.tolist()
+        loss_mean = loss_sum / (accumulation * t.world_size)
+        state.bytes_seen += int(step_bytes)
+        seconds = time.perf_counter() - step_start
+        last = {"loss": loss_mean, "bpb": loss_mean / math.log(2), "lr": t.scheduler.get_last_lr()[0],
+                "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+                "bytes_per_s": step_bytes / seconds, "bytes_seen": state.bytes_seen}
+        if model_flops:
+            last["mfu"] = model_flops * last["bytes_per_s"] / (peak * t.world_size)
+        if state.step % config.run.log_every == 0 or state.step == total:
+            t.metrics.log(state.step, "train", last)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_mean:.3f}", bpb=f"{last['bpb']:.3f}",
+                        B_s=f"{last['bytes_per_s']:.3g}", refresh=False)
+        stopping = stop_votes > 0
+        every = config.run.checkpoint_every
+        if stopping or state.step == total or (every and state.step % every == 0):
+            save(t, state)
+        if t.validation and (state.step == total or stopping or
+                             (config.run.eval_every and state.step % config.run.eval_every == 0)):
+            last.update({f"val_{k}": v for k, v in run_eval(t, state).items()})
+        if stopping:
+            break
+    bar.close()
+    return last
+
+
+def save(t, state: RunState) -> None:
+    checkpoint.save(t.engine, t.checkpoint_dir, state.step, t.train_loader.state_dict(),
+                    {"bytes_seen": state.bytes_seen, "config": t.config.to_dict()},
+                    t.config.run.keep_last)
+
+
+def run_eval(t, state: RunState) -> dict:
+    result = evaluate(t.engine, t.validation(), t.device, t.config.run.eval_batches)
+    t.metrics.log(state.step, "eval", result)
+    if t.rank == 0:
+        tqdm.write(f"step {state.step}: validation {result['bpb']:.4f} bits/byte over "
+                   f"{result['bytes']:,} bytes")
+    return result

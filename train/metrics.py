@@ -1,0 +1,91 @@
+"""Training metrics on rank 0: one JSON line per record in OUT/metrics.jsonl, and TensorBoard.
+
+Model FLOPs utilisation (GPU only) counts the matrix products of one forward + backward (the
+usual 6 FLOPs per parameter per position, plus attention), with the MegaByte split: the global
+model runs once per patch (K positions), the local model once per byte (T positions) in windows of
+P bytes.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+# dense bf16 tensor-core peak by device name; MFU is reported only for devices listed here
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
+
+
+def flops_per_byte(model_config) -> float:
+    """Training FLOPs (forward + backward) per input byte."""
+    c = model_config
+    mlp = 3 if c.activation == "swiglu" else 2
+
+    def stack(width: int, layers: int, context: int) -> float:
+        # per position: attention projections 4·w², MLP mlp·ratio·w², and 2·context·w for the
+        # scores and the weighted sum (causal: half the context on average); ×2 multiply-add,
+        # ×3 forward + backward
+        matmul = (4 + mlp * c.mlp_ratio) * width * width + context * width
+        return 6 * layers * matmul
+
+    if c.architecture == "transformer":
+        return stack(c.global_dim, c.global_layers, c.seq_len) + 6 * c.global_dim * c.vocab_size
+    global_per_patch = stack(c.global_dim, c.global_layers, c.seq_len // c.patch_size)
+    local_per_byte = stack(c.local_dim, c.local_layers, c.patch_size)
+    to_local = 6 * (c.global_dim // c.patch_size) * c.local_dim  # D_G → D_L projection
+    head = 6 * c.local_dim * c.vocab_size
+    return global_per_patch / c.patch_size + local_per_byte + to_local + head
+
+
+def peak_flops() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)
+
+
+class MetricsLogger:
+    """Writes on rank 0 only; every other rank's logger does nothing."""
+
+    def __init__(self, out_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.out_dir = Path(out_dir)
+        self.jsonl = None  # opened at the first record, after a resume has truncated the file
+        self.tensorboard = None
+
+    def log(self, step: int, kind: str, values: dict) -> None:
+        """kind: "train" or "eval"; values: name → number."""
+        if not self.enabled:
+            return
+        if self.jsonl is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.jsonl = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")
+            self.tensorboard = SummaryWriter(str(self.out_dir / "tensorboard"))
+        record = {"step": step, "kind": kind, "time": round(time.time(), 3), **values}
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+        for name, value in values.items():
+            if isinstance(value, (int, float)):
+                self.tensorboard.add_scalar(f"{kind}/{name}", value, step)
+
+    def close(self) -> None:
+        if self.jsonl is not None:
+            self.jsonl.close()
+            self.tensorboard.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Keep only the records up to `step` (a resumed run redoes the steps after it)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    records = [r for r in read_metrics(run_dir) if r["step"] <= step]
+    tmp = path.with_name(".metrics.jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    tmp.replace(path)
