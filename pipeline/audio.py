@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
-from scipy.signal import firwin, resample_poly
 
 from pipeline.convert import (FileItem, Sample, SkipInput, TaskResult, batch_files, discard,
                               expand_sources, run_file_batch)
@@ -90,6 +89,8 @@ class Resampler:
         self.up, self.down = rate_out // common, rate_in // common
         if self.up == self.down:
             return  # the identity: no filter
+        from scipy.signal import firwin  # here, not at the top: scipy.signal takes 0.5 s to import
+
         max_rate = max(self.up, self.down)
         half_len = 10 * max_rate  # resample_poly's filter half-length, in upsampled samples
         self.taps = firwin(2 * half_len + 1, 1.0 / max_rate, window=("kaiser", 5.0)).astype(np.float32)
@@ -100,6 +101,8 @@ class Resampler:
         if self.up == self.down:
             yield from blocks
             return
+        from scipy.signal import resample_poly
+
         up, down, context, step = self.up, self.down, self.context, self.step
         window = (step + 2 * context) * down
         pending = np.zeros(context * down, dtype=np.float32)  # the zeros before the signal

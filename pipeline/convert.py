@@ -301,6 +301,8 @@ def convert(converter, files: list[Path], options: ConvertOptions, arguments: di
         manifest.skipped = journal["skipped"]
         cursor_task, cursor_sample = journal["cursor"]
         log.info(f"{options.out}: resuming after {len(manifest.shards)} complete shards")
+    else:  # journal first: a kill between the first shard and its journal entry stays resumable
+        save_journal(options.out, manifest, (0, 0))
 
     writer = None
     total_source_bytes = sum(f.stat().st_size for _, f in indexed_files)

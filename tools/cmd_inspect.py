@@ -1,11 +1,12 @@
-"""`megabyte inspect {ls,stats,verify,show}`: look inside converted datasets."""
+"""`megabyte inspect {ls,stats,verify,show,render}`: look inside converted datasets."""
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
-from pipeline import inspect
-from pipeline.errors import DataError
+from pipeline import inspect, render
+from pipeline.errors import DataError, UsageError
 
 
 def register(subparsers) -> None:
@@ -32,6 +33,19 @@ def register(subparsers) -> None:
                        help="the sample's position in the dataset, 0-based (default: 0)")
     show.add_argument("--bytes", type=int, default=512, help="how many leading bytes to print (default: 512)")
     show.add_argument("--hex", action="store_true", help="print a hexdump instead of text")
+    render_verb = add_verb("render", "image samples → one PNG grid, audio samples → WAV files, decoded "
+                                     "from the stored bytes", cmd_render)
+    render_verb.add_argument("--out", required=True, type=Path, metavar="FILE",
+                             help="the PNG to write (images), or a folder for <key>.wav files (audio; a "
+                                  ".wav name for one sample)")
+    chosen = render_verb.add_mutually_exclusive_group()
+    chosen.add_argument("--count", type=int, default=16, help="render the first N samples (default: 16)")
+    chosen.add_argument("--indices", type=index_list, default=None, metavar="I,J,…",
+                        help="render the samples at these dataset positions, 0-based, e.g. 0,7,42")
+    render_verb.add_argument("--columns", type=int, default=None,
+                             help="images per grid row (default: a near-square grid)")
+    render_verb.add_argument("--scale", type=int, default=1,
+                             help="enlarge each image this many times, nearest neighbour (default: 1)")
 
 
 def cmd_ls(args) -> int:
@@ -80,4 +94,22 @@ def cmd_show(args) -> int:
         print(inspect.hexdump(head))
     else:
         sys.stdout.write(head.decode("utf-8", "backslashreplace") + "\n")
+    return 0
+
+
+def index_list(text: str) -> list[int]:
+    try:
+        indices = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of indices") from None
+    if any(i < 0 for i in indices):
+        raise argparse.ArgumentTypeError("indices are 0-based positions, not negative")
+    return indices
+
+
+def cmd_render(args) -> int:
+    if args.count <= 0 or (args.columns is not None and args.columns <= 0) or args.scale <= 0:
+        raise UsageError("--count, --columns and --scale must be positive")
+    written = render.render_samples(args.paths, args.out, args.indices, args.count, args.columns, args.scale)
+    print(f"wrote {written[0]}" if len(written) == 1 else f"wrote {len(written)} files in {written[0].parent}")
     return 0

@@ -1,6 +1,6 @@
 """`megabyte train` and `megabyte config`: run (or resume) training; print a resolved config."""
 
-from train.config import add_train_flags, dump_config, load_config
+from train.flags import add_train_flags
 
 
 def register(subparsers) -> None:
@@ -15,7 +15,8 @@ def register(subparsers) -> None:
 
 
 def cmd_train(args) -> int:
-    from train.main import run  # imports DeepSpeed: only when training
+    from train.config import load_config
+    from train.main import run  # imports torch and DeepSpeed: only when training
 
     result = run(load_config(args.config, args.set))
     if result:
@@ -24,5 +25,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_config(args) -> int:
+    from train.config import dump_config, load_config
+
     print(dump_config(load_config(args.config, args.set)))
     return 0

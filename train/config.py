@@ -11,7 +11,6 @@
 missing datasets and batch sizes that do not divide are ConfigError: one line saying what to change.
 """
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -213,12 +212,3 @@ def load_config(path: str, overrides: list[str] = ()) -> TrainConfig:
 def dump_config(config: TrainConfig) -> str:
     return json.dumps(config.to_dict(), indent=1)
 
-
-def add_train_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags of `megabyte train` / `python -m train.main` (and of `megabyte config`)."""
-    parser.add_argument("--config", required=True,
-                        help="a TOML file, or a shipped config name: tiny-cpu, text, imagenet64, audio")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one config key, e.g. --set optim.lr=1e-3 (repeatable)")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
-                        help="set by the deepspeed launcher; not for manual use")

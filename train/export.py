@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from model import MegaByteConfig, build_model
-from model.weights import save_weights
+from model.weights import load_weights, save_weights
 from pipeline.errors import UsageError
 from pipeline.shards import load_manifest
 from train import checkpoint
@@ -54,7 +54,9 @@ def data_metadata(datasets: list[str]) -> dict:
     return extra
 
 
-def export(path, out: Path) -> Path:
+def model_from_checkpoint(path) -> tuple[torch.nn.Module, dict, Path]:
+    """(model with the consolidated weights, trainer state, checkpoint folder) — no DeepSpeed
+    engine, one process."""
     folder = find_checkpoint(path)
     state = checkpoint.read_state(folder)
     config = state["config"]
@@ -66,11 +68,34 @@ def export(path, out: Path) -> Path:
     if unexpected or set(missing) - tied:
         raise UsageError(f"{folder}: checkpoint does not match its model config "
                          f"(missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)})")
-    extra = {"step": state["step"], "image_order": config["data"]["image_order"],
-             **data_metadata(config["data"]["datasets"])}
+    return model.eval(), state, folder
+
+
+def load_any(path) -> tuple[torch.nn.Module, dict]:
+    """An exported .safetensors file or a checkpoint → (model in eval mode, metadata)."""
+    path = Path(path)
+    if path.is_file():
+        try:
+            return load_weights(path)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+    model, state, _ = model_from_checkpoint(path)
+    return model, export_metadata(state)
+
+
+def export_metadata(state: dict) -> dict:
+    config = state["config"]
+    return {"step": state["step"], "image_order": config["data"]["image_order"],
+            **data_metadata(config["data"]["datasets"])}
+
+
+def export(path, out: Path) -> Path:
+    """Write the newest complete checkpoint under `path` as one safetensors file; returns the
+    checkpoint folder it came from."""
+    model, state, folder = model_from_checkpoint(path)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    save_weights(model, tmp, extra)
+    save_weights(model, tmp, export_metadata(state))
     tmp.replace(out)
     return folder

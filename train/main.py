@@ -22,7 +22,8 @@ from model import build_model
 from pipeline.errors import UsageError, report_errors
 from pipeline.loader import LoaderConfig, build_train_loader, build_validation_loader
 from train import checkpoint
-from train.config import TrainConfig, add_train_flags, dump_config, load_config
+from train.config import TrainConfig, dump_config, load_config
+from train.flags import add_train_flags
 from train.engine import build_engine, init_distributed
 from train.loop import RunState, StopRequest, train_loop
 from train.metrics import MetricsLogger, truncate_metrics

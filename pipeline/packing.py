@@ -1,0 +1,176 @@
+"""Packing: one sample's bytes → sequences of at most T ids → (B, T) batches padded with PAD.
+
+    (meta, bytes) ──Transform──▶ Tokens: the sample's ids, read as a flat stream
+        text   the document's bytes, then BOUNDARY (a real, predicted token)
+        image  raw RGB in raster order, or the paper's patch scan (pipeline.scan)
+        audio  the PCM bytes; windows are a whole number of audio frames long
+    Tokens ──packer.step──▶ a sequence: a list of parts (uint8/uint16 arrays) of ≤ T ids in all
+        ConcatPacker   documents joined and cut every T ids; the rest carries over to the next
+        WindowPacker   every sample cut alone into windows (one document / image per sequence)
+    sequences ──to_batch──▶ int64 (B, T), each row PAD after its parts
+
+PAD is only ever appended at the end of a row, so `ids != PAD_ID` is the loss mask. An image
+padded to T is also padded to a multiple of P (T is one). A packer step reports the offset it
+reached inside the sample, so a cursor (sample, offset, carry) says exactly where packing is.
+"""
+
+import base64
+import math
+
+import numpy as np
+import torch
+
+from pipeline.errors import DataError
+from pipeline.scan import to_patch_order
+from pipeline.vocab import BOUNDARY_ID, PAD_ID
+
+BOUNDARY_PART = np.array([BOUNDARY_ID], dtype=np.uint16)
+AUDIO_FRAME_BYTES = {"pcm16": 2, "mulaw8": 1}  # bytes per audio sample; windows never split one
+
+
+class Tokens:
+    """A sample as a flat stream of ids: `data` (uint8 bytes, or PAD ids), then `tail` ids.
+
+    `window` is how many ids one sequence takes from it under WindowPacker.
+    """
+
+    __slots__ = ("data", "tail", "window")
+
+    def __init__(self, data: np.ndarray, tail: np.ndarray | None, window: int):
+        self.data = data
+        self.tail = tail
+        self.window = window
+
+    def __len__(self) -> int:
+        return len(self.data) + (0 if self.tail is None else len(self.tail))
+
+    def slice(self, start: int, stop: int) -> list[np.ndarray]:
+        """The ids start..stop-1 as parts, without copying the bytes."""
+        parts, n = [], len(self.data)
+        if start < n:
+            parts.append(self.data[start:min(stop, n)])
+        if self.tail is not None and stop > n:
+            parts.append(self.tail[max(start - n, 0):stop - n])
+        return parts
+
+
+class Transform:
+    """Modality transform: (meta, payload bytes) → Tokens. Picklable (plain settings only).
+
+    A payload of None stands for a sample that could not be read but whose place must be kept
+    (validation): its ids are all PAD, so it counts for nothing.
+    """
+
+    def __init__(self, modality: str, seq_len: int, patch_size: int, image_order: str = "raster"):
+        if modality not in ("text", "image", "audio"):
+            raise ValueError(f"unknown modality {modality!r}: expected text, image or audio")
+        self.modality = modality
+        self.seq_len = seq_len
+        self.patch_size = patch_size
+        self.image_order = image_order
+
+    def length_and_window(self, meta: dict) -> tuple[int, int]:
+        """(number of ids, window) of a sample, from its metadata alone."""
+        length = meta["length"]
+        if self.modality == "text":
+            return length + 1, self.seq_len
+        if self.modality == "image":
+            if length > self.seq_len:
+                padded = math.ceil(length / self.patch_size) * self.patch_size
+                raise ValueError(f"an image of {length} bytes does not fit in seq_len {self.seq_len}: "
+                                 f"use seq_len >= {padded} (one image per sequence)")
+            return length, self.seq_len
+        frame = AUDIO_FRAME_BYTES.get(meta.get("encoding", "pcm16"))
+        if frame is None:
+            raise DataError(f"unknown audio encoding {meta.get('encoding')!r} "
+                            f"(expected one of {sorted(AUDIO_FRAME_BYTES)})")
+        if self.seq_len < frame:
+            raise ValueError(f"seq_len {self.seq_len} is shorter than one {frame}-byte audio frame")
+        return length, self.seq_len - self.seq_len % frame
+
+    def __call__(self, meta: dict, payload: bytes | None) -> Tokens:
+        if meta.get("modality") != self.modality:
+            raise DataError(f"sample of modality {meta.get('modality')!r} in a {self.modality} dataset")
+        length, window = self.length_and_window(meta)
+        if payload is None:
+            return Tokens(np.full(length, PAD_ID, dtype=np.uint16), None, window)
+        data = np.frombuffer(payload, dtype=np.uint8)
+        if self.modality == "text":
+            return Tokens(data, BOUNDARY_PART, window)
+        if self.modality == "image" and self.image_order == "patch":
+            size, width, channels = meta["height"], meta["width"], meta.get("channels", 3)
+            if size != width or channels != 3:
+                raise DataError(f"patch-scan order needs square RGB images, got {size}×{width}×{channels}")
+            data = to_patch_order(data, size, self.patch_size)
+        return Tokens(data, None, window)
+
+
+class ConcatPacker:
+    """Documents joined and cut into sequences of exactly T ids; the leftover is the carry."""
+
+    def __init__(self, seq_len: int, carry: list[np.ndarray] = ()):
+        self.seq_len = seq_len
+        self.carry = list(carry)
+        self.carry_len = sum(len(part) for part in self.carry)
+
+    def step(self, tokens: Tokens, offset: int) -> tuple[list[np.ndarray] | None, int]:
+        """Take ids from `offset` until a sequence is full or the sample ends: (sequence, offset)."""
+        take = min(self.seq_len - self.carry_len, len(tokens) - offset)
+        self.carry += tokens.slice(offset, offset + take)
+        self.carry_len += take
+        if self.carry_len < self.seq_len:
+            return None, offset + take
+        sequence, self.carry, self.carry_len = self.carry, [], 0
+        return sequence, offset + take
+
+    def flush(self) -> list[np.ndarray] | None:
+        """The last, partial sequence (PAD-padded later), or None when nothing is left."""
+        sequence, self.carry, self.carry_len = self.carry, [], 0
+        return sequence or None
+
+
+class WindowPacker:
+    """Each sample cut alone into windows of `tokens.window` ids: nothing carries over."""
+
+    carry = ()  # always empty
+
+    def __init__(self, seq_len: int, carry: list[np.ndarray] = ()):
+        if carry:
+            raise ValueError("a window packer never carries ids between samples")
+        self.seq_len = seq_len
+
+    def step(self, tokens: Tokens, offset: int) -> tuple[list[np.ndarray], int]:
+        stop = min(offset + tokens.window, len(tokens))
+        return tokens.slice(offset, stop), stop
+
+    def flush(self) -> None:
+        return None
+
+
+def make_packer(modality: str, text_packing: str, seq_len: int, carry=()):
+    concat = modality == "text" and text_packing == "concat"
+    return (ConcatPacker if concat else WindowPacker)(seq_len, carry)
+
+
+def encode_carry(carry: list[np.ndarray]) -> str:
+    """A carry as a short JSON-able string: base64 of its ids as little-endian uint16."""
+    if not carry:
+        return ""
+    ids = np.concatenate([part.astype("<u2") for part in carry])
+    return base64.b64encode(ids.tobytes()).decode("ascii")
+
+
+def decode_carry(text: str) -> list[np.ndarray]:
+    return [np.frombuffer(base64.b64decode(text), dtype="<u2")] if text else []
+
+
+def to_batch(sequences: list[list[np.ndarray]], seq_len: int) -> torch.Tensor:
+    """Sequences of parts → LongTensor (B, T), PAD after each sequence's ids."""
+    out = np.empty((len(sequences), seq_len), dtype=np.int64)
+    for row, parts in zip(out, sequences):
+        position = 0
+        for part in parts:
+            row[position:position + len(part)] = part
+            position += len(part)
+        row[position:] = PAD_ID
+    return torch.from_numpy(out)
