@@ -59,7 +59,7 @@ def generate_ids(model: nn.Module, prompt: torch.Tensor, max_new_bytes: int, tem
         next_ids = next_ids.masked_fill(stopped, config.pad_id)  # (B,)
         new[:, i] = next_ids
         stopped |= next_ids == config.boundary_id
-        if i == max_new_bytes - 1 or bool(stopped.all()):
+        if i == max_new_bytes - 1 or (stop_at_boundary and bool(stopped.all())):
             break
         logits = model.decode_step(next_ids, state)  # the rows that stopped decode PAD, unread
     return torch.cat([prompt, new[:, : i + 1]], dim=1)

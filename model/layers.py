@@ -158,6 +158,7 @@ def byte_loss(logits: torch.Tensor, ids: torch.Tensor, pad_id: int = 256) -> tor
     logits (B, T, V) from model(ids), ids (B, T): logits[:, t] already predicts ids[:, t] (the
     models shift internally), so no shift here. Every byte value, 0 included, is a target;
     divide by ln 2 for bits per byte. A batch of nothing but PAD gives NaN (0/0)."""
+    # (B·T, V) against (B·T,); fp32 so that a bf16 forward still gets an exact softmax
     return F.cross_entropy(logits.float().flatten(0, 1), ids.flatten(), ignore_index=pad_id)
 
 

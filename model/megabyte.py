@@ -78,8 +78,8 @@ class MegaByte(nn.Module):
         with PAD up to one internally and the logits are cut back (causality makes that exact)."""
         B, T = ids.shape
         P, D_L = self.config.patch_size, self.config.local_dim
-        if T > self.config.seq_len:
-            raise ValueError(f"sequence of {T} bytes is longer than the model's seq_len={self.config.seq_len}")
+        if not 0 < T <= self.config.seq_len:
+            raise ValueError(f"sequence of {T} bytes: the model reads 1 to seq_len={self.config.seq_len} bytes")
         ids = nn.functional.pad(ids, (0, -T % P), value=self.config.pad_id)  # (B, K·P)
         K = ids.shape[1] // P
 
@@ -88,7 +88,8 @@ class MegaByte(nn.Module):
         h = self.global_model(torch.cat([pad, patches[:, :-1]], dim=1))  # (B, K, P·D_G)
 
         context = self.to_local_context(h)  # (B, K, P, D_L)
-        x = self.local_inputs(context, ids.view(B, K, P)[..., :-1])  # (B, K, P, D_L)
+        prev_bytes = ids.reshape(B, K, P)[..., :-1]  # (B, K, P-1): the bytes before slots 1..P-1
+        x = self.local_inputs(context, prev_bytes)  # (B, K, P, D_L)
         assert x.shape == (B, K, P, D_L), f"global→local handover: {tuple(x.shape)} != {(B, K, P, D_L)}"
         x = self.local_model(x.view(B * K, P, D_L))  # (B·K, P, D_L): all patches in one batch
         logits = self.head(x)  # (B·K, P, V)

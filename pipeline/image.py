@@ -104,7 +104,8 @@ def resize_square(image: Image.Image, size: int, method: str) -> Image.Image:
         return image.resize((size, size), Image.Resampling.BOX)
     width, height = image.size
     short = min(width, height)
-    new_width, new_height = max(size, round(width * size / short)), max(size, round(height * size / short))
+    new_width = max(size, round(width * size / short))
+    new_height = max(size, round(height * size / short))
     resized = image.resize((new_width, new_height), Image.Resampling.BICUBIC)
     left, top = (new_width - size) // 2, (new_height - size) // 2
     return resized.crop((left, top, left + size, top + size))
@@ -120,7 +121,7 @@ def apply_orientation(image: Image.Image) -> None:
 
 
 def decode_image(path: Path, settings: ImageSettings) -> tuple[bytes, tuple[int, int]]:
-    """One image file → (S·S·3 raw RGB bytes, its (width, height) as stored); SkipInput if bad."""
+    """One image file → (S·S·3 raw RGB bytes, its (width, height) upright); SkipInput if bad."""
     try:
         with Image.open(path) as image:
             image.load()
@@ -192,7 +193,8 @@ def read_name_list(path: Path) -> list[str]:
     "n01440764 tench, …" and map_clsloc.txt's "n02119789 1 kit_fox" lines work as they are)."""
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
-    names = [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = path.read_text(encoding="utf-8").splitlines()
+    names = [line.split()[0] for line in lines if line.strip()]
     if len(set(names)) != len(names):
         raise UsageError(f"{path}: a name is listed twice")
     if not names:
@@ -213,9 +215,10 @@ def read_devkit_ids(path: Path) -> list[str]:
 
 
 def class_folders(directory: Path) -> list[str]:
+    """The sorted subfolder names; hidden ones (.ipynb_checkpoints, …) are not classes."""
     if not directory.is_dir():
         raise UsageError(f"{directory}: no such directory")
-    names = sorted(p.name for p in directory.iterdir() if p.is_dir())
+    names = sorted(p.name for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not names:
         raise UsageError(f"{directory}: has no class folders")
     return names
@@ -250,17 +253,19 @@ def folder_labels(root: Path, files: list[Path], label_map: LabelMap) -> dict[Pa
     labels = {}
     for path in files:
         parts = path.relative_to(root).parts
-        if len(parts) < 2:
+        if len(parts) < 2 or parts[0].startswith("."):
             labels[path] = "not inside a class folder"
             continue
         try:
             labels[path] = label_map.by_synset(parts[0])
         except ValueError as error:
-            raise UsageError(f"{root / parts[0]}: class folder not in the class list ({error})") from None
+            raise UsageError(f"{root / parts[0]}: class folder not in the class list "
+                             f"({error})") from None
     return labels
 
 
-def read_label_file(path: Path, files: list[Path], label_map: LabelMap, base: int) -> dict[Path, Label]:
+def read_label_file(path: Path, files: list[Path], label_map: LabelMap,
+                    base: int) -> dict[Path, Label]:
     """--labels: `filename,label` CSV rows, or one label per line for the sorted files."""
     if not path.is_file():
         raise UsageError(f"{path}: no such labels file")
@@ -279,8 +284,8 @@ def read_label_file(path: Path, files: list[Path], label_map: LabelMap, base: in
 def csv_labels(path: Path, lines: list[str], files: list[Path], label_map: LabelMap,
                base: int) -> dict[Path, Label]:
     """`filename,label` rows (the filename with or without its extension; the label is the
-    first word of the second column, so Kaggle's LOC_val_solution.csv works). A first row that
-    names no file is a header."""
+    first word of the second column, so Kaggle's LOC_val_solution.csv works). Rows naming no
+    file of the folder (a header, files not copied) are ignored; a file without a row is skipped."""
     by_name = {}
     for number, row in enumerate(csv.reader(lines), start=1):
         if len(row) < 2 or not row[1].split():
@@ -385,7 +390,9 @@ def npz_tasks(settings: ImageSettings, file_index: int, path: Path, label_map: L
 
 def run_npz_rows(task: NpzRowsTask, encoder) -> TaskResult:
     settings = task.settings
-    images = np.frombuffer(task.rows, dtype=np.uint8).reshape(-1, 3, task.side, task.side)  # (n, 3, R, R)
+    count = len(task.labels)
+    images = np.frombuffer(task.rows, dtype=np.uint8)
+    images = images.reshape(count, 3, task.side, task.side)  # (n, 3, R, R)
     images = images.transpose(0, 2, 3, 1)  # (n, R, R, 3): channel-planar → row-major RGB
     result = TaskResult([], list(task.skipped), task.source_bytes)
     for offset, (image, label) in enumerate(zip(images, task.labels)):
@@ -478,13 +485,15 @@ def build_image_converter(sources: list[str], settings: ImageSettings, *, layout
     if layout == "npz":
         if labels:
             raise UsageError("--labels does not apply to .npz inputs: their labels are inside")
-        return ImageConverter(settings, layout, None, build_label_map(classes, classes_from, label_ids)), files, layout
+        label_map = build_label_map(classes, classes_from, label_ids)
+        return ImageConverter(settings, layout, label_map=label_map), files, layout
     if len(sources) != 1 or not Path(sources[0]).is_dir():
         raise UsageError(f"the {layout} layout reads one folder; got {' '.join(sources)}")
     root = Path(sources[0])
     if layout == "folder":
         if labels:
-            raise UsageError("--labels is for a flat folder; an ImageFolder's labels are its class folders")
+            raise UsageError("--labels is for a flat folder; an ImageFolder's labels are its class "
+                             "folders")
         label_map = build_label_map(classes, classes_from, label_ids, folder_root=root)
         return ImageConverter(settings, layout, folder_labels(root, files, label_map)), files, layout
     label_map = build_label_map(classes, classes_from, label_ids)

@@ -7,7 +7,9 @@
     Tokens ──packer.step──▶ a sequence: a list of parts (uint8/uint16 arrays) of ≤ T ids in all
         ConcatPacker   documents joined and cut every T ids; the rest carries over to the next
         WindowPacker   every sample cut alone into windows (one document / image per sequence)
-    sequences ──to_batch──▶ int64 (B, T), each row PAD after its parts
+    sequences ──to_ids──▶ int64 (B, T), each row PAD after its ids        (in the main process)
+    sequences ──encode_rows──▶ uint8 rows + lengths + the few ids > 255   (from DataLoader workers:
+              ──decode_rows──▶ int64 (B, T)                               an eighth of the bytes)
 
 PAD is only ever appended at the end of a row, so `ids != PAD_ID` is the loss mask. An image
 padded to T is also padded to a multiple of P (T is one). A packer step reports the offset it
@@ -19,6 +21,7 @@ import math
 
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
 from pipeline.errors import DataError
 from pipeline.scan import to_patch_order
@@ -164,13 +167,58 @@ def decode_carry(text: str) -> list[np.ndarray]:
     return [np.frombuffer(base64.b64decode(text), dtype="<u2")] if text else []
 
 
-def to_batch(sequences: list[list[np.ndarray]], seq_len: int) -> torch.Tensor:
-    """Sequences of parts → LongTensor (B, T), PAD after each sequence's ids."""
-    out = np.empty((len(sequences), seq_len), dtype=np.int64)
-    for row, parts in zip(out, sequences):
+def write_rows(sequences: list[list[np.ndarray]], out: np.ndarray) -> tuple[list[int], list]:
+    """Write each sequence's ids at the start of a row of `out`: (row lengths, specials), where
+    specials are the (row, column, id) of ids above 255 when `out` is uint8 (they wrap there)."""
+    lengths, special = [], []
+    for row, parts in enumerate(sequences):
         position = 0
         for part in parts:
-            row[position:position + len(part)] = part
+            out[row, position:position + len(part)] = part
+            if out.dtype == np.uint8 and part.dtype != np.uint8:
+                special += [(row, position + int(c), int(part[c])) for c in np.flatnonzero(part > 255)]
             position += len(part)
-        row[position:] = PAD_ID
-    return torch.from_numpy(out)
+        lengths.append(position)
+    return lengths, special
+
+
+def to_ids(sequences: list[list[np.ndarray]], seq_len: int) -> torch.Tensor:
+    """Sequences → LongTensor (n, T), PAD after each sequence's ids."""
+    ids = np.empty((len(sequences), seq_len), dtype=np.int64)
+    for row, length in enumerate(write_rows(sequences, ids)[0]):
+        ids[row, length:] = PAD_ID
+    return torch.from_numpy(ids)
+
+
+def encode_rows(sequences: list[list[np.ndarray]], seq_len: int) -> dict:
+    """Sequences → compact rows to pass between processes (an eighth of int64 ids): the bytes as
+    uint8 (n, T), each row's length (PAD after it), and the ids above 255 as (row, column, id)."""
+    data = np.zeros((len(sequences), seq_len), dtype=np.uint8)
+    lengths, special = write_rows(sequences, data)
+    return {"bytes": torch.from_numpy(data), "lengths": torch.tensor(lengths, dtype=torch.int32),
+            "special": torch.tensor(special, dtype=torch.int32).reshape(-1, 3)}
+
+
+def rows_to_yield(sequences: list[list[np.ndarray]], seq_len: int) -> dict:
+    """{"ids": LongTensor} in the main process; in a DataLoader worker, whose output crosses to
+    the main process, the compact encode_rows form. decode_rows turns either into ids."""
+    if get_worker_info() is None:
+        return {"ids": to_ids(sequences, seq_len)}
+    return encode_rows(sequences, seq_len)
+
+
+def decode_rows(rows: dict) -> torch.Tensor:
+    """encode_rows → LongTensor (n, T) of ids, PAD after each row's length (to_ids passes)."""
+    if "ids" in rows:
+        return rows["ids"]
+    ids = rows["bytes"].numpy().astype(np.int64)  # numpy: one thread, whatever torch is set to
+    for row, length in enumerate(rows["lengths"].tolist()):
+        ids[row, length:] = PAD_ID
+    special = rows["special"].numpy()
+    ids[special[:, 0], special[:, 1]] = special[:, 2]
+    return torch.from_numpy(ids)
+
+
+def keep(batch):
+    """collate_fn for batches made whole by the dataset (torch's default walks every list)."""
+    return batch

@@ -31,7 +31,8 @@ def bytes_to_image(raw: bytes, size: int | tuple[int, int], order: str = "raster
     """
     height, width = (size, size) if isinstance(size, int) else size
     if len(raw) != height * width * 3:
-        raise ValueError(f"{len(raw)} bytes are not a {height}×{width} RGB image ({height * width * 3} bytes)")
+        raise ValueError(f"{len(raw)} bytes are not a {height}×{width} RGB image "
+                         f"({height * width * 3} bytes)")
     if order == "patch":
         if height != width or patch_bytes is None:
             raise ValueError("the patch scan needs a square image and patch_bytes")
@@ -71,7 +72,8 @@ def write_wav(path, raw: bytes, encoding: str, sample_rate: int) -> None:
     if encoding == "pcm16":
         samples = np.frombuffer(raw[: len(raw) // 2 * 2], dtype="<i2")
     else:
-        samples = np.round(np.clip(decode_audio_bytes(raw, encoding), -1.0, 32767 / 32768) * 32768).astype(np.int16)
+        samples = np.clip(decode_audio_bytes(raw, encoding), -1.0, 32767 / 32768)
+        samples = np.round(samples * 32768).astype(np.int16)
     soundfile.write(str(path), samples, sample_rate, subtype="PCM_16", format="WAV")
 
 
@@ -117,4 +119,5 @@ def render_samples(paths, out: Path, indices: list[int] | None = None, count: in
         for target, (_, meta, payload) in zip(targets, samples):
             write_wav(target, payload, meta["encoding"], meta["sample_rate"])
         return targets
-    raise UsageError(f"render draws image or audio samples, one kind at a time; these are {sorted(map(str, modalities))}")
+    raise UsageError("render draws image or audio samples, one kind at a time; these are "
+                     f"{', '.join(sorted(map(str, modalities)))}")

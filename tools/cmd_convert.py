@@ -4,9 +4,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline.audio import AudioConverter, AudioSettings, audio_files
+from pipeline.audio import ENCODINGS, AudioConverter, AudioSettings, audio_files
 from pipeline.convert import ConvertOptions, convert, expand_sources, parse_part, parse_size
-from pipeline.image import DEFAULT_MAX_PIXELS, ImageSettings, build_image_converter
+from pipeline.image import (DEFAULT_MAX_PIXELS, LAYOUTS, RESIZE_METHODS, ImageSettings,
+                            build_image_converter)
 from pipeline.merge import merge_parts
 from pipeline.text import TextConverter
 
@@ -36,10 +37,10 @@ def register(subparsers) -> None:
                             "--labels), or .npz files / a folder of them")
     image.add_argument("--size", type=int, required=True, metavar="S",
                        help="side of the stored square images in pixels (the paper: 64, 256, 640)")
-    image.add_argument("--resize", choices=["crop", "box"], default="crop",
+    image.add_argument("--resize", choices=RESIZE_METHODS, default="crop",
                        help="crop: shorter side to S (antialiased bicubic), centre crop (default); "
                             "box: whole image to S×S with a box filter, as downsampled ImageNet")
-    image.add_argument("--layout", choices=["auto", "folder", "flat", "npz"], default="auto",
+    image.add_argument("--layout", choices=["auto", *LAYOUTS], default="auto",
                        help="auto (default): npz for .npz inputs, flat with --labels or without "
                             "subfolders, else folder (ImageFolder)")
     image.add_argument("--labels", type=Path, default=None, metavar="FILE",
@@ -71,7 +72,7 @@ def register(subparsers) -> None:
                        help="files, directories (searched recursively) or quoted globs")
     audio.add_argument("--sample-rate", type=int, default=16000, metavar="HZ",
                        help="target sample rate; others are resampled (default: 16000)")
-    audio.add_argument("--encoding", choices=["pcm16", "mulaw8"], default="pcm16",
+    audio.add_argument("--encoding", choices=list(ENCODINGS), default="pcm16",
                        help="pcm16: 16-bit little-endian PCM, the paper's setting (default); "
                             "mulaw8: 8-bit µ-law")
     audio.add_argument("--clip-seconds", type=float, default=None, metavar="SECONDS",

@@ -110,6 +110,8 @@ def index_list(text: str) -> list[int]:
 def cmd_render(args) -> int:
     if args.count <= 0 or (args.columns is not None and args.columns <= 0) or args.scale <= 0:
         raise UsageError("--count, --columns and --scale must be positive")
-    written = render.render_samples(args.paths, args.out, args.indices, args.count, args.columns, args.scale)
-    print(f"wrote {written[0]}" if len(written) == 1 else f"wrote {len(written)} files in {written[0].parent}")
+    written = render.render_samples(args.paths, args.out, args.indices, args.count, args.columns,
+                                    args.scale)
+    print(f"wrote {written[0]}" if len(written) == 1 else
+          f"wrote {len(written)} files in {written[0].parent}")
     return 0

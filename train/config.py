@@ -79,6 +79,7 @@ class RunConfig:
     log_every: int = 10
     max_minutes: float = 0.0  # stop (with a checkpoint) after this wall time; 0 = no limit
     progress: bool = True  # progress bar on rank 0
+    trace_batches: bool = False  # write OUT/trace/rank-R.jsonl: a hash of every sequence trained on
 
 
 SECTIONS = {"data": DataConfig, "optim": OptimConfig, "deepspeed": DeepSpeedSection, "run": RunConfig}

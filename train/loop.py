@@ -64,7 +64,9 @@ def train_loop(t, state: RunState, stop: StopRequest) -> dict:
             engine.step()
             sums[0] += loss.detach().double()  # stays on the device: no sync per micro-batch
             sums[1] += (ids != PAD_ID).sum()
+            t.trace.add(ids)
         state.step += 1
+        t.trace.end_step(state.step)
         out_of_time = config.run.max_minutes and time.perf_counter() - started > 60 * config.run.max_minutes
         sums[2] = float(stop.requested or out_of_time)
         dist.all_reduce(sums)  # on the device: NCCL reduces device tensors only

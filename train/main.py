@@ -26,7 +26,7 @@ from train.config import TrainConfig, dump_config, load_config
 from train.flags import add_train_flags
 from train.engine import build_engine, init_distributed
 from train.loop import RunState, StopRequest, train_loop
-from train.metrics import MetricsLogger, truncate_metrics
+from train.metrics import BatchTrace, MetricsLogger, truncate_metrics
 
 
 @dataclass
@@ -43,6 +43,7 @@ class Trainer:
     batches: object  # iterator over train_loader's batches
     validation: object  # () → a fresh validation stream, or None
     metrics: MetricsLogger
+    trace: BatchTrace
     out_dir: Path
 
     @property
@@ -96,7 +97,8 @@ def build_trainer(config: TrainConfig, rank: int, world_size: int, device: torch
                                            config.model.patch_size, config.data.micro_batch_size,
                                            rank, world_size)
     return Trainer(config, rank, world_size, device, engine, scheduler, train_loader,
-                   forever(train_loader), validation, MetricsLogger(out_dir, rank == 0), out_dir)
+                   forever(train_loader), validation, MetricsLogger(out_dir, rank == 0),
+                   BatchTrace(out_dir, rank, config.run.trace_batches), out_dir)
 
 
 def resume(t: Trainer) -> RunState:
@@ -112,6 +114,7 @@ def resume(t: Trainer) -> RunState:
     t.train_loader.load_state_dict(state["loaders"][t.rank])
     t.batches = forever(t.train_loader)
     checkpoint.set_rng_state(state["rngs"][t.rank])
+    t.trace.truncate(state["step"])
     if t.rank == 0:
         truncate_metrics(t.out_dir, state["step"])  # drop records of steps that will be redone
         print(f"resuming from {folder} (step {state['step']})", file=sys.stderr)
@@ -132,6 +135,7 @@ def run(config: TrainConfig) -> dict:
         stop.restore()
         if trainer is not None:
             trainer.metrics.close()
+            trainer.trace.close()
         if dist.is_initialized():
             dist.destroy_process_group()
 

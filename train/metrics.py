@@ -6,6 +6,7 @@ model runs once per patch (K positions), the local model once per byte (T positi
 P bytes.
 """
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -89,3 +90,40 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
     tmp = path.with_name(".metrics.jsonl.tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     tmp.replace(path)
+
+
+class BatchTrace:
+    """Per rank, one JSON line per optimizer step with a short hash of every sequence it trained
+    on: lets a test (or a suspicious user) check that a resumed run repeated or skipped nothing."""
+
+    def __init__(self, out_dir: Path, rank: int, enabled: bool):
+        self.path = Path(out_dir) / "trace" / f"rank-{rank}.jsonl"
+        self.enabled = enabled
+        self.file = None
+        self.pending = []
+
+    def add(self, ids: torch.Tensor) -> None:
+        if self.enabled:
+            rows = ids.cpu().numpy()
+            self.pending += [hashlib.sha1(row.tobytes()).hexdigest()[:16] for row in rows]
+
+    def end_step(self, step: int) -> None:
+        if not self.enabled:
+            return
+        if self.file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.path, "a", encoding="utf-8")
+        self.file.write(json.dumps({"step": step, "sequences": self.pending}) + "\n")
+        self.file.flush()
+        self.pending = []
+
+    def truncate(self, step: int) -> None:
+        """Drop the records after `step` (a resumed run redoes those steps)."""
+        if self.enabled and self.path.is_file():
+            lines = [line for line in self.path.read_text().splitlines()
+                     if line.strip() and json.loads(line)["step"] <= step]
+            self.path.write_text("".join(line + "\n" for line in lines))
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()

@@ -1,0 +1,197 @@
+"""Benchmark: `convert image` throughput beside the bare Pillow work on the same files.
+
+    python bench/convert_image.py [--images 1000] [--size 64] [--repeats 3]
+
+Makes ImageNet-like JPEGs (500×375, quality 90) in a temporary ImageFolder, then times
+    bare 1, bare 2       open + EXIF orientation + RGB + resize + centre crop + tobytes and nothing
+                         else, in this process / in a spawned pool of 2 processes
+    convert 1, convert 2 the image converter through the library: the same pixels plus zstd, tar
+                         shards, fsync and the manifest, in this process / with 2 workers
+each over the first half of the files and over all of them, best of --repeats. It prints images/s
+end to end and steady (the extra images over the extra time, so that costs paid once per run,
+such as starting workers, cancel out) with the ratios the targets are about: convert 1 ≥ 0.8 ×
+bare 1, convert 2 ≥ 1.7 × convert 1. Then what the zstd level does to the pixel payloads.
+"""
+
+import argparse
+import multiprocessing
+import os
+import platform
+import shutil
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import PIL
+import zstandard
+from PIL import Image, ImageOps
+
+from pipeline.convert import ConvertOptions, convert
+from pipeline.image import ImageSettings, build_image_converter
+
+
+def machine() -> str:
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, Pillow {PIL.__version__}"
+
+
+def spin(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def parallel_headroom(n: int = 3_000_000) -> float:
+    """How much faster 2 processes do 2 units of pure CPU work than 1 process: about 2 on an idle
+    2-core machine, less when other work shares it. The 2-worker ratios are bounded by this."""
+    start = time.perf_counter()
+    spin(n), spin(n)
+    serial = time.perf_counter() - start
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        pool.map(spin, [1, 1])  # started
+        start = time.perf_counter()
+        pool.map(spin, [n, n], chunksize=1)
+        return serial / (time.perf_counter() - start)
+
+
+def make_jpegs(root: Path, count: int, seed: int = 0) -> int:
+    """ImageNet-like photos: smooth colour fields, a few shapes, sensor-like noise. Returns bytes."""
+    rng = np.random.default_rng(seed)
+    total = 0
+    for i in range(count):
+        coarse = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
+        smooth = coarse.resize((500, 375), Image.Resampling.BICUBIC)
+        pixels = np.asarray(smooth, dtype=np.int16)  # (375, 500, 3)
+        for _ in range(4):
+            y, x = rng.integers(0, 300), rng.integers(0, 400)
+            pixels[y: y + rng.integers(20, 75), x: x + rng.integers(20, 100)] = rng.integers(0, 256, 3)
+        pixels = np.clip(pixels + rng.normal(0, 6, pixels.shape), 0, 255).astype(np.uint8)
+        path = root / f"n{i % 10:08d}" / f"img_{i:05d}.JPEG"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(path, quality=90)
+        total += path.stat().st_size
+    return total
+
+
+def bare_pixels(path: Path, size: int = 64) -> bytes:
+    """The library work alone, written with plain Pillow calls."""
+    with Image.open(path) as image:
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)
+        image = image.convert("RGB")
+    width, height = image.size
+    scale = size / min(width, height)
+    new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
+    image = image.resize(new_size, Image.Resampling.BICUBIC)
+    left, top = (new_size[0] - size) // 2, (new_size[1] - size) // 2
+    return image.crop((left, top, left + size, top + size)).tobytes()
+
+
+def run_bare(files: list[Path], processes: int, size: int = 64) -> list[bytes]:
+    if processes == 1:
+        return [bare_pixels(f, size) for f in files]
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        return pool.starmap(bare_pixels, [(f, size) for f in files], chunksize=16)
+
+
+def run_convert(converter, files: list[Path], out: Path, workers: int) -> None:
+    shutil.rmtree(out, ignore_errors=True)
+    options = ConvertOptions(out=out, name="bench", workers=workers, progress=False)
+    manifest = convert(converter, files, options, {"benchmark": True})
+    assert manifest.totals["samples"] + manifest.totals["skipped"] == len(files), manifest.totals
+
+
+def best_times(run_bare, converter, files: list[Path], out: Path, repeats: int) -> tuple[dict, tuple]:
+    """Time `run_bare(files, processes)` and the converter with 1 and 2 processes over half the
+    files and all of them: ({(name, count): best seconds, "headroom": best parallel_headroom},
+    counts). The runs are interleaved so that drift in the machine's load hits every row alike."""
+    runs = {"bare 1": lambda n: run_bare(files[:n], 1), "bare 2": lambda n: run_bare(files[:n], 2),
+            "convert 1": lambda n: run_convert(converter, files[:n], out, 1),
+            "convert 2": lambda n: run_convert(converter, files[:n], out, 2)}
+    counts, best = (len(files) // 2, len(files)), {"headroom": 0.0}
+    for _ in range(repeats):
+        best["headroom"] = max(best["headroom"], parallel_headroom())
+        for name, run in runs.items():
+            for count in counts:
+                start = time.perf_counter()
+                run(count)
+                elapsed = time.perf_counter() - start
+                best[name, count] = min(best.get((name, count), elapsed), elapsed)
+    return best, counts
+
+
+def report(best: dict, counts: tuple[int, int], unit: str, scale: float = 1.0) -> None:
+    """The table: end-to-end rates (worker start included) and steady rates, measured as the
+    extra items over the extra time from the smaller run to the larger one, so that start-up
+    costs paid once per conversion (spawning workers, imports, the manifest) cancel out."""
+    small, large = counts
+    print(f"parallel headroom: 2 processes did pure CPU work {best['headroom']:.2f}× as fast as 1 "
+          "(best of the repeats; 2.0 on an idle 2-core machine)")
+
+    def rates(name):
+        return (large * scale / best[name, large],
+                (large - small) * scale / (best[name, large] - best[name, small]))
+
+    r = {name: rates(name) for name in ("bare 1", "bare 2", "convert 1", "convert 2")}
+    print(f"{'':12}{unit + ' end-to-end':>24}{unit + ' steady':>20}  ratios (steady)")
+    notes = {"bare 1": "1.00",
+             "bare 2": f"{r['bare 2'][1] / r['bare 1'][1]:.2f} of bare 1",
+             "convert 1": f"{r['convert 1'][1] / r['bare 1'][1]:.2f} of bare 1 (target ≥ 0.8)",
+             "convert 2": f"{r['convert 2'][1] / r['convert 1'][1]:.2f} of convert 1 (target ≥ 1.7), "
+                          f"{r['convert 2'][1] / r['bare 2'][1]:.2f} of bare 2"}
+    for name, (end_to_end, steady) in r.items():
+        print(f"{name:12}{end_to_end:>24.1f}{steady:>20.1f}  {notes[name]}")
+    print(f"end-to-end ratios: convert 1 / bare 1 {r['convert 1'][0] / r['bare 1'][0]:.2f}, "
+          f"convert 2 / convert 1 {r['convert 2'][0] / r['convert 1'][0]:.2f}")
+
+
+def compression_table(pixels: list[bytes]) -> list[tuple[str, float, float]]:
+    """(level, stored/raw, MiB/s of raw input) for each zstd level over the payloads one by one."""
+    raw = sum(map(len, pixels))
+    rows = []
+    for level in (1, 3, 9, 19):
+        compressor = zstandard.ZstdCompressor(level=level)
+        start = time.perf_counter()
+        stored = sum(len(compressor.compress(p)) for p in pixels)
+        rows.append((f"zstd {level}", stored / raw, raw / (time.perf_counter() - start) / 2**20))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=1000, help="how many JPEGs (default: 1000)")
+    parser.add_argument("--size", type=int, default=64, help="S of the stored images (default: 64)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each measurement; the best counts")
+    args = parser.parse_args()
+    load_before = os.getloadavg()[0]  # other work on the machine skews every figure
+
+    with tempfile.TemporaryDirectory(prefix="bench-image-") as tmp:
+        src, out = Path(tmp) / "train", Path(tmp) / "out"
+        source_bytes = make_jpegs(src, args.images)
+        converter, files, _ = build_image_converter([str(src)], ImageSettings(args.size))
+        best, counts = best_times(partial(run_bare, size=args.size), converter, files, out, args.repeats)
+        run_convert(converter, files, out, 1)
+        stored = sum(p.stat().st_size for p in out.glob("*.tar"))
+        pixels = run_bare(files, 1, args.size)
+
+    print(f"machine: {machine()}; load average before: {load_before:.2f}, after: {os.getloadavg()[0]:.2f}")
+    print(f"input:   {args.images} JPEGs 500×375, {source_bytes / args.images / 1024:.0f} KiB average "
+          f"→ {args.size}×{args.size} RGB, crop; runs of {counts[0]} and {counts[1]}, best of {args.repeats}")
+    report(best, counts, "images/s")
+    raw = len(pixels) * args.size * args.size * 3
+    print(f"\nshards: {stored / raw:.3f} of the raw pixel bytes (zstd 3, tar headers and padding included)")
+    print(f"{'payload compression':22}{'stored/raw':>12}  MiB/s")
+    for name, ratio, speed in compression_table(pixels):
+        print(f"{name:22}{ratio:>12.3f}  {speed:.0f}")
+
+
+if __name__ == "__main__":
+    main()

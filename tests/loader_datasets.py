@@ -1,0 +1,110 @@
+"""Tiny datasets for the loader tests: text through the real converter, image and audio shards
+written directly with ShardWriter (their converters are not needed to test the loader)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import zstandard
+
+from pipeline.convert import ConvertOptions, convert
+from pipeline.loader import LoaderConfig, build_train_loader
+from pipeline.shards import Manifest, ShardWriter, shard_name
+from pipeline.text import TextConverter
+from pipeline.vocab import BOUNDARY_ID, PAD_ID
+
+
+def text_docs(count: int, seed: int = 0, low: int = 5, high: int = 160) -> list[bytes]:
+    """Documents with a unique prefix, so that each can be recognised after packing."""
+    rng = np.random.default_rng(seed)
+    letters = np.frombuffer(b"abcdefghij klmnop\n", dtype=np.uint8)
+    return [f"<{i:04d}>".encode() + rng.choice(letters, int(rng.integers(low, high))).tobytes()
+            for i in range(count)]
+
+
+def write_text(directory: Path, docs: list[bytes], shard_bytes: int = 12_000) -> Path:
+    """A text dataset made by the real converter from one JSONL file (documents in order)."""
+    source = directory.parent / f"{directory.name}.jsonl"
+    source.write_text("".join(json.dumps({"text": d.decode()}) + "\n" for d in docs))
+    options = ConvertOptions(out=directory, name=directory.name, shard_bytes=shard_bytes, progress=False)
+    convert(TextConverter(), [source], options, {"test": directory.name})
+    return directory
+
+
+def write_shards(directory: Path, modality: str, samples: list[tuple[bytes, dict]], per_shard: int,
+                 compression: str = "zstd", stored: dict[int, bytes] = {}) -> Path:
+    """A dataset of `samples` (payload, meta) written straight with ShardWriter, `per_shard` each.
+
+    stored: member bytes to write instead of the encoded payload, by sample number (corruption).
+    """
+    directory.mkdir(parents=True)
+    manifest = Manifest(directory.name, modality, {"test": directory.name})
+    cctx = zstandard.ZstdCompressor(level=3)
+    for first in range(0, len(samples), per_shard):
+        writer = ShardWriter(directory / shard_name(directory.name, len(manifest.shards)))
+        for i, (payload, meta) in enumerate(samples[first:first + per_shard], start=first):
+            meta = {"modality": modality, "source": f"synthetic/{i}", "length": len(payload), **meta}
+            encoded = cctx.compress(payload) if compression == "zstd" else payload
+            encoded = stored.get(i, encoded)
+            writer.add(f"s{i:06d}", "bin.zst" if compression == "zstd" else "bin", encoded,
+                       len(payload), meta)
+        manifest.shards.append(writer.close())
+    manifest.save(directory)
+    return directory
+
+
+def images(count: int, size: int, seed: int = 1) -> list[tuple[bytes, dict]]:
+    rng = np.random.default_rng(seed)
+    return [(rng.integers(0, 256, size * size * 3, dtype=np.uint8).tobytes(),
+             {"height": size, "width": size, "channels": 3, "label": i % 10}) for i in range(count)]
+
+
+def clips(count: int, seed: int = 2, low: int = 20, high: int = 200, encoding: str = "pcm16"):
+    """Audio clips of random lengths (in audio samples), as raw little-endian PCM bytes."""
+    rng = np.random.default_rng(seed)
+    width = 2 if encoding == "pcm16" else 1
+    return [(rng.integers(0, 256, int(rng.integers(low, high)) * width, dtype=np.uint8).tobytes(),
+             {"encoding": encoding, "sample_rate": 16000}) for _ in range(count)]
+
+
+def real_ids(row) -> list[int]:
+    """A batch row without its PAD ids."""
+    return [x for x in row.tolist() if x != PAD_ID]
+
+
+def split_documents(ids: list[int]) -> list[bytes]:
+    """Concatenated ids → documents, cut at each BOUNDARY (the trailing empty piece dropped)."""
+    docs, current = [], []
+    for x in ids:
+        if x == BOUNDARY_ID:
+            docs.append(bytes(current))
+            current = []
+        else:
+            current.append(x)
+    assert not current, "ids after the last boundary"
+    return docs
+
+
+def take(iterator, count: int) -> list[dict]:
+    return [next(iterator) for _ in range(count)]
+
+
+def epoch_rows(cfg: LoaderConfig, world_size: int, epoch: int = 0) -> dict[tuple, list[list[int]]]:
+    """Every (rank, worker) stream's rows of one epoch, in the order each stream made them."""
+    workers = max(1, cfg.num_workers)
+    rows = {(r, w): [] for r in range(world_size) for w in range(workers)}
+    for rank in range(world_size):
+        iterator = iter(build_train_loader(cfg, rank, world_size))
+        done = set()
+        for step in range(500):
+            if len(done) == workers:
+                break
+            batch = next(iterator)
+            worker = step // cfg.fetch % workers  # workers take turns, a fetch of batches each
+            for row, row_epoch in zip(batch["ids"], batch["epoch"]):
+                if row_epoch == epoch:
+                    rows[rank, worker].append(real_ids(row))
+                elif row_epoch > epoch:
+                    done.add(worker)
+        assert len(done) == workers, "a stream never finished its epoch"
+    return rows

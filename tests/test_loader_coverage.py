@@ -1,0 +1,138 @@
+"""What the ranks and workers see together: each training sequence of an epoch exactly once, the
+mixing proportions, and a validation pass that covers every byte exactly once."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from loader_datasets import (clips, epoch_rows, images, real_ids, split_documents, text_docs,
+                             write_shards, write_text)
+from pipeline.loader import LoaderConfig, build_train_loader, build_validation_loader
+from pipeline.scan import from_patch_order
+from pipeline.shards import load_manifest
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*set_vital.*:UserWarning")
+
+DOCS = text_docs(40, seed=3)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("coverage")
+    return {
+        "text": write_text(root / "text", DOCS, shard_bytes=12_000),  # 7 shards
+        "text3": write_text(root / "text3", DOCS, shard_bytes=30_000),  # 3 shards: fewer than streams
+        "image": write_shards(root / "image", "image", images(14, size=4), per_shard=4),
+        "audio": write_shards(root / "audio", "audio", clips(12), per_shard=5),
+    }
+
+
+@pytest.mark.parametrize("dataset", ["text", "text3"])
+@pytest.mark.parametrize("world_size, num_workers", [(1, 0), (2, 0), (2, 2), (1, 3)])
+def test_each_document_once_per_epoch_across_ranks_and_workers(data, dataset, world_size, num_workers):
+    cfg = LoaderConfig([data[dataset]], seq_len=64, patch_size=8, batch_size=2,
+                       num_workers=num_workers, shuffle_buffer=0, seed=11)
+    for epoch in (0, 1):
+        rows = epoch_rows(cfg, world_size, epoch)
+        assert all(rows.values()), "every stream gets data, even with fewer shards than streams"
+        documents = []
+        for stream_rows in rows.values():
+            assert all(len(r) == 64 for r in stream_rows[:-1]), "only an epoch's last row is short"
+            documents += split_documents(sum(stream_rows, []))
+        assert sorted(documents) == sorted(DOCS)
+
+
+def test_shuffle_permutes_each_streams_epoch(data):
+    settings = dict(seq_len=64, patch_size=8, batch_size=2, num_workers=2, seed=11)
+    plain = epoch_rows(LoaderConfig([data["text"]], shuffle_buffer=0, **settings), 2)
+    shuffled = epoch_rows(LoaderConfig([data["text"]], shuffle_buffer=4, **settings), 2)
+    assert plain != shuffled
+    for stream in plain:
+        assert sorted(map(tuple, plain[stream])) == sorted(map(tuple, shuffled[stream]))
+
+
+def test_document_packing_gives_one_document_per_sequence(data):
+    cfg = LoaderConfig([data["text"]], seq_len=64, patch_size=8, batch_size=2, num_workers=0,
+                       text_packing="document", shuffle_buffer=3)
+    rows = epoch_rows(cfg, 2)
+    pieces = sum(rows.values(), [])
+    assert all(257 not in row[:-1] for row in pieces)  # a boundary only ever ends a sequence
+    prefix = Counter(bytes(row[:6]) for row in pieces if row[0] == ord("<"))
+    assert sorted(prefix) == sorted(d[:6] for d in DOCS) and set(prefix.values()) == {1}
+
+
+def test_images_once_per_epoch_one_per_sequence(data):
+    cfg = LoaderConfig([data["image"]], seq_len=96, patch_size=12, batch_size=2, num_workers=2,
+                       image_order="patch", shuffle_buffer=3)
+    rows = sum(epoch_rows(cfg, 2).values(), [])
+    pictures = sorted(from_patch_order(np.array(r, np.uint8), 4, 12).tobytes() for r in rows)
+    assert pictures == sorted(payload for payload, _ in images(14, size=4))
+
+
+def test_audio_windows_once_per_epoch_aligned_to_frames(data):
+    cfg = LoaderConfig([data["audio"]], seq_len=40, patch_size=4, batch_size=2, num_workers=0,
+                       shuffle_buffer=4)
+    rows = sum(epoch_rows(cfg, 3).values(), [])
+    want = [pcm[i:i + 40] for pcm, _ in clips(12) for i in range(0, len(pcm), 40)]
+    assert sorted(bytes(r) for r in rows) == sorted(want)
+
+
+def test_mixing_follows_the_weights_and_the_seed(data):
+    def modalities(seed):
+        cfg = LoaderConfig([data["text"], data["image"], data["audio"]], weights=[7, 2, 1],
+                           seq_len=96, patch_size=12, batch_size=50, num_workers=0, seed=seed)
+        iterator = iter(build_train_loader(cfg))
+        batches = [next(iterator) for _ in range(60)]
+        for batch in batches:  # each row says what it is
+            for row, modality in zip(batch["ids"], batch["modality"]):
+                ids = real_ids(row)
+                assert modality == "text" or 257 not in ids
+                assert modality != "image" or len(ids) == 48
+                assert modality != "audio" or len(ids) % 2 == 0
+        return sum((b["modality"] for b in batches), [])
+    drawn = modalities(seed=0)
+    shares = Counter(drawn)
+    for modality, weight in {"text": 0.7, "image": 0.2, "audio": 0.1}.items():
+        assert abs(shares[modality] / len(drawn) - weight) < 0.03
+    assert modalities(seed=0) == drawn and modalities(seed=1) != drawn
+
+
+def validation_rows(directory, world_size, num_workers, seq_len=64, patch_size=8, **options):
+    """All ranks' rows (PAD dropped, all-PAD rows left out), rank after rank."""
+    rows, lengths = [], set()
+    for rank in range(world_size):
+        loader = build_validation_loader(directory, seq_len, patch_size, 2, rank, world_size,
+                                         num_workers=num_workers, **options)
+        batches = list(loader)
+        lengths.add(len(batches))
+        assert len(batches) == len(loader)
+        assert all(b["ids"].shape == (2, seq_len) for b in batches)
+        rows += [real_ids(row) for b in batches for row in b["ids"]]
+    assert len(lengths) == 1, "every rank must get the same number of batches"
+    return [row for row in rows if row]
+
+
+def same_rows(got, want) -> bool:
+    """The same sequences (workers of a rank take turns, so their parts interleave)."""
+    return sorted(map(tuple, got)) == sorted(map(tuple, want))
+
+
+def test_validation_covers_every_byte_once(data):
+    text = validation_rows(data["text"], 1, 0)
+    assert split_documents(sum(text, [])) == DOCS  # in manifest order, each byte once
+    audio = validation_rows(data["audio"], 1, 0)
+    assert [bytes(w) for w in audio] == [pcm[i:i + 64] for pcm, _ in clips(12) for i in range(0, len(pcm), 64)]
+    for world_size, num_workers in [(2, 0), (3, 2), (5, 0), (2, 3)]:
+        assert validation_rows(data["text"], world_size, 0) == text  # ranks in order, no overlap
+        assert same_rows(validation_rows(data["text"], world_size, num_workers), text)
+        assert same_rows(validation_rows(data["audio"], world_size, num_workers), audio)
+
+
+def test_validation_of_images_and_of_document_text(data):
+    rows = validation_rows(data["image"], 3, 0, seq_len=96, patch_size=12)
+    assert [bytes(r) for r in rows] == [payload for payload, _ in images(14, size=4)]
+    rows = validation_rows(data["text3"], 1, 0, text_packing="document")
+    assert split_documents(sum(rows, [])) == DOCS
+    assert same_rows(validation_rows(data["text3"], 2, 2, text_packing="document"), rows)
+    assert [load_manifest(data[d]).totals["shards"] for d in ("text", "text3")] == [7, 3]

@@ -1,0 +1,67 @@
+"""Real ranks (gloo, spawned processes): fewer shards than ranks × workers must not hang training
+or validation, and every rank must get the same number of batches."""
+
+import json
+import time
+from datetime import timedelta
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from loader_datasets import text_docs, write_text
+from pipeline.loader import LoaderConfig, build_train_loader, build_validation_loader
+from pipeline.shards import load_manifest
+from pipeline.vocab import PAD_ID
+
+WORLD_SIZE = 2
+STEPS = 40  # several epochs of each stream, which end at different steps on different ranks
+
+
+def rank_main(rank: int, dataset: str, rendezvous: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank,
+                            world_size=WORLD_SIZE, timeout=timedelta(seconds=60))
+    try:
+        # the ranks were spawned, so their DataLoader workers would be too: fork is much quicker
+        cfg = LoaderConfig([dataset], seq_len=64, patch_size=8, batch_size=2, num_workers=2,
+                           shuffle_buffer=4, seed=3, multiprocessing_context="fork")
+        batches = iter(build_train_loader(cfg, rank, WORLD_SIZE))
+        epochs = set()
+        for _ in range(STEPS):  # a training step: every rank must reach each collective
+            batch = next(batches)
+            epochs.update(batch["epoch"])
+            dist.all_reduce((batch["ids"] != PAD_ID).sum().reshape(1))
+        validation = build_validation_loader(dataset, 64, 8, 2, rank, WORLD_SIZE, num_workers=2,
+                                             multiprocessing_context="fork")
+        scored, steps = torch.zeros(1, dtype=torch.long), 0
+        for batch in validation:
+            real = (batch["ids"] != PAD_ID).sum().reshape(1)
+            dist.all_reduce(real)
+            scored += real
+            steps += 1
+        result = {"epochs": sorted(epochs), "validation_steps": steps, "len": len(validation),
+                  "scored": int(scored)}
+        with open(f"{out}/rank{rank}.json", "w") as f:
+            json.dump(result, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_with_fewer_shards_than_streams_do_not_hang(tmp_path):
+    dataset = write_text(tmp_path / "one", text_docs(16, seed=9), shard_bytes=1 << 30)
+    assert load_manifest(dataset).totals["shards"] == 1  # 1 shard for 2 ranks × 2 workers
+    context = mp.start_processes(rank_main, args=(str(dataset), str(tmp_path / "rendezvous"), str(tmp_path)),
+                                 nprocs=WORLD_SIZE, join=False, start_method="spawn")
+    deadline = time.monotonic() + 150
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the ranks hung")
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
+    totals = load_manifest(dataset).totals
+    for result in results:
+        assert result["epochs"][-1] >= 2  # went through epochs without waiting for the other rank
+        assert result["validation_steps"] == result["len"] == results[0]["len"]
+        assert result["scored"] == totals["payload_bytes"] + totals["samples"]  # every byte, once

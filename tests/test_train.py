@@ -1,0 +1,270 @@
+"""The trainer with real processes: one process (python -m train.main) and two ranks through the
+deepspeed launcher on gloo (DS_ACCELERATOR=cpu); ZeRO 1/2/3, exact resume, SIGTERM, export,
+generate, eval, plot and config errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.convert import ConvertOptions, convert
+from pipeline.text import TextConverter
+from tools.cli import main as cli
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+SEQ_LEN = 64
+TINY_MODEL = ["model.preset=tiny", f"model.seq_len={SEQ_LEN}", "model.global_dim=64",
+              "model.global_layers=2", "model.global_heads=2", "model.local_dim=32",
+              "model.local_layers=1", "model.local_heads=2", "model.dropout=0.0"]
+
+
+def make_dataset(root: Path, name: str, documents: int, seed: int = 0) -> Path:
+    """A text dataset of `documents` small code-like files."""
+    import random
+
+    rng = random.Random(seed)
+    src = root / f"{name}-src"
+    src.mkdir(parents=True)
+    words = [b"def", b"return", b"self", b"import", b"class", b"(x)", b":", b"\n    ", b"=", b"1"]
+    for i in range(documents):
+        text = b" ".join(rng.choice(words) for _ in range(400))
+        (src / f"{i:04d}.py").write_bytes(text[: rng.randrange(50, 400)])
+    out = root / name
+    convert(TextConverter(), sorted(src.iterdir()), ConvertOptions(out=out, name=name, progress=False),
+            {"modality": "text"})
+    return out
+
+
+def write_config(root: Path, dataset: Path, validation: Path | None = None, **sections) -> Path:
+    """A TOML config for the tiny model; sections: {"optim": {...}, "run": {...}, ...}."""
+    base = {
+        "data": {"datasets": [str(dataset)], "batch_size": 4, "micro_batch_size": 4, "num_workers": 0,
+                 "shuffle_buffer": 16},
+        "optim": {"lr": 3e-3, "warmup_steps": 2, "total_steps": 8},
+        "deepspeed": {"zero_stage": 1},
+        "run": {"out_dir": str(root / "run"), "checkpoint_every": 2, "eval_every": 0, "log_every": 1,
+                "progress": False, "trace_batches": True, "seed": 7},
+    }
+    if validation:
+        base["data"]["validation"] = str(validation)
+    for section, values in sections.items():
+        base.setdefault(section, {}).update(values)
+    lines = []
+    for section, values in base.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+    path = root / "config.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def train_command(config: Path, ranks: int = 1, extra=()) -> list[str]:
+    flags = ["--config", str(config), *[f"--set={s}" for s in TINY_MODEL], *[f"--set={s}" for s in extra]]
+    if ranks == 1:
+        return [sys.executable, "-m", "train.main", *flags]
+    return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
+            "--master_port", str(free_port()), "--module", "train.main", *flags]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_training(config: Path, ranks: int = 1, extra=(), timeout: int = 300):
+    result = subprocess.run(train_command(config, ranks, extra), cwd=REPO, env=ENV, timeout=timeout,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def losses(run_dir: Path) -> list[float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if r["kind"] == "train"]
+
+
+def traced(run_dir: Path) -> list[str]:
+    """Every sequence hash trained on, all ranks, step by step."""
+    hashes = []
+    for path in sorted((run_dir / "trace").glob("rank-*.jsonl")):
+        hashes += [h for line in path.read_text().splitlines() for h in json.loads(line)["sequences"]]
+    return hashes
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    return {"text": make_dataset(root, "text", 120, seed=1),
+            "val": make_dataset(root, "val", 12, seed=2)}
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration errors: one line, exit code 2
+
+
+def test_config_errors_are_one_line(tmp_path, data, capsys):
+    config = write_config(tmp_path, data["text"])
+    cases = [
+        (["--set", "optim.lrr=1"], "unknown key(s) ['lrr'] in [optim]"),
+        (["--set", "nosuch.key=1"], "unknown section(s) ['nosuch']"),
+        (["--set", "data.datasets=['/no/such/dir']"], "/no/such/dir: not a converted dataset"),
+        (["--set", "data.batch_size=6"], "data.batch_size = 6 is not a multiple of data.micro_batch_size"),
+        (["--set", "model.seq_len=100"], "seq_len=100 must be a multiple of patch_size=8"),
+        (["--set", "data.weights=[1, 2]"], "data.weights has 2 entries for 1 datasets"),
+        (["--set", "optim"], "expected section.key=value"),
+    ]
+    for flags, message in cases:
+        assert cli(["train", "--config", str(config), *flags]) == 2, flags
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (flags, err)
+    assert cli(["config", "--config", "tiny-cpu", "--set", "optim.lr=0.5"]) == 0
+    assert json.loads(capsys.readouterr().out)["optim"]["lr"] == 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# one process
+
+
+def test_single_process_trains_checkpoints_and_resumes_bit_exactly(tmp_path, data):
+    (tmp_path / "whole").mkdir()
+    run_training(write_config(tmp_path / "whole", data["text"]))
+    reference = losses(tmp_path / "whole" / "run")
+    assert len(reference) == 8 and reference[-1] < reference[0]
+    checkpoints = sorted(p.name for p in (tmp_path / "whole" / "run" / "checkpoints").glob("step-*"))
+    assert checkpoints == ["step-000004", "step-000006", "step-000008"]  # keep_last = 3
+    assert (tmp_path / "whole" / "run" / "checkpoints" / "latest").read_text().strip() == "step-000008"
+
+    (tmp_path / "killed").mkdir()
+    killed = write_config(tmp_path / "killed", data["text"])
+    run_dir = tmp_path / "killed" / "run"
+    process = subprocess.Popen(train_command(killed), cwd=REPO, env=ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (run_dir / "checkpoints" / "step-000004" / "COMPLETE").exists():
+        assert process.poll() is None and time.time() < deadline, "training ended before the kill"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run_dir / "checkpoints" / "step-000008").exists(), "the kill came too late"
+    run_training(killed)
+    assert losses(run_dir) == reference  # bit for bit
+    assert traced(run_dir) == traced(tmp_path / "whole" / "run")  # nothing repeated or skipped
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path, data):
+    config = write_config(tmp_path, data["text"], optim={"total_steps": 100000},
+                          run={"checkpoint_every": 0})
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(train_command(config), cwd=REPO, env=ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (run_dir / "metrics.jsonl").exists() or len(losses(run_dir)) < 3:
+        assert process.poll() is None and time.time() < deadline, process.stderr.read()[-2000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 0, process.stderr.read()[-2000:]
+    steps = len(losses(run_dir))
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    assert latest == f"step-{steps:06d}"
+    assert (run_dir / "checkpoints" / latest / "COMPLETE").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# two ranks through the deepspeed launcher
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_two_ranks_match_one_process(tmp_path, data, stage):
+    """The loader splits data over streams = ranks × workers. One process with 2 workers and 2
+    accumulated micro-batches of 2 reads the same two streams as 2 ranks with 1 worker each, so
+    both take the same global batch of 4 at every step and the losses agree to float tolerance."""
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    sections = {"optim": {"total_steps": 4}, "deepspeed": {"zero_stage": stage},
+                "data": {"micro_batch_size": 2, "shuffle_buffer": 8}, "run": {"checkpoint_every": 0}}
+    run_training(write_config(tmp_path / "one", data["text"], **sections), extra=["data.num_workers=2"])
+    run_training(write_config(tmp_path / "two", data["text"], **sections), ranks=2,
+                 extra=["data.num_workers=1"])
+    one_losses, two_losses = losses(tmp_path / "one" / "run"), losses(tmp_path / "two" / "run")
+    assert len(one_losses) == len(two_losses) == 4
+    assert torch.allclose(torch.tensor(one_losses), torch.tensor(two_losses), rtol=1e-5, atol=1e-6), \
+        (one_losses, two_losses)
+    assert sorted(traced(tmp_path / "one" / "run")) == sorted(traced(tmp_path / "two" / "run"))
+
+
+def test_two_ranks_resume_after_sigkill(tmp_path, data):
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "killed").mkdir()
+    sections = {"deepspeed": {"zero_stage": 2}, "data": {"micro_batch_size": 2, "shuffle_buffer": 16}}
+    run_training(write_config(tmp_path / "whole", data["text"], **sections), ranks=2)
+    killed = write_config(tmp_path / "killed", data["text"], **sections)
+    run_dir = tmp_path / "killed" / "run"
+    process = subprocess.Popen(train_command(killed, ranks=2), cwd=REPO, env=ENV, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (run_dir / "checkpoints" / "step-000004" / "COMPLETE").exists():
+        assert process.poll() is None and time.time() < deadline, "training ended before the kill"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # the launcher and both ranks at once
+    process.wait()
+    assert not (run_dir / "checkpoints" / "step-000008").exists(), "the kill came too late"
+    run_training(killed, ranks=2)
+    reference = losses(tmp_path / "whole" / "run")
+    assert torch.allclose(torch.tensor(losses(run_dir)), torch.tensor(reference), rtol=1e-4, atol=1e-5)
+    assert traced(run_dir) == traced(tmp_path / "whole" / "run")  # nothing repeated or skipped
+    assert len(set(traced(run_dir))) == len(traced(run_dir))  # one epoch: every sequence once
+
+
+# ---------------------------------------------------------------------------------------------
+# export, generate, eval, plot
+
+
+def test_export_generate_eval_and_plot(tmp_path, data, capsys):
+    config = write_config(tmp_path, data["text"], validation=data["val"], deepspeed={"zero_stage": 3},
+                          optim={"total_steps": 4}, run={"eval_every": 2})
+    result = subprocess.run([sys.executable, str(REPO / "tests" / "live_generate.py"), str(config),
+                             *[f"--set={s}" for s in TINY_MODEL]],
+                            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    live = json.loads(result.stdout.strip().splitlines()[-1])
+
+    weights = tmp_path / "model.safetensors"
+    assert cli(["export", str(tmp_path / "run"), "--out", str(weights)]) == 0
+    from model.weights import load_weights
+    from model import generate
+
+    model, metadata = load_weights(weights)
+    assert metadata["modality"] == "text" and metadata["step"] == "4"
+    prompts = [p.encode() for p in live["prompts"]]
+    assert [g.hex() for g in generate(model, prompts, 40, temperature=0)] == live["greedy"]
+
+    capsys.readouterr()
+    assert cli(["generate", "--model", str(weights), "--prompt", live["prompts"][0], "--bytes", "40",
+                "--temperature", "0"]) == 0
+    printed = capsys.readouterr().out.encode()
+    assert printed.startswith(live["prompts"][0].encode() + bytes.fromhex(live["greedy"][0]))
+
+    assert cli(["eval", str(weights), "--data", str(data["val"]), "--batch-size", "3"]) == 0
+    out = capsys.readouterr().out
+    from pipeline.shards import load_manifest
+
+    payload = load_manifest(data["val"]).totals["payload_bytes"]
+    assert f"over {payload:,} bytes" in out  # every byte of the validation set, once
+    bpb = float(out.split(":")[1].split()[0])
+    assert 0 < bpb < 8
+
+    evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "eval"]
+    assert [e["step"] for e in evals] == [2, 4] and evals[-1]["bytes"] == payload
+    assert cli(["plot", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "curves.png").read_bytes()[:4] == b"\x89PNG"
