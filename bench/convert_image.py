@@ -7,10 +7,12 @@ Makes ImageNet-like JPEGs (500×375, quality 90) in a temporary ImageFolder, the
                          else, in this process / in a spawned pool of 2 processes
     convert 1, convert 2 the image converter through the library: the same pixels plus zstd, tar
                          shards, fsync and the manifest, in this process / with 2 workers
-each over the first half of the files and over all of them, best of --repeats. It prints images/s
-end to end and steady (the extra images over the extra time, so that costs paid once per run,
-such as starting workers, cancel out) with the ratios the targets are about: convert 1 ≥ 0.8 ×
-bare 1, convert 2 ≥ 1.7 × convert 1. Then what the zstd level does to the pixel payloads.
+each over the first half of the files and then all of them, --repeats times. It prints images/s
+end to end (best run) and steady (the extra images over the extra time within a repeat, median:
+costs paid once per run, such as starting workers, cancel out) with the ratios the targets are
+about: convert 1 ≥ 0.8 × bare 1, convert 2 ≥ 1.7 × convert 1; and the machine's parallel
+headroom, which bounds the 2-process rows on a shared machine. Then what the zstd level does to
+the pixel payloads.
 """
 
 import argparse
@@ -18,6 +20,7 @@ import multiprocessing
 import os
 import platform
 import shutil
+import statistics
 import tempfile
 import time
 from functools import partial
@@ -102,43 +105,49 @@ def run_bare(files: list[Path], processes: int, size: int = 64) -> list[bytes]:
         return pool.starmap(bare_pixels, [(f, size) for f in files], chunksize=16)
 
 
-def run_convert(converter, files: list[Path], out: Path, workers: int) -> None:
+def run_convert(converter, files: list[Path], out: Path, workers: int, compression: str = "zstd") -> int:
+    """Convert `files` afresh into `out`; returns the bytes of the shards."""
     shutil.rmtree(out, ignore_errors=True)
-    options = ConvertOptions(out=out, name="bench", workers=workers, progress=False)
+    options = ConvertOptions(out=out, name="bench", compression=compression, workers=workers,
+                             progress=False)
     manifest = convert(converter, files, options, {"benchmark": True})
     assert manifest.totals["samples"] + manifest.totals["skipped"] == len(files), manifest.totals
+    return manifest.totals["file_bytes"]
 
 
-def best_times(run_bare, converter, files: list[Path], out: Path, repeats: int) -> tuple[dict, tuple]:
-    """Time `run_bare(files, processes)` and the converter with 1 and 2 processes over half the
-    files and all of them: ({(name, count): best seconds, "headroom": best parallel_headroom},
-    counts). The runs are interleaved so that drift in the machine's load hits every row alike."""
+def measure(run_bare, converter, files: list[Path], out: Path, repeats: int) -> tuple[dict, tuple]:
+    """Time `run_bare(files, processes)` and the converter with 1 and 2 processes, each over half
+    the files and then all of them, `repeats` times: ({(name, count): [seconds per repeat],
+    "headroom": [parallel_headroom per repeat]}, counts). The runs are interleaved so that
+    drift in the machine's load hits every row alike."""
     runs = {"bare 1": lambda n: run_bare(files[:n], 1), "bare 2": lambda n: run_bare(files[:n], 2),
             "convert 1": lambda n: run_convert(converter, files[:n], out, 1),
             "convert 2": lambda n: run_convert(converter, files[:n], out, 2)}
-    counts, best = (len(files) // 2, len(files)), {"headroom": 0.0}
+    counts, times = (len(files) // 2, len(files)), {"headroom": []}
     for _ in range(repeats):
-        best["headroom"] = max(best["headroom"], parallel_headroom())
+        times["headroom"].append(parallel_headroom())
         for name, run in runs.items():
             for count in counts:
                 start = time.perf_counter()
                 run(count)
-                elapsed = time.perf_counter() - start
-                best[name, count] = min(best.get((name, count), elapsed), elapsed)
-    return best, counts
+                times.setdefault((name, count), []).append(time.perf_counter() - start)
+    return times, counts
 
 
-def report(best: dict, counts: tuple[int, int], unit: str, scale: float = 1.0) -> None:
-    """The table: end-to-end rates (worker start included) and steady rates, measured as the
-    extra items over the extra time from the smaller run to the larger one, so that start-up
-    costs paid once per conversion (spawning workers, imports, the manifest) cancel out."""
+def report(times: dict, counts: tuple[int, int], unit: str, scale: float = 1.0) -> None:
+    """The table: end-to-end rates of the larger run (best repeat, worker start included) and
+    steady rates: the extra items over the extra time from the smaller run to the larger one
+    within a repeat (median of the repeats), so that costs paid once per conversion (spawning
+    workers, their imports, the manifest) cancel out."""
     small, large = counts
-    print(f"parallel headroom: 2 processes did pure CPU work {best['headroom']:.2f}× as fast as 1 "
-          "(best of the repeats; 2.0 on an idle 2-core machine)")
+    headroom = times["headroom"]
+    print(f"parallel headroom: 2 processes did pure CPU work {statistics.median(headroom):.2f}× "
+          f"(max {max(headroom):.2f}×) as fast as 1; 2.0 on an idle 2-core machine")
 
     def rates(name):
-        return (large * scale / best[name, large],
-                (large - small) * scale / (best[name, large] - best[name, small]))
+        steady = [(large - small) * scale / (t_large - t_small)
+                  for t_small, t_large in zip(times[name, small], times[name, large]) if t_large > t_small]
+        return large * scale / min(times[name, large]), statistics.median(steady or [float("nan")])
 
     r = {name: rates(name) for name in ("bare 1", "bare 2", "convert 1", "convert 2")}
     print(f"{'':12}{unit + ' end-to-end':>24}{unit + ' steady':>20}  ratios (steady)")
@@ -169,7 +178,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000, help="how many JPEGs (default: 1000)")
     parser.add_argument("--size", type=int, default=64, help="S of the stored images (default: 64)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each measurement; the best counts")
+    parser.add_argument("--repeats", type=int, default=3, help="how many times to run each measurement (default: 3)")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]  # other work on the machine skews every figure
 
@@ -177,17 +186,18 @@ def main() -> None:
         src, out = Path(tmp) / "train", Path(tmp) / "out"
         source_bytes = make_jpegs(src, args.images)
         converter, files, _ = build_image_converter([str(src)], ImageSettings(args.size))
-        best, counts = best_times(partial(run_bare, size=args.size), converter, files, out, args.repeats)
-        run_convert(converter, files, out, 1)
-        stored = sum(p.stat().st_size for p in out.glob("*.tar"))
+        times, counts = measure(partial(run_bare, size=args.size), converter, files, out, args.repeats)
+        stored = {compression: run_convert(converter, files, out, 1, compression)
+                  for compression in ("zstd", "none")}
         pixels = run_bare(files, 1, args.size)
 
     print(f"machine: {machine()}; load average before: {load_before:.2f}, after: {os.getloadavg()[0]:.2f}")
     print(f"input:   {args.images} JPEGs 500×375, {source_bytes / args.images / 1024:.0f} KiB average "
-          f"→ {args.size}×{args.size} RGB, crop; runs of {counts[0]} and {counts[1]}, best of {args.repeats}")
-    report(best, counts, "images/s")
+          f"→ {args.size}×{args.size} RGB, crop; runs of {counts[0]} and {counts[1]}, {args.repeats} repeats")
+    report(times, counts, "images/s")
     raw = len(pixels) * args.size * args.size * 3
-    print(f"\nshards: {stored / raw:.3f} of the raw pixel bytes (zstd 3, tar headers and padding included)")
+    print(f"\nshards / raw pixel bytes (tar headers and padding included): zstd 3 "
+          f"{stored['zstd'] / raw:.3f}, --compression none {stored['none'] / raw:.3f}")
     print(f"{'payload compression':22}{'stored/raw':>12}  MiB/s")
     for name, ratio, speed in compression_table(pixels):
         print(f"{name:22}{ratio:>12.3f}  {speed:.0f}")

@@ -6,15 +6,18 @@ audio clips of 1–8 s. Every measurement runs in a fresh subprocess (own peak R
 in the page cache:
 
   bare       webdataset tar reading + JSON + zstd decompression of every member, nothing else,
-             in k processes that split the shards (k = max(1, workers) to match the loader)
+             in k processes that split the shards (k = max(1, workers) to match the loader),
+             timed inside them (process start-up left out)
   loader     build_train_loader (T = 8192, sha256 verification on, shuffle buffer, batches of
-             int64 ids), workers 0 / 1 / 2, timed from start-up to one epoch's worth of bytes
-  floor      a plain torch DataLoader handing over ready-made (B, 8192) batches from 1 worker:
-             what passing batches between processes alone costs on this machine
+             int64 ids), workers 0 / 1 / 2, timed from its first batch (start-up left out) to
+             one epoch's worth of bytes
+  floor      a plain torch DataLoader handing over ready-made fetches in the loader's form (8
+             batches of uint8 rows at a time) from 1 worker, and the main process turning them
+             into int64 ids: what passing batches between processes alone costs on this machine
   RSS        peak RSS of the loader's process (and of its largest worker) for the text dataset
              and for one with 4× the shards (flat: memory does not grow with the dataset)
 
-    python bench/loader.py [--mib 48] [--workers 0,1,2] [--batch-size 8]
+    python bench/loader.py [--mib 128] [--workers 0,1,2] [--batch-size 8]
 """
 
 import argparse
@@ -40,11 +43,12 @@ sys.path.insert(0, str(REPO))
 
 from bench.convert_text import cpu_name  # noqa: E402
 from pipeline.convert import ConvertOptions, convert  # noqa: E402
-from pipeline.packing import keep  # noqa: E402
+from pipeline.packing import decode_rows, encode_rows, keep  # noqa: E402
 from pipeline.shards import Manifest, ShardWriter, load_manifest, shard_name  # noqa: E402
 from pipeline.text import TextConverter  # noqa: E402
 
 SEQ_LEN, PATCH = 8192, 8
+FETCH = 8  # LoaderConfig.batches_per_fetch, the default
 SHARD_BYTES = 4 << 20
 IMAGE_SIDE = 52  # 52·52·3 = 8112 bytes: one image per 8192-id sequence
 
@@ -53,7 +57,7 @@ IMAGE_SIDE = 52  # 52·52·3 = 8112 bytes: one image per 8192-id sequence
 # data
 
 
-def make_text(folder: Path, payload: int, seed: int) -> Path:
+def make_text(folder: Path, payload: int, seed: int, shard_bytes: int = SHARD_BYTES) -> Path:
     """JSONL of pseudo-word documents (Zipf word frequencies, 1–64 KiB), then the converter."""
     rng = np.random.default_rng(seed)
     words = [bytes(rng.integers(97, 123, rng.integers(2, 10), dtype=np.uint8)) for _ in range(20000)]
@@ -65,7 +69,7 @@ def make_text(folder: Path, payload: int, seed: int) -> Path:
             f.write(json.dumps({"text": doc}) + "\n")
             written += len(doc)
     out = folder / f"text-{seed}"
-    convert(TextConverter(), [source], ConvertOptions(out=out, name="text", shard_bytes=SHARD_BYTES,
+    convert(TextConverter(), [source], ConvertOptions(out=out, name="text", shard_bytes=shard_bytes,
                                                       progress=False), {"bench": seed})
     return out
 
@@ -73,7 +77,8 @@ def make_text(folder: Path, payload: int, seed: int) -> Path:
 def write_dataset(out: Path, modality: str, samples) -> Path:
     """(payload, meta) samples → zstd shards of about SHARD_BYTES, and the manifest."""
     out.mkdir()
-    manifest, writer, cctx = Manifest(out.name, modality, {"bench": modality}), None, zstandard.ZstdCompressor()
+    manifest = Manifest(out.name, modality, {"bench": modality})
+    writer, cctx = None, zstandard.ZstdCompressor()
     for number, (payload, meta) in enumerate(samples):
         writer = writer or ShardWriter(out / shard_name(out.name, len(manifest.shards)))
         meta.update(modality=modality, source=f"synthetic/{number}", length=len(payload))
@@ -110,24 +115,24 @@ def clips(payload: int, rng):
 # measurements (each in its own subprocess)
 
 
-def bare_read(shards: list[str]) -> int:
-    """Read tars with webdataset, decompress every member; the payload bytes."""
-    dctx, total = zstandard.ZstdDecompressor(), 0
+def bare_read(shards: list[str]) -> tuple[int, float]:
+    """Read tars with webdataset, decompress every member: (payload bytes, seconds)."""
+    dctx, total, start = zstandard.ZstdDecompressor(), 0, time.perf_counter()
     for path in shards:
         with open(path, "rb") as stream:
             for sample in group_by_keys(tar_file_expander([{"url": path, "stream": stream}])):
                 length = json.loads(sample["json"])["length"]
                 total += len(dctx.decompress(sample["bin.zst"], max_output_size=length))
-    return total
+    return total, time.perf_counter() - start
 
 
 def measure_bare(dataset: str, processes: int) -> dict:
     shards = [str(Path(dataset) / s.name) for s in load_manifest(dataset).shards]
     groups = [shards[i::processes] for i in range(processes)]
-    start = time.perf_counter()
     with multiprocessing.get_context("fork").Pool(processes) as pool:
-        total = sum(pool.map(bare_read, groups))
-    return {"seconds": time.perf_counter() - start, "bytes": total, "sequences": 0}
+        results = pool.map(bare_read, groups)
+    return {"seconds": max(seconds for _, seconds in results), "bytes": sum(n for n, _ in results),
+            "sequences": 0}
 
 
 def measure_loader(dataset: str, workers: int, batch_size: int) -> dict:
@@ -135,9 +140,10 @@ def measure_loader(dataset: str, workers: int, batch_size: int) -> dict:
     warnings.filterwarnings("ignore")
     payload = load_manifest(dataset).totals["payload_bytes"]
     config = LoaderConfig([dataset], seq_len=SEQ_LEN, patch_size=PATCH, batch_size=batch_size,
-                          num_workers=workers, shuffle_buffer=256)
+                          num_workers=workers, shuffle_buffer=256, batches_per_fetch=FETCH)
+    batches = iter(build_train_loader(config))
+    next(batches)  # workers started, first blocks read: timed from here
     start, total, sequences = time.perf_counter(), 0, 0
-    batches = iter(build_train_loader(config))  # timed from here: worker start-up included
     while total < payload:
         ids = next(batches)["ids"].numpy()  # numpy: torch ops here would compete for threads
         total += int(np.count_nonzero(ids < 256))
@@ -145,26 +151,27 @@ def measure_loader(dataset: str, workers: int, batch_size: int) -> dict:
     return {"seconds": time.perf_counter() - start, "bytes": total, "sequences": sequences}
 
 
-class ReadyBatches(torch.utils.data.IterableDataset):
-    """The same int16 batch over and over: no reading, only the hand-over between processes."""
+class ReadyFetches(torch.utils.data.IterableDataset):
+    """The same fetch over and over: no reading, only the hand-over between processes."""
 
-    def __init__(self, batch_size: int, count: int):
-        self.batch_size, self.count = batch_size, count
+    def __init__(self, rows: int, count: int):
+        self.rows, self.count = rows, count
 
     def __iter__(self):
-        ids = torch.zeros(self.batch_size, SEQ_LEN, dtype=torch.int16)
+        fetch = encode_rows([[np.zeros(SEQ_LEN, np.uint8)]] * self.rows, SEQ_LEN)
         for _ in range(self.count):
-            yield {"ids": ids.clone(), "modality": ["text"] * self.batch_size}
+            yield {**{key: value.clone() for key, value in fetch.items()}, "modality": ["text"] * self.rows}
 
 
-def measure_floor(batch_size: int, count: int = 2000) -> dict:
-    loader = torch.utils.data.DataLoader(ReadyBatches(batch_size, count), batch_size=None,
+def measure_floor(batch_size: int, count: int = 400) -> dict:
+    rows = batch_size * FETCH
+    loader = torch.utils.data.DataLoader(ReadyFetches(rows, count), batch_size=None,
                                          num_workers=1, collate_fn=keep)
     start = time.perf_counter()
-    for _ in loader:
-        pass
+    for fetch in loader:
+        decode_rows(fetch)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "bytes": count * batch_size * SEQ_LEN, "sequences": count * batch_size}
+    return {"seconds": seconds, "bytes": count * rows * SEQ_LEN, "sequences": count * rows}
 
 
 def run_measurement(kind: str, dataset: str, count: int, batch_size: int) -> dict:
@@ -188,7 +195,7 @@ def measurement_main(kind: str, dataset: str, count: int, batch_size: int) -> No
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mib", type=float, default=48, help="payload MiB per modality (default: 48)")
+    parser.add_argument("--mib", type=float, default=128, help="payload MiB per modality (default: 128)")
     parser.add_argument("--workers", default="0,1,2", help="DataLoader workers to try (default: 0,1,2)")
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per batch (default: 8)")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
@@ -196,6 +203,7 @@ def main() -> None:
     if args.measure:
         return measurement_main(*json.loads(args.measure))
     payload, workers = int(args.mib * (1 << 20)), [int(w) for w in args.workers.split(",")]
+    load = os.getloadavg()[0]
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp, rng = Path(tmp), np.random.default_rng(0)
@@ -208,16 +216,19 @@ def main() -> None:
                 bare = run_measurement("bare", str(dataset), max(1, count), args.batch_size)
                 loader = run_measurement("loader", str(dataset), count, args.batch_size)
                 rows.append((modality, count, loader, bare))
-        small = make_text(tmp, payload // 4, seed=2)
+        few = make_text(tmp, payload // 4, seed=2, shard_bytes=SHARD_BYTES // 4)
+        many = make_text(tmp, payload, seed=3, shard_bytes=SHARD_BYTES // 4)
         rss = {name: run_measurement("loader", str(d), 0, args.batch_size)
-               for name, d in [("quarter", small), ("full", data["text"])]}
-        shards = {name: load_manifest(d).totals["shards"] for name, d in [*data.items(), ("quarter", small)]}
+               for name, d in [("few", few), ("many", many)]}
+        shards = {name: load_manifest(d).totals["shards"] for name, d in
+                  [*data.items(), ("few", few), ("many", many)]}
         floor = run_measurement("floor", "", 1, args.batch_size)
 
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"zstandard {zstandard.__version__}")
+          f"zstandard {zstandard.__version__}, load average {load:.1f} at start, "
+          f"{os.getloadavg()[0]:.1f} at end (other processes share the cores)")
     print(f"data: {args.mib:g} MiB payload per modality in {SHARD_BYTES >> 20} MiB shards "
-          f"({', '.join(f'{m} {n}' for m, n in shards.items() if m != 'quarter')} shards); "
+          f"({', '.join(f'{m} {shards[m]}' for m in data)} shards); "
           f"T = {SEQ_LEN}, B = {args.batch_size}, shuffle buffer 256, sha256 verified\n")
     print(f"{'modality':<9}{'workers':>8}{'seq/s':>9}{'MB/s':>8}{'bare MB/s':>11}{'ratio':>7}"
           f"{'RSS main':>10}{'RSS worker':>12}")
@@ -229,11 +240,12 @@ def main() -> None:
               f"{bare_speed:>8.0f} ({max(1, count)}p){speed / bare_speed:>5.2f}"
               f"{loader['rss_main']:>6.0f} MiB{worker_rss:>12}")
     print(f"\nbare: k processes reading the shards split k ways (kp). ratio: loader / bare (target >= 0.8)")
-    print(f"floor: a torch DataLoader passes {floor['sequences'] / floor['seconds']:.0f} ready-made "
+    print(f"floor: a torch DataLoader hands over {floor['sequences'] / floor['seconds']:.0f} ready-made "
           f"sequences/s ({floor['bytes'] / floor['seconds'] / 1e6:.0f} MB/s) from 1 worker, reading nothing")
-    print(f"peak RSS, text, workers 0: {rss['quarter']['rss_main']:.0f} MiB with {shards['quarter']} "
-          f"shards, {rss['full']['rss_main']:.0f} MiB with {shards['text']} shards "
-          f"(ratio {rss['full']['rss_main'] / rss['quarter']['rss_main']:.2f}, target ~1.0)")
+    print(f"peak RSS, text in {SHARD_BYTES // 4 >> 10} KiB shards, workers 0: "
+          f"{rss['few']['rss_main']:.0f} MiB with {shards['few']} shards, "
+          f"{rss['many']['rss_main']:.0f} MiB with {shards['many']} shards "
+          f"(ratio {rss['many']['rss_main'] / rss['few']['rss_main']:.2f}, target ~1.0)")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ AUDIO_SUFFIXES = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".a
 READ_FRAMES = 1 << 18  # frames per soundfile block
 RESAMPLE_STEP = 1 << 18  # input samples per resampling step (about)
 TASK_MAX_FILES = 32
-TASK_SOURCE_BYTES = 16 << 20
+TASK_SOURCE_BYTES = 4 << 20  # small tasks keep the workers evenly busy on a few long files
 READ_ERRORS = (soundfile.SoundFileError, OSError)
 
 

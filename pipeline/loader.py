@@ -4,13 +4,16 @@
       │ per dataset, per epoch: seeded shard permutation, split by rank, split by worker
       ▼                                                                   (pipeline.streams)
     pieces ─▶ webdataset tar members ─▶ bounded zstd ─▶ Transform ─▶ packer ─▶ shuffled blocks
-      │          (pipeline.reading)                       (pipeline.packing)      (streams)
+      │         (pipeline.reading)                      (pipeline.packing)     (streams)
       ▼
     Mixer: which dataset gives the next sequence, seeded (seed, stream), weights e.g. .7/.2/.1
       ▼
-    batch {"ids": LongTensor (B, T), "modality": [str] * B, "dataset": [int] * B, "epoch": [int] * B}
+    TrainDataset (IterableDataset; in each worker, that worker's stream): fetches of
+      │ batches_per_fetch batches, rows as uint8 + lengths + ids > 255 (packing.encode_rows)
       ▼
-    TrainDataset (IterableDataset, one per worker) ─▶ torchdata StatefulDataLoader ─▶ TrainLoader
+    torchdata StatefulDataLoader ─▶ TrainLoader: a fetch from each worker, batches interleaved
+      ▼
+    batch {"ids": LongTensor (B, T), "modality": [str] * B, "dataset": [int] * B, "epoch": [int] * B}
 
 The train loader never ends: each of the S = world_size × workers streams goes through its share
 of epoch 0, then epoch 1, and so on, on its own. So every rank yields one batch per step for as
@@ -19,15 +22,17 @@ ranks always get equal numbers of batches. Within an epoch of a dataset, every s
 exactly once across all ranks and workers (see pipeline.streams for how shards are split, also
 when there are fewer shards than streams). `epoch` in a batch tells which epoch each row is from.
 
-Exact resume: StatefulDataLoader collects every worker's TrainDataset.state_dict() with the batch
+Exact resume: StatefulDataLoader collects every worker's TrainDataset.state_dict() with the fetch
 it made (snapshot_every_n_steps=1), so TrainLoader.state_dict() holds, for this rank, each
-worker's mixer count and each dataset stream's epoch and block cursor. A restored loader yields
-exactly what the uninterrupted one would have yielded next, re-reading at most the current shard
-of each worker and dataset. The state is JSON-able and refuses another world size, worker count,
+worker's mixer count and each dataset stream's epoch and block cursor, plus how many batches of
+the round of fetches in hand were used. A restored loader yields exactly what the uninterrupted
+one would have yielded next, re-reading at most the current shard of each worker and dataset (and
+making the round in hand again). The state is JSON-able and refuses another world size, worker count,
 rank or data order.
 """
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,8 +88,9 @@ class LoaderConfig:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.seq_len % self.patch_size:
+            nearest = self.seq_len - self.seq_len % self.patch_size or self.patch_size
             raise ValueError(f"seq_len {self.seq_len} is not a multiple of patch_size {self.patch_size}: "
-                             f"use e.g. seq_len {self.seq_len - self.seq_len % self.patch_size or self.patch_size}")
+                             f"use e.g. seq_len {nearest}")
         for name in ("num_workers", "seed", "shuffle_buffer"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
@@ -208,9 +214,11 @@ class TrainDataset(IterableDataset):
 class TrainLoader:
     """One rank's endless stream of batches, with state_dict()/load_state_dict().
 
-    Workers hand over `batches_per_fetch` batches at a time; the state is the DataLoader's state
-    before the fetch being handed out plus how many of its batches were used (a restore makes
-    that fetch again and drops those), or the state after it once it is used up.
+    Workers hand over `batches_per_fetch` batches at a time, and a round of one fetch from each
+    worker is handed out interleaved, so batch k comes from worker k % workers whatever the fetch
+    size. The state is the DataLoader's state before the round being handed out plus how many of
+    its batches were used (a restore makes that round again and drops those), or the state after
+    it once it is used up.
     Iterating again (a second `for` or `iter`) goes on from where the last iteration stopped.
     """
 
@@ -226,14 +234,16 @@ class TrainLoader:
                                  "workers): use fewer num_workers or a larger dataset")
         self.dataset = TrainDataset(config, self.sources, rank, world_size)
         workers = config.num_workers
-        self.dataloader = StatefulDataLoader(
-            self.dataset, batch_size=None, num_workers=workers, pin_memory=config.pin_memory,
-            prefetch_factor=config.prefetch_factor if workers else None,
-            multiprocessing_context=config.multiprocessing_context if workers else None,
-            snapshot_every_n_steps=config.snapshot_every_n_steps, collate_fn=keep)
-        self._fetch = None  # (DataLoader state before the current fetch, its batches)
-        self._used = 0  # batches of the current fetch handed out
-        self._skip = 0  # batches to drop from the first fetch after a restore
+        with warnings.catch_warnings():  # torchdata 0.11 calls torch.set_vital, deprecated in torch
+            warnings.filterwarnings("ignore", message=".*set_vital.*")
+            self.dataloader = StatefulDataLoader(
+                self.dataset, batch_size=None, num_workers=workers, pin_memory=config.pin_memory,
+                prefetch_factor=config.prefetch_factor if workers else None,
+                multiprocessing_context=config.multiprocessing_context if workers else None,
+                snapshot_every_n_steps=config.snapshot_every_n_steps, collate_fn=keep)
+        self._fetch = None  # (DataLoader state before the current round of fetches, its batches)
+        self._used = 0  # batches of the current round handed out
+        self._skip = 0  # batches to drop from the first round after a restore
         self._iterating = False
 
     def __iter__(self):
@@ -243,26 +253,29 @@ class TrainLoader:
         return self._batches()
 
     def _batches(self):
+        """Batches in round-robin order over the workers (worker k % W makes batch k), whatever
+        the fetch size: a round is one fetch from each worker, handed out interleaved."""
         fetches, size = iter(self.dataloader), self.config.batch_size
+        workers, per_fetch = max(1, self.config.num_workers), self.config.fetch
         while True:
-            # where to come back to if a checkpoint falls inside this fetch (none can with
-            # one batch per fetch, and state_dict() is not free: skip it then)
-            before = self.dataloader.state_dict() if self.config.fetch > 1 else None
-            fetch = next(fetches)
-            ids = decode_rows(fetch)  # (fetch · B, T)
-            self._fetch, self._used, self._skip = (before, len(ids) // size), self._skip, 0
+            # where to come back to if a checkpoint falls inside this round (none can when a
+            # round is one batch, and state_dict() is not free: skip it then)
+            before = self.dataloader.state_dict() if workers * per_fetch > 1 else None
+            round_ = [next(fetches) for _ in range(workers)]
+            self._fetch, self._used, self._skip = (before, workers * per_fetch), self._skip, 0
             while self._used < self._fetch[1]:
-                rows = slice(self._used * size, (self._used + 1) * size)
+                index, worker = divmod(self._used, workers)
+                fetch, rows = round_[worker], slice(index * size, (index + 1) * size)
                 self._used += 1
-                yield {"ids": ids[rows], "modality": fetch["modality"][rows],
-                       "dataset": fetch["dataset"][rows], "epoch": fetch["epoch"][rows]}
+                yield {"ids": decode_rows(fetch, rows.start, rows.stop),
+                       "modality": fetch["modality"][rows], "dataset": fetch["dataset"][rows],
+                       "epoch": fetch["epoch"][rows]}
 
     def data_order(self) -> dict:
         """What fixes the order of the data; a state made under another order is refused."""
         config = self.config
         return {"seed": config.seed, "seq_len": config.seq_len, "patch_size": config.patch_size,
-                "batch_size": config.batch_size, "batches_per_fetch": config.fetch,
-                "shuffle_buffer": config.shuffle_buffer,
+                "batch_size": config.batch_size, "shuffle_buffer": config.shuffle_buffer,
                 "image_order": config.image_order, "text_packing": config.text_packing,
                 "weights": config.mixing_weights(),
                 "datasets": [[s.name, s.modality, len(s.shards), s.samples] for s in self.sources]}
@@ -275,7 +288,7 @@ class TrainLoader:
     def state_dict(self) -> dict:
         if self._fetch is None:  # not iterated since built or restored
             dataloader, used = self.dataloader.state_dict(), self._skip
-        elif self._used == self._fetch[1]:  # the DataLoader's state is after the last fetch
+        elif self._used == self._fetch[1]:  # the DataLoader's state is after the last round
             dataloader, used = self.dataloader.state_dict(), 0
         else:
             dataloader, used = self._fetch[0], self._used

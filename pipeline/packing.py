@@ -207,15 +207,17 @@ def rows_to_yield(sequences: list[list[np.ndarray]], seq_len: int) -> dict:
     return encode_rows(sequences, seq_len)
 
 
-def decode_rows(rows: dict) -> torch.Tensor:
-    """encode_rows → LongTensor (n, T) of ids, PAD after each row's length (to_ids passes)."""
+def decode_rows(rows: dict, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """Rows start..stop-1 of encode_rows (or to_ids) output → LongTensor (n, T), PAD after each
+    row's length."""
     if "ids" in rows:
-        return rows["ids"]
-    ids = rows["bytes"].numpy().astype(np.int64)  # numpy: one thread, whatever torch is set to
-    for row, length in enumerate(rows["lengths"].tolist()):
+        return rows["ids"][start:stop]
+    ids = rows["bytes"][start:stop].numpy().astype(np.int64)  # numpy: one thread, whatever torch says
+    for row, length in enumerate(rows["lengths"][start:stop].tolist()):
         ids[row, length:] = PAD_ID
     special = rows["special"].numpy()
-    ids[special[:, 0], special[:, 1]] = special[:, 2]
+    special = special[(special[:, 0] >= start) & (special[:, 0] < start + len(ids))]
+    ids[special[:, 0] - start, special[:, 1]] = special[:, 2]
     return torch.from_numpy(ids)
 
 

@@ -115,24 +115,25 @@ def iter_members(shard: ShardRef, start: int, stop: int, suffix: str = ""):
         raise DataError(f"{shard.path}: ends after {index} samples, the manifest says {shard.info.samples}")
 
 
-def parse_meta(shard: ShardRef, key: str, members: dict) -> dict:
+def parse_meta(members: dict, payload_bytes: int) -> dict:
+    """The sample's metadata; its length must be within the shard's payload bytes."""
     try:
         meta = json.loads(members["json"])
         length = meta["length"]
     except (KeyError, TypeError, ValueError) as error:
-        raise DataError(f"{shard.path}: {key}: no valid metadata ({type(error).__name__}: {error})") from None
-    if not isinstance(length, int) or not 0 <= length <= shard.info.payload_bytes:
-        raise DataError(f"{shard.path}: {key}: metadata length {length!r} is outside 0.."
-                        f"{shard.info.payload_bytes}, the shard's payload bytes in the manifest")
+        raise DataError(f"no valid metadata ({type(error).__name__}: {error})") from None
+    if not isinstance(length, int) or not 0 <= length <= payload_bytes:
+        raise DataError(f"metadata length {length!r} is outside 0..{payload_bytes}, the shard's "
+                        "payload bytes in the manifest")
     return meta
 
 
-def decode_sample(shard: ShardRef, key: str, members: dict, meta: dict) -> bytes:
+def decode_sample(members: dict, length: int) -> bytes:
     """The sample's byte stream, never longer than its metadata length."""
     name = "bin.zst" if "bin.zst" in members else "bin" if "bin" in members else None
     if name is None:
-        raise DataError(f"{shard.path}: {key}: no .bin.zst or .bin member")
-    data, length = members[name], meta["length"]
+        raise DataError("no .bin.zst or .bin member")
+    data = members[name]
     if name == "bin.zst" and length > 0:
         # fast path: one reused decompressor, output bounded by the declared or the meta length
         try:
@@ -144,10 +145,24 @@ def decode_sample(shard: ShardRef, key: str, members: dict, meta: dict) -> bytes
                     return stream
         except zstandard.ZstdError:
             pass  # the bounded streaming decoder below says what is wrong
-    try:  # several frames, or something wrong: the foundation's reader decides and explains
-        return decode_payload(name, data, meta)
+    # several frames, or something wrong: the foundation's reader decides and explains
+    return decode_payload(name, data, {"length": length})
+
+
+def sample_tokens(shard: ShardRef, key: str, members: dict, transform, policy: ErrorPolicy,
+                  keep_places: bool):
+    """One sample's Tokens; None when it is bad and skipped, or with keep_places, PAD ids of its
+    length in its place (when its metadata can still say that length)."""
+    meta = None
+    try:
+        meta = parse_meta(members, shard.info.payload_bytes)
+        return transform(meta, decode_sample(members, meta["length"]))
     except DataError as error:
-        raise DataError(f"{shard.path}: {key}: {error}") from None
+        policy.handle(DataError(f"{shard.path}: {key}: {error}"))
+    try:
+        return transform(meta, None) if keep_places and meta is not None else None
+    except DataError:
+        return None
 
 
 def read_tokens(shard: ShardRef, start: int, stop: int, transform, *, verify: bool,
@@ -172,29 +187,17 @@ def read_tokens(shard: ShardRef, start: int, stop: int, transform, *, verify: bo
         if item is None:
             return
         index, key, sample = item
-        try:
-            meta = parse_meta(shard, key, sample)
-        except DataError as error:
-            policy.handle(error)
-            continue
-        try:
-            payload = decode_sample(shard, key, sample, meta)
-        except DataError as error:
-            policy.handle(error)
-            if not keep_places:
-                continue
-            payload = None
-        try:
-            tokens = transform(meta, payload)
-        except DataError as error:
-            policy.handle(DataError(f"{shard.path}: {key}: {error}"))
-            continue
-        yield index, tokens
+        tokens = sample_tokens(shard, key, sample, transform, policy, keep_places)
+        if tokens is not None:
+            yield index, tokens
 
 
 def scan_metas(shard: ShardRef) -> list[dict]:
     """Every sample's metadata, reading only the .json members (for layouts that need lengths)."""
     metas = []
     for _, key, sample in iter_members(shard, 0, shard.info.samples, suffix=".json"):
-        metas.append(parse_meta(shard, key, sample))
+        try:
+            metas.append(parse_meta(sample, shard.info.payload_bytes))
+        except DataError as error:
+            raise DataError(f"{shard.path}: {key}: {error}") from None
     return metas

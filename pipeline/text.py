@@ -95,11 +95,12 @@ class TextConverter:
     def jsonl_tasks(self, file_index: int, path: Path):
         """Read a JSONL file line by line in the main process; yield batches of documents."""
         task = DocsTask(file_index, path, [], [], 0)
-        held = 0
+        held = file_bytes = 0
         try:
             with open_source(path) as f:
                 for line_number, line in enumerate(f, start=1):
                     task.source_bytes += len(line)
+                    file_bytes += len(line)
                     doc, reason = self.parse_line(line)
                     if reason:
                         task.skipped.append({"source": f"{path}:{line_number}", "reason": reason})
@@ -111,7 +112,7 @@ class TextConverter:
                         task, held = DocsTask(file_index, path, [], [], 0), 0
         except READ_ERRORS as error:
             task.skipped.append({"source": str(path), "reason": read_error_reason(error)})
-        if task.source_bytes == 0 and not task.skipped and not task.docs:
+        if file_bytes == 0 and not task.skipped:
             task.skipped.append({"source": str(path), "reason": "empty file"})
         yield task
 

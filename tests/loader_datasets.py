@@ -99,8 +99,7 @@ def epoch_rows(cfg: LoaderConfig, world_size: int, epoch: int = 0) -> dict[tuple
         for step in range(500):
             if len(done) == workers:
                 break
-            batch = next(iterator)
-            worker = step // cfg.fetch % workers  # workers take turns, a fetch of batches each
+            batch, worker = next(iterator), step % workers  # workers take turns, a batch each
             for row, row_epoch in zip(batch["ids"], batch["epoch"]):
                 if row_epoch == epoch:
                     rows[rank, worker].append(real_ids(row))

@@ -205,7 +205,7 @@ def test_kill_and_resume(tmp_path):
     for i in range(40):
         stereo = np.stack([noise(1.0, 44100, i), noise(1.0, 44100, i + 99)], axis=1)  # (frames, 2)
         soundfile.write(tmp_path / f"in/{i:03d}.wav", stereo, 44100)
-    # 4 clips a file, about 6 a shard, 32 files a task: killed half-way through the first task
+    # 4 clips a file, about 6 a shard, 23 files (4 MiB) a task: killed inside the first task
     command = ["convert", "audio", str(tmp_path / "in"), "--clip-seconds", "0.25", "--shard-size", "56K"]
     run_killed_then_resumed(tmp_path, command, killed_flags=["--workers", "2"], after_shards=5)
 

@@ -11,7 +11,6 @@ from pipeline.loader import LoaderConfig, build_train_loader, build_validation_l
 from pipeline.shards import file_sha256, load_manifest
 from pipeline.vocab import PAD_ID
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*set_vital.*:UserWarning")
 
 DOCS = text_docs(24, seed=5, low=100, high=400)
 PER_SHARD = 6  # 4 shards: s000000-5, s000006-11, s000012-17, s000018-23

@@ -115,7 +115,8 @@ def test_every_sample_goes_to_exactly_one_stream_each_epoch(shards, streams):
 
 def test_shard_order_depends_on_seed_and_epoch():
     def order(seed, epoch):
-        return [p.shard for p in epoch_pieces([1] * 20, seed=seed, dataset=0, epoch=epoch, stream=0, streams=1)]
+        pieces = epoch_pieces([1] * 20, seed=seed, dataset=0, epoch=epoch, stream=0, streams=1)
+        return [p.shard for p in pieces]
     assert order(1, 0) == order(1, 0)
     assert order(1, 0) != order(1, 1) and order(1, 0) != order(2, 0)
     assert sorted(order(1, 1)) == list(range(20))

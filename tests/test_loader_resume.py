@@ -10,7 +10,6 @@ from loader_datasets import clips, images, take, text_docs, write_shards, write_
 from pipeline.loader import LoaderConfig, build_train_loader, worker_states
 from pipeline.shards import load_manifest
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*set_vital.*:UserWarning")
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +80,11 @@ def test_resume_of_a_resumed_loader_and_document_packing(mixed):
     assert_same_batches(got, reference)
 
 
-def test_resume_with_sparse_snapshots_replays_to_the_exact_batch(mixed):
-    cfg = config(mixed, num_workers=2, snapshot_every_n_steps=4)
-    reference = take(iter(build_train_loader(cfg)), 14)
-    for cut in (3, 6, 9):
-        assert_same_batches(resumed(cfg, 0, 1, cut, 14), reference)
+def test_resume_with_sparse_snapshots_and_odd_fetches_replays_to_the_exact_batch(mixed):
+    cfg = config(mixed, num_workers=2, snapshot_every_n_steps=4, batches_per_fetch=3)
+    reference = take(iter(build_train_loader(cfg)), 20)
+    for cut in (3, 7, 10, 17):
+        assert_same_batches(resumed(cfg, 0, 1, cut, 20), reference)
 
 
 def test_iterating_again_goes_on_where_it_stopped(mixed):
@@ -128,6 +127,9 @@ def test_same_seed_same_order(mixed):
     assert torch.equal(first_batches(), first_batches())
     assert not torch.equal(first_batches(), first_batches(seed=8))
     assert torch.equal(first_batches(num_workers=0), first_batches(num_workers=1))
+    # fetch size is only how batches travel: batch k still comes from worker k % workers
+    fetched = [first_batches(num_workers=2, batches_per_fetch=n) for n in (1, 3, 8)]
+    assert torch.equal(fetched[0], fetched[1]) and torch.equal(fetched[0], fetched[2])
 
 
 def test_state_refuses_another_world_size_worker_count_rank_or_order(mixed):

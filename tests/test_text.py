@@ -250,3 +250,13 @@ def test_large_document_spills_and_roundtrips(tmp_path, monkeypatch):
     run_cli("convert", "text", tmp_path / "big.txt", "--out", tmp_path / "out", "--no-progress")
     assert decoded(tmp_path / "out") == {str(tmp_path / "big.txt"): body}
     assert not list((tmp_path / "out").glob(".spill-*"))
+
+
+def test_jsonl_filling_a_task_exactly_is_not_an_empty_file(tmp_path, monkeypatch):
+    import pipeline.text
+
+    monkeypatch.setattr(pipeline.text, "DOCS_PER_TASK_BYTES", 10)
+    (tmp_path / "a.jsonl").write_text('{"text": "0123456789"}\n{"text": "abcdefghij"}\n')
+    run_cli("convert", "text", tmp_path / "a.jsonl", "--out", tmp_path / "out", "--no-progress")
+    manifest = load_manifest(tmp_path / "out")
+    assert manifest.skipped == [] and manifest.totals["samples"] == 2

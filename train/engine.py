@@ -6,6 +6,7 @@ would set are filled in here.
 """
 
 import json
+import logging
 import math
 import os
 import socket
@@ -31,7 +32,9 @@ def init_distributed() -> tuple[int, int, torch.device]:
     gpu = on_gpu()
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if gpu else "cpu")
     import deepspeed  # after DS_ACCELERATOR is settled: it picks its accelerator on import
+    from deepspeed.utils import logger
 
+    logger.setLevel(logging.WARNING)  # its INFO lines would drown the progress bar
     deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo", verbose=False)
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if gpu:

@@ -5,6 +5,8 @@ zero_to_fp32 reader; stage 0 checkpoints hold the whole module already.
 """
 
 import json
+import os
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import torch
@@ -35,7 +37,9 @@ def consolidated_state_dict(folder: Path, zero_stage: int) -> dict:
         return torch.load(files[0], map_location="cpu", weights_only=False)["module"]
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    return get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
+    with open(os.devnull, "w") as quiet, redirect_stdout(quiet), redirect_stderr(quiet):
+        # its progress prints are noise here; errors still raise
+        return get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
 
 
 def data_metadata(datasets: list[str]) -> dict:
