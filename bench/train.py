@@ -104,6 +104,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per step (default: 8)")
     parser.add_argument("--workers", type=int, default=1, help="loader workers (default: 1)")
     parser.add_argument("--zero-stage", type=int, default=2, help="ZeRO stage (default: 2)")
+    parser.add_argument("--models", default="megabyte,baseline", help="which to run (default: both)")
     args = parser.parse_args()
 
     rank, world, device = init_distributed()
@@ -111,6 +112,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = make_data(Path(tmp))
         for name, section in zip(["megabyte", "baseline"], MODELS[args.preset]):
+            if name not in args.models.split(","):
+                continue
             rows.append((name, *bench_model(section, args, data, Path(tmp) / name, rank, world, device)))
     if rank != 0:
         return

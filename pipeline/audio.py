@@ -17,6 +17,7 @@ offset: where the clip starts in the file, in samples at sample_rate (0 for a wh
 Keys: `<file index>-<clip index>` (clip 0 for a whole file).
 """
 
+import functools
 import os
 from dataclasses import dataclass
 from math import gcd
@@ -49,11 +50,13 @@ READ_ERRORS = (soundfile.SoundFileError, OSError)
 
 def encode_samples(samples: np.ndarray, encoding: str) -> bytes:
     """float samples in [-1, 1] → stored bytes (values beyond are clipped, NaN becomes 0)."""
-    samples = np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0)  # float sources may hold them
     if encoding == "pcm16":
-        return np.clip(np.round(samples * 32768.0), -32768, 32767).astype("<i2").tobytes()
+        scaled = samples * np.float32(32768.0)  # a new array: the rest works in place
+        np.nan_to_num(scaled, copy=False, nan=0.0, posinf=32767.0, neginf=-32768.0)
+        np.rint(scaled, out=scaled)
+        return np.clip(scaled, -32768, 32767, out=scaled).astype("<i2").tobytes()
     if encoding == "mulaw8":
-        x = np.clip(samples, -1.0, 1.0)
+        x = np.clip(np.nan_to_num(samples, nan=0.0), -1.0, 1.0)
         companded = np.sign(x) * np.log1p(MU * np.abs(x)) / np.log1p(MU)
         return np.round((companded + 1.0) / 2.0 * MU).astype(np.uint8).tobytes()
     raise ValueError(f"unknown audio encoding {encoding!r} (known: {', '.join(ENCODINGS)})")
@@ -76,6 +79,16 @@ def decode_samples(raw: bytes, encoding: str) -> np.ndarray:
 # sample-rate conversion in bounded memory
 
 
+@functools.lru_cache(maxsize=16)
+def filter_taps(up: int, down: int) -> np.ndarray:
+    """resample_poly's own low-pass for up/down, computed once per ratio."""
+    from scipy.signal import firwin  # here, not at the top: scipy.signal takes 0.5 s to import
+
+    max_rate = max(up, down)
+    half_len = 10 * max_rate  # resample_poly's filter half-length, in upsampled samples
+    return firwin(2 * half_len + 1, 1.0 / max_rate, window=("kaiser", 5.0)).astype(np.float32)
+
+
 class Resampler:
     """rate_in → rate_out over a stream of blocks, equal to scipy's `resample_poly` over the whole
     signal (the same filter, zeros outside the signal) up to float32 rounding.
@@ -90,11 +103,8 @@ class Resampler:
         self.up, self.down = rate_out // common, rate_in // common
         if self.up == self.down:
             return  # the identity: no filter
-        from scipy.signal import firwin  # here, not at the top: scipy.signal takes 0.5 s to import
-
-        max_rate = max(self.up, self.down)
-        half_len = 10 * max_rate  # resample_poly's filter half-length, in upsampled samples
-        self.taps = firwin(2 * half_len + 1, 1.0 / max_rate, window=("kaiser", 5.0)).astype(np.float32)
+        self.taps = filter_taps(self.up, self.down)
+        half_len = len(self.taps) // 2  # in upsampled samples
         self.context = -(-half_len // self.up) // self.down + 1
         self.step = max(1, step_samples // self.down)
 

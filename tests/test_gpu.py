@@ -25,9 +25,10 @@ def tiny(architecture: str = "megabyte"):
 
 @pytest.mark.parametrize("architecture", ["megabyte", "transformer"])
 def test_bf16_forward_and_backward_use_flash_attention(architecture):
-    model = tiny(architecture).cuda()
+    model = tiny(architecture).cuda().eval()  # no dropout: both passes must see the same network
     ids = torch.randint(0, 256, (4, model.config.seq_len), device="cuda")
-    reference = model(ids).float()
+    with torch.no_grad():
+        reference = model(ids).float()
     # only the flash kernel allowed: an unsupported shape or dtype would raise instead of falling back
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION), torch.autocast("cuda", dtype=torch.bfloat16):
         logits = model(ids)

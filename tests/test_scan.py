@@ -59,8 +59,6 @@ def test_bad_patch_sizes_are_clear_errors(patch_bytes, size, message):
         from_patch_order(bytes(size * size * 3), size, patch_bytes)
 
 
-@pytest.mark.xfail(strict=True, reason="scan.block_side: P = 0 passes its check and divides by "
-                                        "zero, P < 0 fails inside math.isqrt; both want this error")
 @pytest.mark.parametrize("patch_bytes", [0, -3])
 def test_non_positive_patch_sizes_are_clear_errors(patch_bytes):
     with pytest.raises(ValueError, match="not 3·p²"):
