@@ -34,7 +34,7 @@ from tools.cmd_demo import stdlib_sources  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 from train.engine import init_distributed  # noqa: E402
 from train.loop import RunState, StopRequest, train_loop  # noqa: E402
-from train.main import build_trainer  # noqa: E402
+from train.main import build_trainer, resume  # noqa: E402
 from train.metrics import MetricsLogger, read_metrics  # noqa: E402
 
 train.loop.save = lambda t, state: None  # the loop's final checkpoint is not what is measured
@@ -88,6 +88,7 @@ def bench_model(model_section: dict, args, data: Path, folder: Path, rank, world
                    "log_every": 1, "progress": False, "keep_last": 1}}
     config = TrainConfig.from_dict(raw)
     t = build_trainer(config, rank, world, device)
+    resume(t)  # a fresh output directory: just starts the batches
     shards, mfu_shards = timed_run(t, args.steps, args.warmup, folder / "shards")
     batches = [next(t.batches) for _ in range(8)]  # then the same engine on batches in memory
     t.batches = itertools.cycle(batches)

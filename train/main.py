@@ -22,7 +22,7 @@ from model import build_model
 from pipeline.errors import UsageError, report_errors
 from pipeline.loader import LoaderConfig, build_train_loader, build_validation_loader
 from train import checkpoint
-from train.config import TrainConfig, dump_config, load_config
+from train.config import ConfigError, TrainConfig, dump_config, load_config
 from train.flags import add_train_flags
 from train.engine import build_engine, init_distributed
 from train.loop import RunState, StopRequest, train_loop
@@ -40,7 +40,7 @@ class Trainer:
     engine: object
     scheduler: object
     train_loader: object
-    batches: object  # iterator over train_loader's batches
+    batches: object  # iterator over train_loader's batches, started by resume() (it never ends)
     validation: object  # () → a fresh validation stream, or None
     metrics: MetricsLogger
     trace: BatchTrace
@@ -73,12 +73,6 @@ def loader_config(config: TrainConfig) -> LoaderConfig:
                         on_error=data.on_error)
 
 
-def forever(loader):
-    """Batches across epoch ends: a new pass of the loader starts the next epoch."""
-    while True:
-        yield from loader
-
-
 def build_trainer(config: TrainConfig, rank: int, world_size: int, device: torch.device) -> Trainer:
     out_dir = Path(config.run.out_dir)
     if rank == 0:
@@ -89,7 +83,10 @@ def build_trainer(config: TrainConfig, rank: int, world_size: int, device: torch
     model = build_model(config.model)
     engine, scheduler = build_engine(model, config, world_size)
     seed_everything(config.run.seed + rank)  # then a different dropout stream per rank
-    train_loader = build_train_loader(loader_config(config), rank, world_size)
+    try:
+        train_loader = build_train_loader(loader_config(config), rank, world_size)
+    except ValueError as error:  # e.g. a dataset with fewer samples than ranks × workers
+        raise ConfigError(f"[data]: {error}") from None
     validation = None
     if config.data.validation:
         def validation():
@@ -97,14 +94,15 @@ def build_trainer(config: TrainConfig, rank: int, world_size: int, device: torch
                                            config.model.patch_size, config.data.micro_batch_size,
                                            rank, world_size)
     return Trainer(config, rank, world_size, device, engine, scheduler, train_loader,
-                   forever(train_loader), validation, MetricsLogger(out_dir, rank == 0),
+                   None, validation, MetricsLogger(out_dir, rank == 0),
                    BatchTrace(out_dir, rank, config.run.trace_batches), out_dir)
 
 
 def resume(t: Trainer) -> RunState:
-    """Continue from the newest complete checkpoint, if there is one."""
+    """Continue from the newest complete checkpoint, if there is one; starts the batches."""
     folder = checkpoint.latest(t.checkpoint_dir)
     if folder is None:
+        t.batches = iter(t.train_loader)
         return RunState()
     state = checkpoint.read_state(folder)
     if len(state["loaders"]) != t.world_size:
@@ -112,7 +110,7 @@ def resume(t: Trainer) -> RunState:
                          f"{t.world_size}; resume with the same world size")
     checkpoint.load_engine(t.engine, folder)
     t.train_loader.load_state_dict(state["loaders"][t.rank])
-    t.batches = forever(t.train_loader)
+    t.batches = iter(t.train_loader)
     checkpoint.set_rng_state(state["rngs"][t.rank])
     t.trace.truncate(state["step"])
     if t.rank == 0:
