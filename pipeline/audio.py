@@ -27,9 +27,8 @@ import numpy as np
 import soundfile
 
 from pipeline.convert import (FileItem, Sample, SkipInput, TaskResult, batch_files, discard,
-                              expand_sources, run_file_batch)
+                              expand_sources, run_file_batch, sample_key)
 from pipeline.errors import UsageError
-from pipeline.text import doc_key as sample_key
 
 ENCODINGS = {"pcm16": 2, "mulaw8": 1}  # bytes per sample
 MU = 255

@@ -56,6 +56,12 @@ class Sample:
     meta: dict
 
 
+def sample_key(file_index: int, item_index: int) -> str:
+    """`<file index>-<item index>` over the sorted input list: unique, dot-free, and the same in
+    a --part split as in one run."""
+    return f"{file_index:08d}-{item_index:09d}"
+
+
 @dataclass
 class TaskResult:
     samples: list[Sample] = field(default_factory=list)

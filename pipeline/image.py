@@ -35,9 +35,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.convert import (FileItem, Sample, SkipInput, TaskResult, batch_files, expand_sources,
-                              run_file_batch)
+                              run_file_batch, sample_key)
 from pipeline.errors import UsageError
-from pipeline.text import doc_key as sample_key
 
 LAYOUTS = ("folder", "flat", "npz")
 RESIZE_METHODS = ("crop", "box")

@@ -80,9 +80,9 @@ def verify(paths) -> tuple[int, list[str]]:
     """Check every shard (sha256 and size against the manifest) and every member (decodes to its
     recorded length; keys unique). Returns (samples checked, problems), each problem one line
     naming the shard and, where there is one, the key."""
-    problems, seen_keys, checked = [], {}, 0
+    problems, checked = [], 0
     for path in map(Path, paths):
-        expected = {}
+        expected, seen_keys = {}, {}  # keys are unique within one dataset
         if path.is_dir():
             expected = {s.name: s for s in load_manifest(path).shards}
             shards = [path / name for name in expected]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import zstandard
 
-from pipeline.convert import Sample, TaskResult
+from pipeline.convert import Sample, TaskResult, sample_key
 
 COMPRESSION_SUFFIXES = (".gz", ".zst", ".xz")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
@@ -52,10 +52,6 @@ def is_jsonl(path: Path) -> bool:
 def read_error_reason(error: Exception) -> str:
     kind = "unreadable" if isinstance(error, PermissionError) else "broken or unreadable"
     return f"{kind} ({type(error).__name__}: {error})"
-
-
-def doc_key(file_index: int, doc_index: int) -> str:
-    return f"{file_index:08d}-{doc_index:09d}"
 
 
 @dataclass
@@ -137,7 +133,7 @@ class TextConverter:
     @staticmethod
     def run_task(task, encoder) -> TaskResult:
         if isinstance(task, DocsTask):
-            samples = [Sample(doc_key(task.file_index, line), encoder.encode(doc), len(doc),
+            samples = [Sample(sample_key(task.file_index, line), encoder.encode(doc), len(doc),
                               {"modality": "text", "source": str(task.path), "line": line,
                                "length": len(doc)})
                        for line, doc in task.docs]
@@ -168,4 +164,4 @@ def read_plain_file(file_index: int, path: Path, encoder) -> tuple[Sample | None
     if length == 0:
         return None, {"source": source, "reason": "empty file"}, size
     meta = {"modality": "text", "source": source, "length": length}
-    return Sample(doc_key(file_index, 0), payload, length, meta), None, size
+    return Sample(sample_key(file_index, 0), payload, length, meta), None, size
