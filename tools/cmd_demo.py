@@ -41,7 +41,9 @@ def convert_corpus(data: Path) -> tuple[Path, Path]:
     for split, keep in [("train", lambda i: i % HELD_OUT_EVERY != 0), ("val", lambda i: i % HELD_OUT_EVERY == 0)]:
         out = data / f"stdlib-{split}"
         chosen = [f for i, f in enumerate(files) if keep(i)]
-        options = ConvertOptions(out=out, name=f"stdlib-{split}", shard_bytes=8 << 20, workers=2)
+        # small shards: the loader shuffles shard order per epoch and sequences within a shard,
+        # and the sources are in path order (a folder of codec tables sits in one place)
+        options = ConvertOptions(out=out, name=f"stdlib-{split}", shard_bytes=1 << 20, workers=2)
         arguments = {"modality": "text", "sources": [str(root)], "include": "*.py", "split": split,
                      "held_out_every": HELD_OUT_EVERY, "compression": "zstd", "level": 3}
         manifest = convert(TextConverter(), chosen, options, arguments)
