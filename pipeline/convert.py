@@ -36,7 +36,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from pipeline.errors import DataError, UsageError
 from pipeline.shards import (INDEX_NAME, Manifest, ShardInfo, ShardWriter, load_manifest,
-                             shard_name, write_json_atomic)
+                             sample_members, shard_name, write_json_atomic)
 
 log = logging.getLogger("megabyte.convert")
 
@@ -51,9 +51,10 @@ SPILL_BYTES = 32 << 20  # encoded payloads larger than this go to a spill file, 
 @dataclass
 class Sample:
     key: str  # unique in the dataset, no dot
-    payload: bytes | Path  # the encoded member, or a spill file holding it
+    payload: bytes | Path | None  # the encoded member, or a spill file holding it
     length: int  # length of the byte stream (decoded payload)
     meta: dict
+    members: bytes | None = None  # the sample as tar bytes, made in the worker (see run_task)
 
 
 def sample_key(file_index: int, item_index: int) -> str:
@@ -325,8 +326,11 @@ def convert(converter, files: list[Path], options: ConvertOptions, arguments: di
                         continue
                     if writer is None:
                         writer = ShardWriter(options.out / shard_name(options.name, len(manifest.shards)))
-                    writer.add(sample.key, payload_name(options), sample.payload,
-                               sample.length, sample.meta)
+                    if sample.members is not None:
+                        writer.add_members(sample.members, sample.length)
+                    else:  # a spill file: copied into the tar from disk
+                        writer.add(sample.key, payload_name(options), sample.payload,
+                                   sample.length, sample.meta)
                     if writer.file_bytes >= options.shard_bytes:
                         manifest.shards.append(writer.close())
                         writer = None
@@ -381,7 +385,18 @@ def _init_worker(compression: str, level: int, spill_dir: Path) -> None:
 
 
 def _run_in_worker(run_task, task) -> TaskResult:
-    return run_task(task, _worker_encoder)
+    return run_task_formatted(run_task, task, _worker_encoder)
+
+
+def run_task_formatted(run_task, task, encoder: Encoder) -> TaskResult:
+    """Run a task and turn each in-memory sample into its tar member bytes right there, in the
+    worker: the process writing the shards then only appends, hashes and writes."""
+    result = run_task(task, encoder)
+    for sample in result.samples:
+        if isinstance(sample.payload, bytes):
+            sample.members = sample_members(sample.key, encoder.payload_name, sample.payload, sample.meta)
+            sample.payload = None
+    return result
 
 
 def run_tasks(converter, tasks, options: ConvertOptions, first_task: int):
@@ -395,7 +410,7 @@ def run_tasks(converter, tasks, options: ConvertOptions, first_task: int):
         encoder = Encoder(*encoder_args)
         for task_index, task in enumerate(tasks):
             if task_index >= first_task:
-                yield task_index, converter.run_task(task, encoder)
+                yield task_index, run_task_formatted(converter.run_task, task, encoder)
         return
     # spawn, not fork: the parent may hold threads (torch, tqdm) that fork would copy mid-lock
     context = multiprocessing.get_context("spawn")

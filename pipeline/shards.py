@@ -167,11 +167,31 @@ def ustar_header(name: str, size: int) -> bytes:
     return bytes(header)
 
 
+def tar_member(name: str, data: bytes) -> bytes:
+    """One regular-file member: header, data, zero padding to the next 512-byte block."""
+    return ustar_header(name, len(data)) + data + bytes(-len(data) % 512)
+
+
+def check_key(key: str) -> None:
+    if "." in key or "/" in key or not key:
+        raise ValueError(f"invalid sample key {key!r}: keys are non-empty and have no dot or slash")
+
+
+def sample_members(key: str, payload_name: str, payload: bytes, meta: dict) -> bytes:
+    """A sample's two members, `<key>.<payload_name>` then `<key>.json`, as tar bytes.
+
+    Conversion workers call this, so that the process writing the shard only appends."""
+    check_key(key)
+    meta_bytes = json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return tar_member(f"{key}.{payload_name}", payload) + tar_member(f"{key}.json", meta_bytes)
+
+
 class ShardWriter:
     """Writes one shard: `add` samples, then `close` to publish it atomically under its name.
 
-    Payloads arrive already encoded (zstd-compressed or raw), either as bytes or as the path of a
-    spill file holding them (large documents), which is removed once copied into the tar.
+    Payloads arrive already encoded (zstd-compressed or raw): as bytes, as the path of a spill
+    file holding them (large documents; removed once copied), or already formatted as tar
+    members by `sample_members`.
     """
 
     def __init__(self, path: Path):
@@ -188,28 +208,25 @@ class ShardWriter:
 
     def add(self, key: str, payload_name: str, payload, payload_length: int, meta: dict) -> None:
         """payload_name: "bin.zst" or "bin"; payload: bytes, or a Path to a spill file."""
-        if "." in key or "/" in key or not key:
-            raise ValueError(f"invalid sample key {key!r}: keys are non-empty and have no dot or slash")
-        if isinstance(payload, Path):
-            self._add_member(f"{key}.{payload_name}", payload.stat().st_size, payload)
-            payload.unlink()
-        else:
-            self._add_member(f"{key}.{payload_name}", len(payload), payload)
+        if not isinstance(payload, Path):
+            self.add_members(sample_members(key, payload_name, payload, meta), payload_length)
+            return
+        check_key(key)
+        size = payload.stat().st_size
+        self._out.write(ustar_header(f"{key}.{payload_name}", size))
+        with open(payload, "rb") as f:
+            while chunk := f.read(1 << 20):
+                self._out.write(chunk)
+        self._out.write(bytes(-size % 512))
+        payload.unlink()
         meta_bytes = json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
-        self._add_member(f"{key}.json", len(meta_bytes), meta_bytes)
+        self.add_members(tar_member(f"{key}.json", meta_bytes), payload_length)
+
+    def add_members(self, members: bytes, payload_length: int) -> None:
+        """A sample already formatted by `sample_members`."""
+        self._out.write(members)
         self.samples += 1
         self.payload_bytes += payload_length
-
-    def _add_member(self, name: str, size: int, data: bytes | Path) -> None:
-        """Header, data, zero padding to the next 512-byte block."""
-        self._out.write(ustar_header(name, size))
-        if isinstance(data, Path):
-            with open(data, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    self._out.write(chunk)
-        else:
-            self._out.write(data)
-        self._out.write(bytes(-size % 512))
 
     def close(self) -> ShardInfo:
         self._out.write(bytes(1024))  # end of archive: two zero blocks
