@@ -239,7 +239,7 @@ def main() -> None:
         print(f"{modality:<9}{count:>8}{loader['sequences'] / loader['seconds']:>9.0f}{speed:>8.0f}"
               f"{bare_speed:>8.0f} ({max(1, count)}p){speed / bare_speed:>5.2f}"
               f"{loader['rss_main']:>6.0f} MiB{worker_rss:>12}")
-    print(f"\nbare: k processes reading the shards split k ways (kp). ratio: loader / bare (target >= 0.8)")
+    print("\nbare: k processes reading the shards split k ways (kp). ratio: loader / bare (target >= 0.8)")
     print(f"floor: a torch DataLoader hands over {floor['sequences'] / floor['seconds']:.0f} ready-made "
           f"sequences/s ({floor['bytes'] / floor['seconds'] / 1e6:.0f} MB/s) from 1 worker, reading nothing")
     print(f"peak RSS, text in {SHARD_BYTES // 4 >> 10} KiB shards, workers 0: "

@@ -16,7 +16,6 @@ Each run is a fresh subprocess, so peak memory is its own. Needs `pip install me
 
 import argparse
 import contextlib
-import dataclasses
 import io
 import json
 import os

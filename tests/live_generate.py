@@ -11,7 +11,6 @@ import torch.distributed as dist
 
 from model import generate
 from train.config import load_config
-from train.flags import add_train_flags
 from train.loop import StopRequest, train_loop
 from train.main import build_trainer, resume
 from train.engine import init_distributed

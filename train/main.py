@@ -12,6 +12,7 @@ import argparse
 import random
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -87,12 +88,10 @@ def build_trainer(config: TrainConfig, rank: int, world_size: int, device: torch
         train_loader = build_train_loader(loader_config(config), rank, world_size)
     except ValueError as error:  # e.g. a dataset with fewer samples than ranks × workers
         raise ConfigError(f"[data]: {error}") from None
-    validation = None
+    validation = None  # or: () → a fresh pass over the validation set
     if config.data.validation:
-        def validation():
-            return build_validation_loader(config.data.validation, config.model.seq_len,
-                                           config.model.patch_size, config.data.micro_batch_size,
-                                           rank, world_size)
+        validation = partial(build_validation_loader, config.data.validation, config.model.seq_len,
+                             config.model.patch_size, config.data.micro_batch_size, rank, world_size)
     return Trainer(config, rank, world_size, device, engine, scheduler, train_loader,
                    None, validation, MetricsLogger(out_dir, rank == 0),
                    BatchTrace(out_dir, rank, config.run.trace_batches), out_dir)
