@@ -232,7 +232,7 @@ def test_two_ranks_resume_after_sigkill(tmp_path, data):
 def test_export_generate_eval_and_plot(tmp_path, data, capsys):
     config = write_config(tmp_path, data["text"], validation=data["val"], deepspeed={"zero_stage": 3},
                           optim={"total_steps": 4}, run={"eval_every": 2})
-    result = subprocess.run([sys.executable, str(REPO / "tests" / "live_generate.py"), str(config),
+    result = subprocess.run([sys.executable, str(REPO / "tests" / "live_generate.py"), "--config", str(config),
                              *[f"--set={s}" for s in TINY_MODEL]],
                             cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
