@@ -35,6 +35,7 @@ def consolidated_state_dict(folder: Path, zero_stage: int) -> dict:
     if zero_stage == 0:
         files = sorted(folder.glob("mp_rank_*_model_states.pt"))
         return torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # consolidation runs on the CPU anyway
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     with open(os.devnull, "w") as quiet, redirect_stdout(quiet), redirect_stderr(quiet):
