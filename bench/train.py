@@ -85,7 +85,7 @@ def bench_model(model_section: dict, args, data: Path, folder: Path, rank, world
            "model": model_section, "optim": {"warmup_steps": 5},
            "deepspeed": {"zero_stage": args.zero_stage},
            "run": {"out_dir": str(folder / "run"), "checkpoint_every": 0, "eval_every": 0,
-                   "log_every": 1, "progress": False, "keep_last": 1}}
+                   "log_every": 1, "progress": False, "keep_last": 1, "compile": args.compile}}
     config = TrainConfig.from_dict(raw)
     t = build_trainer(config, rank, world, device)
     resume(t)  # a fresh output directory: just starts the batches
@@ -106,6 +106,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="loader workers (default: 1)")
     parser.add_argument("--zero-stage", type=int, default=2, help="ZeRO stage (default: 2)")
     parser.add_argument("--models", default="megabyte,baseline", help="which to run (default: both)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
     args = parser.parse_args()
 
     rank, world, device = init_distributed()
@@ -119,7 +120,8 @@ def main() -> None:
     if rank != 0:
         return
     print(f"machine: {machine()}; preset {args.preset}, batch {args.batch_size}, ZeRO-{args.zero_stage}, "
-          f"{args.workers} loader workers, median of {args.steps} steps")
+          f"{args.workers} loader workers, median of {args.steps} steps"
+          f"{', blocks compiled' if args.compile else ''}")
     print(f"{'model':<10} {'params':>8} {'shards B/s':>12} {'memory B/s':>12} {'ratio':>6} {'MFU':>12}")
     for name, params, shards, memory, mfu_shards, mfu_memory in rows:
         mfu = f"{mfu_shards:.1%}/{mfu_memory:.1%}" if mfu_shards is not None else "-"

@@ -105,10 +105,22 @@ def lr_factor(step: int, config: TrainConfig) -> float:
     return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * shape
 
 
+def compile_blocks(model: torch.nn.Module) -> None:
+    """torch.compile every transformer block in place: parameter names (checkpoints, export)
+    stay as they are, and the kernels between the matrix products get fused."""
+    from model.layers import Block
+
+    for module in model.modules():
+        if isinstance(module, Block):
+            module.compile()
+
+
 def build_engine(model: torch.nn.Module, config: TrainConfig, world_size: int):
     """(engine, lr scheduler): DeepSpeed wraps the model, our AdamW and a LambdaLR schedule."""
     import deepspeed
 
+    if config.run.compile:
+        compile_blocks(model)
     optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
     engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer,
