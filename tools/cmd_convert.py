@@ -21,12 +21,7 @@ def register(subparsers) -> None:
     text.add_argument("sources", nargs="+", metavar="SRC",
                       help="files, directories (searched recursively) or quoted globs")
     text.add_argument("--field", default="text", help="JSONL field holding the document (default: text)")
-    text.add_argument("--include", default=None, metavar="GLOB",
-                      help="inside directories, only files whose name matches GLOB, e.g. '*.py' "
-                           "(default: every file)")
-    text.add_argument("--exclude", action="append", default=[], metavar="GLOB",
-                      help="inside directories, skip paths (relative to the directory) matching "
-                           "GLOB, e.g. 'site-packages/*'; may be repeated")
+    add_source_filters(text, "every file")
     add_output_flags(text, default_name="text")
     text.set_defaults(func=cmd_convert_text)
 
@@ -78,12 +73,7 @@ def register(subparsers) -> None:
     audio.add_argument("--clip-seconds", type=float, default=None, metavar="SECONDS",
                        help="cut each file into clips this long (the last one shorter), the offset "
                             "recorded (default: one sample per file)")
-    audio.add_argument("--include", default=None, metavar="GLOB",
-                       help="inside directories, only files whose name matches GLOB "
-                            "(default: the endings of audio formats; '*' takes every file)")
-    audio.add_argument("--exclude", action="append", default=[], metavar="GLOB",
-                       help="inside directories, skip paths (relative to the directory) matching "
-                            "GLOB; may be repeated")
+    add_source_filters(audio, "the endings of audio formats; '*' takes every file")
     add_output_flags(audio, default_name="audio")
     audio.set_defaults(func=cmd_convert_audio)
 
@@ -91,6 +81,15 @@ def register(subparsers) -> None:
     merge.add_argument("parts", nargs="+", type=Path, metavar="PART_DIR", help="one directory per part")
     merge.add_argument("--out", required=True, type=Path, help="merged dataset directory (new or empty)")
     merge.set_defaults(func=cmd_convert_merge)
+
+
+def add_source_filters(parser: argparse.ArgumentParser, include_default: str) -> None:
+    parser.add_argument("--include", default=None, metavar="GLOB",
+                        help=f"inside directories, only files whose name matches GLOB, e.g. '*.py' "
+                             f"(default: {include_default})")
+    parser.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                        help="inside directories, skip paths (relative to the directory) matching "
+                             "GLOB, e.g. 'site-packages/*'; may be repeated")
 
 
 def add_output_flags(parser: argparse.ArgumentParser, default_name: str) -> None:
