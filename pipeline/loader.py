@@ -32,7 +32,6 @@ rank or data order.
 """
 
 import math
-import signal
 import warnings
 from dataclasses import dataclass
 
@@ -212,14 +211,6 @@ class TrainDataset(IterableDataset):
                    "epoch": epoch}
 
 
-def ignore_stop_signals(worker_id: int) -> None:
-    """Workers leave SIGTERM/SIGINT to the training process: the deepspeed launcher and Ctrl-C
-    signal the whole process tree, and the trainer must still fetch its state (and possibly
-    one more batch) before it saves and exits. Workers die with their parent anyway."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 class TrainLoader:
     """One rank's endless stream of batches, with state_dict()/load_state_dict().
 
@@ -249,8 +240,7 @@ class TrainLoader:
                 self.dataset, batch_size=None, num_workers=workers, pin_memory=config.pin_memory,
                 prefetch_factor=config.prefetch_factor if workers else None,
                 multiprocessing_context=config.multiprocessing_context if workers else None,
-                snapshot_every_n_steps=config.snapshot_every_n_steps, collate_fn=keep,
-                worker_init_fn=ignore_stop_signals if workers else None)
+                snapshot_every_n_steps=config.snapshot_every_n_steps, collate_fn=keep)
         self._fetch = None  # (DataLoader state before the current round of fetches, its batches)
         self._used = 0  # batches of the current round handed out
         self._skip = 0  # batches to drop from the first round after a restore
