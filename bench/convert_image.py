@@ -34,15 +34,11 @@ from PIL import Image, ImageOps
 from pipeline.convert import ConvertOptions, convert
 from pipeline.image import ImageSettings, build_image_converter
 
+from convert_text import cpu_name  # bench/: this runs as a script
+
 
 def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, Pillow {PIL.__version__}"
+    return f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, Pillow {PIL.__version__}"
 
 
 def spin(n: int) -> int:

@@ -18,31 +18,31 @@ import platform
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from pathlib import Path
 
 import zstandard
 
+from tools.cmd_demo import stdlib_sources
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
+    """The CPU's model name (every benchmark prints it beside its figures)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:  # not Linux
+        pass
     return platform.processor() or "unknown CPU"
-
-
-def stdlib_sources() -> list[Path]:
-    root = Path(sysconfig.get_paths()["stdlib"])
-    return sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts and p.is_file())
 
 
 def build_corpus(folder: Path, min_bytes: int) -> tuple[int, int]:
     """Copy the stdlib sources into folder/copyN/ until at least min_bytes; return (files, bytes)."""
-    sources = stdlib_sources()
+    _, sources = stdlib_sources()
     files = size = copy = 0
     while size < min_bytes:
         for source in sources:

@@ -16,18 +16,18 @@ GPU it also prints model FLOPs utilisation (bf16 peak of the card).
 import argparse
 import itertools
 import os
-import platform
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-# this file is bench/train.py: keep its folder off the import path, or it would shadow the package
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+# the repository first: this file, bench/train.py, would otherwise shadow the package `train`
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
 import train.loop  # noqa: E402
+from bench.convert_text import cpu_name  # noqa: E402
 from pipeline.convert import ConvertOptions, convert  # noqa: E402
 from pipeline.text import TextConverter  # noqa: E402
 from tools.cmd_demo import stdlib_sources  # noqa: E402
@@ -54,9 +54,7 @@ MODELS = {
 def machine() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+    return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def make_data(folder: Path) -> Path:

@@ -70,6 +70,11 @@ class TaskResult:
     source_bytes: int = 0  # input bytes this task consumed, for the progress bar
 
 
+def payload_name(compression: str) -> str:
+    """The extension of a sample's byte-stream member: "bin.zst", or "bin" uncompressed."""
+    return "bin.zst" if compression == "zstd" else "bin"
+
+
 class Encoder:
     """Turns a byte stream into its stored member: zstd at `level`, or raw with "none".
 
@@ -81,7 +86,7 @@ class Encoder:
         self.compression = compression
         self.level = level
         self.spill_dir = Path(spill_dir)
-        self.payload_name = "bin.zst" if compression == "zstd" else "bin"
+        self.payload_name = payload_name(compression)
         self._cctx = zstandard.ZstdCompressor(level=level) if compression == "zstd" else None
 
     def encode(self, data: bytes) -> bytes | Path:
@@ -329,7 +334,7 @@ def convert(converter, files: list[Path], options: ConvertOptions, arguments: di
                     if sample.members is not None:
                         writer.add_members(sample.members, sample.length)
                     else:  # a spill file: copied into the tar from disk
-                        writer.add(sample.key, payload_name(options), sample.payload,
+                        writer.add(sample.key, payload_name(options.compression), sample.payload,
                                    sample.length, sample.meta)
                     if writer.file_bytes >= options.shard_bytes:
                         manifest.shards.append(writer.close())
@@ -352,10 +357,6 @@ def convert(converter, files: list[Path], options: ConvertOptions, arguments: di
     manifest.save(options.out)
     (options.out / JOURNAL_NAME).unlink(missing_ok=True)
     return manifest
-
-
-def payload_name(options: ConvertOptions) -> str:
-    return "bin.zst" if options.compression == "zstd" else "bin"
 
 
 def discard(sample: Sample) -> None:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import zstandard
 
-from pipeline.convert import Sample, TaskResult, sample_key
+from pipeline.convert import (FileItem, Sample, SkipInput, TaskResult, batch_files, run_file_batch,
+                              sample_key)
 
 COMPRESSION_SUFFIXES = (".gz", ".zst", ".xz")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
@@ -56,7 +57,7 @@ def read_error_reason(error: Exception) -> str:
 
 @dataclass
 class PlainFilesTask:
-    files: list[tuple[int, Path]]  # (file index, path); small files share a task, cheaper IPC
+    files: list[FileItem]  # small files share a task: cheaper IPC
 
 
 @dataclass
@@ -75,18 +76,14 @@ class TextConverter:
         self.field = field
 
     def make_tasks(self, indexed_files):
-        batch, held = PlainFilesTask([]), 0
+        plain = []  # (file index, path): batched once the JSONL files, read here, are done
         for file_index, path in indexed_files:
             if is_jsonl(path):
                 yield from self.jsonl_tasks(file_index, path)
-                continue
-            batch.files.append((file_index, path))
-            held += path.stat().st_size
-            if held >= DOCS_PER_TASK_BYTES or len(batch.files) >= FILES_PER_TASK:
-                yield batch
-                batch, held = PlainFilesTask([]), 0
-        if batch.files:
-            yield batch
+            else:
+                plain.append((file_index, path))
+        for batch in batch_files(plain, FILES_PER_TASK, DOCS_PER_TASK_BYTES):
+            yield PlainFilesTask(batch)
 
     def jsonl_tasks(self, file_index: int, path: Path):
         """Read a JSONL file line by line in the main process; yield batches of documents."""
@@ -138,30 +135,22 @@ class TextConverter:
                                "length": len(doc)})
                        for line, doc in task.docs]
             return TaskResult(samples, task.skipped, task.source_bytes)
-        result = TaskResult()
-        for file_index, path in task.files:
-            sample, skip, size = read_plain_file(file_index, path, encoder)
-            result.samples += [sample] if sample else []
-            result.skipped += [skip] if skip else []
-            result.source_bytes += size
-        return result
+        return run_file_batch(task.files, lambda _, item: [read_plain_file(item, encoder)])
 
 
-def read_plain_file(file_index: int, path: Path, encoder) -> tuple[Sample | None, dict | None, int]:
-    """One document per file, streamed through the encoder: (sample, skip record, bytes read)."""
-    source = str(path)
+def read_plain_file(item: FileItem, encoder) -> Sample:
+    """One document per file, streamed through the encoder (never read whole into memory)."""
+
+    def chunks():
+        with open_source(item.path) as f:
+            while chunk := f.read(READ_CHUNK):
+                yield chunk
+
     try:
-        size = path.stat().st_size
-
-        def chunks():
-            with open_source(path) as f:
-                while chunk := f.read(READ_CHUNK):
-                    yield chunk
-
         payload, length = encoder.encode_stream(chunks())
     except READ_ERRORS as error:
-        return None, {"source": source, "reason": read_error_reason(error)}, 0
-    if length == 0:
-        return None, {"source": source, "reason": "empty file"}, size
-    meta = {"modality": "text", "source": source, "length": length}
-    return Sample(sample_key(file_index, 0), payload, length, meta), None, size
+        raise SkipInput(read_error_reason(error)) from None
+    if length == 0:  # a compressed file holding nothing
+        raise SkipInput("empty file")
+    meta = {"modality": "text", "source": str(item.path), "length": length}
+    return Sample(sample_key(item.file_index, 0), payload, length, meta)

@@ -55,8 +55,7 @@ def register(subparsers) -> None:
 def load_model(path: Path):
     from train.export import load_any  # reads DeepSpeed checkpoints: imported on use
 
-    model, metadata = load_any(path)
-    return model, metadata
+    return load_any(path)
 
 
 def cmd_eval(args) -> int:

@@ -17,8 +17,7 @@ from train.config import ConfigError, TrainConfig
 
 
 def on_gpu() -> bool:
-    return os.environ.get("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu") == "cuda" \
-        and torch.cuda.is_available()
+    return torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") == "cuda"
 
 
 def init_distributed() -> tuple[int, int, torch.device]:

@@ -27,7 +27,7 @@ from train.config import ConfigError, TrainConfig, dump_config, load_config
 from train.flags import add_train_flags
 from train.engine import build_engine, init_distributed
 from train.loop import RunState, StopRequest, train_loop
-from train.metrics import BatchTrace, MetricsLogger, truncate_metrics
+from train.metrics import BatchTrace, MetricsLogger, truncate_jsonl
 
 
 @dataclass
@@ -111,9 +111,9 @@ def resume(t: Trainer) -> RunState:
     t.train_loader.load_state_dict(state["loaders"][t.rank])
     t.batches = iter(t.train_loader)
     checkpoint.set_rng_state(state["rngs"][t.rank])
-    t.trace.truncate(state["step"])
+    truncate_jsonl(t.trace.path, state["step"])  # drop the records of steps that will be redone
     if t.rank == 0:
-        truncate_metrics(t.out_dir, state["step"])  # drop records of steps that will be redone
+        truncate_jsonl(t.out_dir / "metrics.jsonl", state["step"])
         print(f"resuming from {folder} (step {state['step']})", file=sys.stderr)
     return RunState(step=state["step"], bytes_seen=state["bytes_seen"])
 

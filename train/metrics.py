@@ -83,12 +83,14 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def truncate_metrics(run_dir: Path, step: int) -> None:
-    """Keep only the records up to `step` (a resumed run redoes the steps after it)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    records = [r for r in read_metrics(run_dir) if r["step"] <= step]
-    tmp = path.with_name(".metrics.jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+def truncate_jsonl(path: Path, step: int) -> None:
+    """Keep only the records up to `step` (a resumed run redoes the steps after it); atomic."""
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines()
+             if line.strip() and json.loads(line)["step"] <= step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     tmp.replace(path)
 
 
@@ -116,13 +118,6 @@ class BatchTrace:
         self.file.write(json.dumps({"step": step, "sequences": self.pending}) + "\n")
         self.file.flush()
         self.pending = []
-
-    def truncate(self, step: int) -> None:
-        """Drop the records after `step` (a resumed run redoes those steps)."""
-        if self.enabled and self.path.is_file():
-            lines = [line for line in self.path.read_text().splitlines()
-                     if line.strip() and json.loads(line)["step"] <= step]
-            self.path.write_text("".join(line + "\n" for line in lines))
 
     def close(self) -> None:
         if self.file is not None:
