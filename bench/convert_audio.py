@@ -23,7 +23,7 @@ import scipy
 import soundfile
 from scipy.signal import resample_poly
 
-from pipeline.audio import AudioConverter, AudioSettings, audio_files
+from pipeline.convert.audio import AudioConverter, AudioSettings, audio_files
 
 from convert_image import machine, measure, report  # bench/: this runs as a script
 

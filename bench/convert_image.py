@@ -31,8 +31,8 @@ import PIL
 import zstandard
 from PIL import Image, ImageOps
 
-from pipeline.convert import ConvertOptions, convert
-from pipeline.image import ImageSettings, build_image_converter
+from pipeline.convert.driver import ConvertOptions, convert
+from pipeline.convert.image import ImageSettings, build_image_converter
 
 from convert_text import cpu_name  # bench/: this runs as a script
 

@@ -42,10 +42,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.convert_text import cpu_name  # noqa: E402
-from pipeline.convert import ConvertOptions, convert  # noqa: E402
-from pipeline.packing import decode_rows, encode_rows, keep  # noqa: E402
-from pipeline.shards import Manifest, ShardWriter, load_manifest, shard_name  # noqa: E402
-from pipeline.text import TextConverter  # noqa: E402
+from pipeline.convert.driver import ConvertOptions, convert  # noqa: E402
+from pipeline.load.packing import decode_rows, encode_rows, keep  # noqa: E402
+from pipeline.format.shards import Manifest, ShardWriter, load_manifest, shard_name  # noqa: E402
+from pipeline.convert.text import TextConverter  # noqa: E402
 
 SEQ_LEN, PATCH = 8192, 8
 FETCH = 8  # LoaderConfig.batches_per_fetch, the default
@@ -136,7 +136,7 @@ def measure_bare(dataset: str, processes: int) -> dict:
 
 
 def measure_loader(dataset: str, workers: int, batch_size: int) -> dict:
-    from pipeline.loader import LoaderConfig, build_train_loader
+    from pipeline.load.loader import LoaderConfig, build_train_loader
     warnings.filterwarnings("ignore")
     payload = load_manifest(dataset).totals["payload_bytes"]
     config = LoaderConfig([dataset], seq_len=SEQ_LEN, patch_size=PATCH, batch_size=batch_size,

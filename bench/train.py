@@ -28,8 +28,8 @@ import torch  # noqa: E402
 
 import train.loop  # noqa: E402
 from bench.convert_text import cpu_name  # noqa: E402
-from pipeline.convert import ConvertOptions, convert  # noqa: E402
-from pipeline.text import TextConverter  # noqa: E402
+from pipeline.convert.driver import ConvertOptions, convert  # noqa: E402
+from pipeline.convert.text import TextConverter  # noqa: E402
 from tools.cmd_demo import stdlib_sources  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 from train.engine import init_distributed  # noqa: E402

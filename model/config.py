@@ -24,7 +24,7 @@ POS_EMBEDDINGS = ("learned", "none")
 class MegaByteConfig:
     architecture: str = "megabyte"
     # vocabulary: ids 0..255 are the bytes (all of them data), then PAD (ignored by the loss)
-    # and the document boundary (generation stops on it); same ids as pipeline/vocab.py
+    # and the document boundary (generation stops on it); same ids as pipeline/format/vocab.py
     vocab_size: int = 258
     pad_id: int = 256
     boundary_id: int = 257

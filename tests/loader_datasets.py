@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import zstandard
 
-from pipeline.convert import ConvertOptions, convert
-from pipeline.loader import LoaderConfig, build_train_loader
-from pipeline.shards import Manifest, ShardWriter, shard_name
-from pipeline.text import TextConverter
-from pipeline.vocab import BOUNDARY_ID, PAD_ID
+from pipeline.convert.driver import ConvertOptions, convert
+from pipeline.load.loader import LoaderConfig, build_train_loader
+from pipeline.format.shards import Manifest, ShardWriter, shard_name
+from pipeline.convert.text import TextConverter
+from pipeline.format.vocab import BOUNDARY_ID, PAD_ID
 
 
 def text_docs(count: int, seed: int = 0, low: int = 5, high: int = 160) -> list[bytes]:

@@ -1,4 +1,4 @@
-"""Audio converter (pipeline/audio.py), its CLI and the audio half of pipeline/render.py.
+"""Audio converter (pipeline/convert/audio.py), its CLI and the audio half of tools/render.py.
 
 Generated tones and noise: frequency and level survive resampling, nothing aliases, the block-wise
 resampler equals resampling the whole signal, PCM16 and µ-law decode back within their
@@ -10,7 +10,7 @@ import pytest
 import soundfile
 from scipy.signal import resample_poly
 
-from pipeline.audio import Resampler, decode_samples, encode_samples
+from pipeline.convert.audio import Resampler, decode_samples, encode_samples
 from test_image import manifest, read_dataset, run_killed_then_resumed
 from tools.cli import main as cli
 

@@ -1,4 +1,4 @@
-"""Image converter (pipeline/image.py), its CLI and the image half of pipeline/render.py.
+"""Image converter (pipeline/convert/image.py), its CLI and the image half of tools/render.py.
 
 Every layout on small synthetic images of several modes and sizes: labels, pixels byte-identical
 to a direct Pillow reference of the same decode and resize, bad inputs, workers, parts, and a
@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from pipeline.inspect import iter_samples
-from pipeline.render import bytes_to_image, image_grid
-from pipeline.scan import to_patch_order
+from tools.inspect import iter_samples
+from tools.render import bytes_to_image, image_grid
+from pipeline.format.scan import to_patch_order
 from tools.cli import main as cli
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,9 +8,9 @@ import pytest
 
 from loader_datasets import (clips, epoch_rows, images, real_ids, split_documents, text_docs,
                              write_shards, write_text)
-from pipeline.loader import LoaderConfig, build_train_loader, build_validation_loader
-from pipeline.scan import from_patch_order
-from pipeline.shards import load_manifest
+from pipeline.load.loader import LoaderConfig, build_train_loader, build_validation_loader
+from pipeline.format.scan import from_patch_order
+from pipeline.format.shards import load_manifest
 
 
 # three workers on a two-core test machine are deliberate here

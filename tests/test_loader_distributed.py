@@ -11,9 +11,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from loader_datasets import text_docs, write_text
-from pipeline.loader import LoaderConfig, build_train_loader, build_validation_loader
-from pipeline.shards import load_manifest
-from pipeline.vocab import PAD_ID
+from pipeline.load.loader import LoaderConfig, build_train_loader, build_validation_loader
+from pipeline.format.shards import load_manifest
+from pipeline.format.vocab import PAD_ID
 
 WORLD_SIZE = 2
 STEPS = 40  # several epochs of each stream, which end at different steps on different ranks

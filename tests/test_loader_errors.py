@@ -6,10 +6,10 @@ import pytest
 import zstandard
 
 from loader_datasets import epoch_rows, split_documents, take, text_docs, write_shards
-from pipeline.errors import DataError
-from pipeline.loader import LoaderConfig, build_train_loader, build_validation_loader
-from pipeline.shards import file_sha256, load_manifest
-from pipeline.vocab import PAD_ID
+from pipeline.format.errors import DataError
+from pipeline.load.loader import LoaderConfig, build_train_loader, build_validation_loader
+from pipeline.format.shards import file_sha256, load_manifest
+from pipeline.format.vocab import PAD_ID
 
 
 DOCS = text_docs(24, seed=5, low=100, high=400)

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import DataError
-from pipeline.loader import LoaderConfig
-from pipeline.packing import (BOUNDARY_PART, ConcatPacker, Transform, WindowPacker, decode_carry,
+from pipeline.format.errors import DataError
+from pipeline.load.loader import LoaderConfig
+from pipeline.load.packing import (BOUNDARY_PART, ConcatPacker, Transform, WindowPacker, decode_carry,
                               decode_rows, encode_carry, encode_rows, to_ids)
-from pipeline.scan import from_patch_order
-from pipeline.streams import epoch_pieces
-from pipeline.vocab import BOUNDARY_ID, PAD_ID
+from pipeline.format.scan import from_patch_order
+from pipeline.load.streams import epoch_pieces
+from pipeline.format.vocab import BOUNDARY_ID, PAD_ID
 
 
 def pack_all(packer, tokens_list) -> list[list[int]]:

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-import pipeline.reading
+import pipeline.load.reading
 from loader_datasets import clips, images, take, text_docs, write_shards, write_text
-from pipeline.loader import LoaderConfig, build_train_loader, worker_states
-from pipeline.shards import load_manifest
+from pipeline.load.loader import LoaderConfig, build_train_loader, worker_states
+from pipeline.format.shards import load_manifest
 
 
 
@@ -100,8 +100,8 @@ def test_iterating_again_goes_on_where_it_stopped(mixed):
 def test_resume_rereads_at_most_the_current_shard(mixed, monkeypatch):
     """A restore decodes the current block again (at most one shard per dataset), never the epoch."""
     decoded = []
-    decode = pipeline.reading.decode_sample
-    monkeypatch.setattr(pipeline.reading, "decode_sample", lambda *a: decoded.append(1) or decode(*a))
+    decode = pipeline.load.reading.decode_sample
+    monkeypatch.setattr(pipeline.load.reading, "decode_sample", lambda *a: decoded.append(1) or decode(*a))
     cfg = config(mixed, shuffle_buffer=64)
     cut = 24
     uninterrupted = build_train_loader(cfg)

@@ -1,9 +1,9 @@
-"""Patch-scan order (pipeline/scan.py): exact inverse, the identity case, a hand-checked example, errors."""
+"""Patch-scan order (pipeline/format/scan.py): exact inverse, the identity case, a hand-checked example, errors."""
 
 import numpy as np
 import pytest
 
-from pipeline.scan import block_side, from_patch_order, to_patch_order
+from pipeline.format.scan import block_side, from_patch_order, to_patch_order
 
 
 @pytest.mark.parametrize("size, patch_bytes", [(4, 3), (4, 12), (8, 48), (16, 192), (16, 768), (12, 108),

@@ -6,8 +6,8 @@ import tarfile
 import pytest
 import zstandard
 
-from pipeline.errors import DataError, UsageError
-from pipeline.shards import (Manifest, ShardWriter, decompress_bounded, iter_shard, load_manifest,
+from pipeline.format.errors import DataError, UsageError
+from pipeline.format.shards import (Manifest, ShardWriter, decompress_bounded, iter_shard, load_manifest,
                              shard_name)
 
 

@@ -14,8 +14,8 @@ import pytest
 import webdataset
 import zstandard
 
-from pipeline.inspect import iter_samples
-from pipeline.shards import load_manifest
+from tools.inspect import iter_samples
+from pipeline.format.shards import load_manifest
 from tools.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -242,9 +242,9 @@ def test_rerun_of_a_finished_conversion_changes_nothing(corpus, tmp_path, capsys
 
 
 def test_large_document_spills_and_roundtrips(tmp_path, monkeypatch):
-    import pipeline.convert
+    import pipeline.convert.driver
 
-    monkeypatch.setattr(pipeline.convert, "SPILL_BYTES", 1000)
+    monkeypatch.setattr(pipeline.convert.driver, "SPILL_BYTES", 1000)
     body = os.urandom(50_000)
     (tmp_path / "big.txt").write_bytes(body)
     run_cli("convert", "text", tmp_path / "big.txt", "--out", tmp_path / "out", "--no-progress")
@@ -253,9 +253,9 @@ def test_large_document_spills_and_roundtrips(tmp_path, monkeypatch):
 
 
 def test_jsonl_filling_a_task_exactly_is_not_an_empty_file(tmp_path, monkeypatch):
-    import pipeline.text
+    import pipeline.convert.text
 
-    monkeypatch.setattr(pipeline.text, "DOCS_PER_TASK_BYTES", 10)
+    monkeypatch.setattr(pipeline.convert.text, "DOCS_PER_TASK_BYTES", 10)
     (tmp_path / "a.jsonl").write_text('{"text": "0123456789"}\n{"text": "abcdefghij"}\n')
     run_cli("convert", "text", tmp_path / "a.jsonl", "--out", tmp_path / "out", "--no-progress")
     manifest = load_manifest(tmp_path / "out")

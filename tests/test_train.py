@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.convert import ConvertOptions, convert
-from pipeline.text import TextConverter
+from pipeline.convert.driver import ConvertOptions, convert
+from pipeline.convert.text import TextConverter
 from tools.cli import main as cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -256,7 +256,7 @@ def test_export_generate_eval_and_plot(tmp_path, data, capsys):
 
     assert cli(["eval", str(weights), "--data", str(data["val"]), "--batch-size", "3"]) == 0
     out = capsys.readouterr().out
-    from pipeline.shards import load_manifest
+    from pipeline.format.shards import load_manifest
 
     payload = load_manifest(data["val"]).totals["payload_bytes"]
     assert f"over {payload:,} bytes" in out  # every byte of the validation set, once

@@ -4,12 +4,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline.audio import ENCODINGS, AudioConverter, AudioSettings, audio_files
-from pipeline.convert import ConvertOptions, convert, expand_sources, parse_part, parse_size
-from pipeline.image import (DEFAULT_MAX_PIXELS, LAYOUTS, RESIZE_METHODS, ImageSettings,
+from pipeline.convert.audio import ENCODINGS, AudioConverter, AudioSettings, audio_files
+from pipeline.convert.driver import ConvertOptions, convert, expand_sources, parse_part, parse_size
+from pipeline.convert.image import (DEFAULT_MAX_PIXELS, LAYOUTS, RESIZE_METHODS, ImageSettings,
                             build_image_converter)
-from pipeline.merge import merge_parts
-from pipeline.text import TextConverter
+from pipeline.convert.merge import merge_parts
+from pipeline.convert.text import TextConverter
 
 
 def register(subparsers) -> None:

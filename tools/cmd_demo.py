@@ -10,8 +10,8 @@ import logging
 import sysconfig
 from pathlib import Path
 
-from pipeline.convert import ConvertOptions, convert
-from pipeline.text import TextConverter
+from pipeline.convert.driver import ConvertOptions, convert
+from pipeline.convert.text import TextConverter
 
 HELD_OUT_EVERY = 50  # every 50th source file (in sorted order) is held out for validation
 
@@ -56,8 +56,8 @@ def convert_corpus(data: Path) -> tuple[Path, Path]:
 
 def cmd_demo(args) -> int:
     from model import generate
-    from pipeline.inspect import dataset_stats
-    from pipeline.loader import build_validation_loader
+    from tools.inspect import dataset_stats
+    from pipeline.load.loader import build_validation_loader
     from tools.cmd_plot import plot_run
     from train.config import load_config
     from train.evaluate import evaluate

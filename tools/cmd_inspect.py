@@ -5,8 +5,8 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline import inspect, render
-from pipeline.errors import DataError, UsageError
+from tools import inspect, render
+from pipeline.format.errors import DataError, UsageError
 
 
 def register(subparsers) -> None:

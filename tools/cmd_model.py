@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.errors import UsageError
+from pipeline.format.errors import UsageError
 
 MODEL_HELP = "an exported .safetensors file, a run directory, or a step-NNNNNN checkpoint folder"
 
@@ -61,7 +61,7 @@ def load_model(path: Path):
 def cmd_eval(args) -> int:
     import torch
 
-    from pipeline.loader import build_validation_loader
+    from pipeline.load.loader import build_validation_loader
     from train.evaluate import evaluate
 
     model, metadata = load_model(args.model)
@@ -123,8 +123,8 @@ def read_prompt(args, model, modality: str, data_arguments: dict, metadata: dict
         import numpy as np
         from PIL import Image
 
-        from pipeline.image import resize_square, to_rgb
-        from pipeline.scan import to_patch_order
+        from pipeline.convert.image import resize_square, to_rgb
+        from pipeline.format.scan import to_patch_order
 
         size = data_arguments["size"]
         try:
@@ -141,14 +141,14 @@ def read_prompt(args, model, modality: str, data_arguments: dict, metadata: dict
 
 def write_output(args, modality: str, data_arguments: dict, metadata: dict, model, data: bytes) -> None:
     if modality == "image":
-        from pipeline.render import bytes_to_image, image_grid
+        from tools.render import bytes_to_image, image_grid
 
         size = data_arguments["size"]
         pixels = bytes_to_image(data, size, metadata.get("image_order", "raster"), model.config.patch_size)
         image_grid([pixels], padding=0).save(args.out, format="PNG")
         print(f"{args.out}: {size}×{size} image ({len(data):,} bytes)")
     elif modality == "audio":
-        from pipeline.render import write_wav
+        from tools.render import write_wav
 
         rate, encoding = data_arguments.get("sample_rate", 16000), data_arguments.get("encoding", "pcm16")
         write_wav(args.out, data, encoding, rate)

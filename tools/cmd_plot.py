@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pipeline.errors import UsageError
+from pipeline.format.errors import UsageError
 
 
 def register(subparsers) -> None:

@@ -23,7 +23,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from model import PRESETS, MegaByteConfig
-from pipeline.errors import UsageError
+from pipeline.format.errors import UsageError
 
 SHIPPED_CONFIGS = Path(__file__).parent / "configs"
 

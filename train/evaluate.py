@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from pipeline.vocab import NUM_BYTES, PAD_ID
+from pipeline.format.vocab import NUM_BYTES, PAD_ID
 
 MODALITIES = ("text", "image", "audio")
 

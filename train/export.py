@@ -13,8 +13,8 @@ import torch
 
 from model import MegaByteConfig, build_model
 from model.weights import load_weights, save_weights
-from pipeline.errors import UsageError
-from pipeline.shards import load_manifest
+from pipeline.format.errors import UsageError
+from pipeline.format.shards import load_manifest
 from train import checkpoint
 
 

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from model import byte_loss
-from pipeline.vocab import PAD_ID
+from pipeline.format.vocab import PAD_ID
 from train import checkpoint
 from train.evaluate import evaluate
 from train.metrics import flops_per_byte, peak_flops

@@ -22,8 +22,8 @@ from pathlib import Path
 import zstandard
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from pipeline.errors import DataError
-from pipeline.shards import ShardInfo, decode_payload, file_sha256
+from pipeline.format.errors import DataError
+from pipeline.format.shards import ShardInfo, decode_payload, file_sha256
 
 log = logging.getLogger("megabyte.loader")
 

@@ -2,7 +2,7 @@
 
     (meta, bytes) ──Transform──▶ Tokens: the sample's ids, read as a flat stream
         text   the document's bytes, then BOUNDARY (a real, predicted token)
-        image  raw RGB in raster order, or the paper's patch scan (pipeline.scan)
+        image  raw RGB in raster order, or the paper's patch scan (pipeline.format.scan)
         audio  the PCM bytes; windows are a whole number of audio frames long
     Tokens ──packer.step──▶ a sequence: a list of parts (uint8/uint16 arrays) of ≤ T ids in all
         ConcatPacker   documents joined and cut every T ids; the rest carries over to the next
@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
-from pipeline.errors import DataError
-from pipeline.scan import to_patch_order
-from pipeline.vocab import BOUNDARY_ID, PAD_ID
+from pipeline.format.errors import DataError
+from pipeline.format.scan import to_patch_order
+from pipeline.format.vocab import BOUNDARY_ID, PAD_ID
 
 BOUNDARY_PART = np.array([BOUNDARY_ID], dtype=np.uint16)
 AUDIO_FRAME_BYTES = {"pcm16": 2, "mulaw8": 1}  # bytes per audio sample; windows never split one

@@ -10,7 +10,7 @@ S = world_size × workers (num_workers 0 counts as one worker).
       │                of ⌊M/S⌋ or ⌈M/S⌉ samples (so no stream is ever without data)
       ▼
     pieces (shard, first sample, end sample)
-      ──StreamReader (pipeline.reading → pipeline.packing)──▶ sequences, cursor after each
+      ──StreamReader (pipeline.load.reading → pipeline.load.packing)──▶ sequences, cursor after each
       ──blocks of `shuffle_buffer` sequences, each permuted by a numpy Generator seeded from
         (seed, dataset, epoch, stream, block start)──▶ this stream's sequences of epoch e,
         each exactly once; then epoch e + 1 (the carry of concatenated text is flushed, PAD-padded)
@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import DataError
-from pipeline.packing import Transform, decode_carry, encode_carry, make_packer
-from pipeline.reading import ErrorPolicy, ShardRef, read_tokens
-from pipeline.shards import load_manifest
+from pipeline.format.errors import DataError
+from pipeline.load.packing import Transform, decode_carry, encode_carry, make_packer
+from pipeline.load.reading import ErrorPolicy, ShardRef, read_tokens
+from pipeline.format.shards import load_manifest
 
 SHARD_ORDER, BLOCK_ORDER = 1, 2  # tags that keep the seeded generators apart
 PIECE_END, END = "piece end", "end"  # what StreamReader.next says when it has no sequence

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from pipeline.convert import (FileItem, Sample, SkipInput, TaskResult, batch_files, discard,
+from pipeline.convert.driver import (FileItem, Sample, SkipInput, TaskResult, batch_files, discard,
                               expand_sources, run_file_batch, sample_key)
-from pipeline.errors import UsageError
+from pipeline.format.errors import UsageError
 
 ENCODINGS = {"pcm16": 2, "mulaw8": 1}  # bytes per sample
 MU = 255

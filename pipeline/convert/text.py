@@ -18,7 +18,7 @@ from pathlib import Path
 
 import zstandard
 
-from pipeline.convert import (FileItem, Sample, SkipInput, TaskResult, batch_files, run_file_batch,
+from pipeline.convert.driver import (FileItem, Sample, SkipInput, TaskResult, batch_files, run_file_batch,
                               sample_key)
 
 COMPRESSION_SUFFIXES = (".gz", ".zst", ".xz")

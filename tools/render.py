@@ -14,10 +14,10 @@ import numpy as np
 import soundfile
 from PIL import Image
 
-from pipeline.audio import decode_samples
-from pipeline.errors import UsageError
-from pipeline.inspect import iter_samples
-from pipeline.scan import from_patch_order
+from pipeline.convert.audio import decode_samples
+from pipeline.format.errors import UsageError
+from tools.inspect import iter_samples
+from pipeline.format.scan import from_patch_order
 
 GRID_BACKGROUND = (255, 255, 255)
 

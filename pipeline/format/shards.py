@@ -22,7 +22,7 @@ from pathlib import Path
 
 import zstandard
 
-from pipeline.errors import DataError, UsageError
+from pipeline.format.errors import DataError, UsageError
 
 FORMAT_NAME = "megabyte-shards"
 FORMAT_VERSION = 1

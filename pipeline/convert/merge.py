@@ -9,8 +9,8 @@ import os
 import shutil
 from pathlib import Path
 
-from pipeline.errors import UsageError
-from pipeline.shards import Manifest, load_manifest, shard_name
+from pipeline.format.errors import UsageError
+from pipeline.format.shards import Manifest, load_manifest, shard_name
 
 
 def merge_parts(part_dirs: list[Path], out: Path) -> Manifest:

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline.errors import DataError
-from pipeline.packing import ConcatPacker, decode_rows, keep, rows_to_yield
-from pipeline.reading import ErrorPolicy, check_shard, scan_metas
-from pipeline.streams import END, PIECE_END, Cursor, Piece, Source, StreamReader
+from pipeline.format.errors import DataError
+from pipeline.load.packing import ConcatPacker, decode_rows, keep, rows_to_yield
+from pipeline.load.reading import ErrorPolicy, check_shard, scan_metas
+from pipeline.load.streams import END, PIECE_END, Cursor, Piece, Source, StreamReader
 
 
 @dataclass

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import DataError, UsageError
-from pipeline.shards import (INDEX_NAME, dataset_shard_paths, file_sha256, iter_shard,
+from pipeline.format.errors import DataError, UsageError
+from pipeline.format.shards import (INDEX_NAME, dataset_shard_paths, file_sha256, iter_shard,
                              load_manifest)
 
 

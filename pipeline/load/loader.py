@@ -1,10 +1,10 @@
 """The streaming loader: dataset directories → (B, T) batches of byte ids for every rank and worker.
 
-    LoaderConfig.datasets (text / image / audio dirs)  ── index.json of each (pipeline.shards)
+    LoaderConfig.datasets (text / image / audio dirs)  ── index.json of each (pipeline.format.shards)
       │ per dataset, per epoch: seeded shard permutation, split by rank, split by worker
-      ▼                                                                   (pipeline.streams)
+      ▼                                                                   (pipeline.load.streams)
     pieces ─▶ webdataset tar members ─▶ bounded zstd ─▶ Transform ─▶ packer ─▶ shuffled blocks
-      │         (pipeline.reading)                      (pipeline.packing)     (streams)
+      │         (pipeline.load.reading)                      (pipeline.load.packing)     (streams)
       ▼
     Mixer: which dataset gives the next sequence, seeded (seed, stream), weights e.g. .7/.2/.1
       ▼
@@ -19,7 +19,7 @@ The train loader never ends: each of the S = world_size × workers streams goes 
 of epoch 0, then epoch 1, and so on, on its own. So every rank yields one batch per step for as
 long as the trainer asks, and no rank ever waits at a collective for one that ran out of data:
 ranks always get equal numbers of batches. Within an epoch of a dataset, every sequence is seen
-exactly once across all ranks and workers (see pipeline.streams for how shards are split, also
+exactly once across all ranks and workers (see pipeline.load.streams for how shards are split, also
 when there are fewer shards than streams). `epoch` in a batch tells which epoch each row is from.
 
 Exact resume: StatefulDataLoader collects every worker's TrainDataset.state_dict() with the fetch
@@ -39,9 +39,9 @@ import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from pipeline.packing import decode_rows, keep, rows_to_yield
-from pipeline.streams import DatasetStream, Source
-from pipeline.validation import ValidationDataset, ValidationLoader, make_layout
+from pipeline.load.packing import decode_rows, keep, rows_to_yield
+from pipeline.load.streams import DatasetStream, Source
+from pipeline.load.validation import ValidationDataset, ValidationLoader, make_layout
 
 STATE_FORMAT = "megabyte-loader"
 STATE_VERSION = 1
@@ -328,7 +328,7 @@ def build_validation_loader(dataset_dir, seq_len: int, patch_size: int, batch_si
                             text_packing: str = "concat", image_order: str = "raster",
                             on_error: str = "raise", verify_shards: bool = True,
                             multiprocessing_context: str | None = None) -> ValidationLoader:
-    """This rank's share of one unshuffled pass over a dataset (see pipeline.validation).
+    """This rank's share of one unshuffled pass over a dataset (see pipeline.load.validation).
 
     Finite; the same number of batches on every rank (the last ones padded with PAD rows); across
     ranks every byte of the dataset is in exactly one row.

@@ -34,8 +34,8 @@ import zstandard
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from pipeline.errors import DataError, UsageError
-from pipeline.shards import (INDEX_NAME, Manifest, ShardInfo, ShardWriter, load_manifest,
+from pipeline.format.errors import DataError, UsageError
+from pipeline.format.shards import (INDEX_NAME, Manifest, ShardInfo, ShardWriter, load_manifest,
                              sample_members, shard_name, write_json_atomic)
 
 log = logging.getLogger("megabyte.convert")

@@ -1,0 +1,1 @@
+"""Raw inputs (text corpora, images, audio) to datasets of shards; imports format/, never load/."""

@@ -1,0 +1,1 @@
+"""Datasets of shards to batches of byte ids; imports format/, never convert/."""
