@@ -82,7 +82,7 @@ def write_dataset(out: Path, modality: str, samples) -> Path:
     for number, (payload, meta) in enumerate(samples):
         writer = writer or ShardWriter(out / shard_name(out.name, len(manifest.shards)))
         meta.update(modality=modality, source=f"synthetic/{number}", length=len(payload))
-        writer.add(f"{number:09d}", "bin.zst", cctx.compress(payload), len(payload), meta)
+        writer.add(f"{number:09d}", "zstd", cctx.compress(payload), len(payload), meta)
         if writer.file_bytes >= SHARD_BYTES:
             manifest.shards.append(writer.close())
             writer = None

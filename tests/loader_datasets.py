@@ -46,8 +46,7 @@ def write_shards(directory: Path, modality: str, samples: list[tuple[bytes, dict
             meta = {"modality": modality, "source": f"synthetic/{i}", "length": len(payload), **meta}
             encoded = cctx.compress(payload) if compression == "zstd" else payload
             encoded = stored.get(i, encoded)
-            writer.add(f"s{i:06d}", "bin.zst" if compression == "zstd" else "bin", encoded,
-                       len(payload), meta)
+            writer.add(f"s{i:06d}", compression, encoded, len(payload), meta)
         manifest.shards.append(writer.close())
     manifest.save(directory)
     return directory

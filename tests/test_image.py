@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from tools.inspect import iter_samples
+from pipeline.format.reader import iter_samples
 from tools.render import bytes_to_image, image_grid
 from pipeline.format.scan import to_patch_order
 from tools.cli import main as cli

@@ -8,7 +8,8 @@ import zstandard
 from loader_datasets import epoch_rows, split_documents, take, text_docs, write_shards
 from pipeline.format.errors import DataError
 from pipeline.load.loader import LoaderConfig, build_train_loader, build_validation_loader
-from pipeline.format.shards import file_sha256, load_manifest
+from pipeline.format.reader import file_sha256
+from pipeline.format.shards import load_manifest
 from pipeline.format.vocab import PAD_ID
 
 

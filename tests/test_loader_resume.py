@@ -100,8 +100,8 @@ def test_iterating_again_goes_on_where_it_stopped(mixed):
 def test_resume_rereads_at_most_the_current_shard(mixed, monkeypatch):
     """A restore decodes the current block again (at most one shard per dataset), never the epoch."""
     decoded = []
-    decode = pipeline.load.reading.decode_sample
-    monkeypatch.setattr(pipeline.load.reading, "decode_sample", lambda *a: decoded.append(1) or decode(*a))
+    decode = pipeline.load.reading.decode_payload
+    monkeypatch.setattr(pipeline.load.reading, "decode_payload", lambda *a: decoded.append(1) or decode(*a))
     cfg = config(mixed, shuffle_buffer=64)
     cut = 24
     uninterrupted = build_train_loader(cfg)

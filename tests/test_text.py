@@ -14,7 +14,7 @@ import pytest
 import webdataset
 import zstandard
 
-from tools.inspect import iter_samples
+from pipeline.format.reader import iter_samples
 from pipeline.format.shards import load_manifest
 from tools.cli import main
 

@@ -4,12 +4,14 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline.convert.audio import ENCODINGS, AudioConverter, AudioSettings, audio_files
+from pipeline.convert.audio import AudioConverter, AudioSettings, audio_files
 from pipeline.convert.driver import ConvertOptions, convert, expand_sources, parse_part, parse_size
 from pipeline.convert.image import (DEFAULT_MAX_PIXELS, LAYOUTS, RESIZE_METHODS, ImageSettings,
-                            build_image_converter)
+                                    build_image_converter)
 from pipeline.convert.merge import merge_parts
 from pipeline.convert.text import TextConverter
+from pipeline.format.audio_codec import ENCODINGS
+from pipeline.format.shards import PAYLOAD_NAMES
 
 
 def register(subparsers) -> None:
@@ -100,7 +102,7 @@ def add_output_flags(parser: argparse.ArgumentParser, default_name: str) -> None
                         help=f"shard name prefix: NAME-000000.tar (default: {default_name})")
     parser.add_argument("--shard-size", default="256MiB",
                         help="target size of one shard file, e.g. 256MiB, 64K (default: 256MiB)")
-    parser.add_argument("--compression", choices=["zstd", "none"], default="zstd",
+    parser.add_argument("--compression", choices=list(PAYLOAD_NAMES), default="zstd",
                         help="payload compression: zstd (<key>.bin.zst) or none (<key>.bin)")
     parser.add_argument("--level", type=int, default=3, help="zstd level, 1-22 (default: 3)")
     parser.add_argument("--workers", type=int, default=1,

@@ -1,7 +1,8 @@
 """Look inside converted datasets: list shards, byte statistics, full verification, one sample.
 
 Every function takes a list of paths: dataset directories (read through their index.json) and/or
-single shard files (read directly; no manifest to check them against).
+single shard files (read directly; no manifest to check them against). Shards are read through
+pipeline.format.reader alone.
 """
 
 from dataclasses import dataclass
@@ -10,35 +11,27 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.format.errors import DataError, UsageError
-from pipeline.format.shards import (INDEX_NAME, dataset_shard_paths, file_sha256, iter_shard,
-                             load_manifest)
-
-
-def shard_paths(paths) -> list[Path]:
-    return [shard for path in paths for shard in dataset_shard_paths(path)]
-
-
-def iter_samples(paths, decode: bool = True):
-    """(shard path, key, meta, payload) over every sample, in dataset order."""
-    for shard in shard_paths(paths):
-        for key, meta, payload in iter_shard(shard, decode=decode):
-            yield shard, key, meta, payload
+from pipeline.format.reader import (check_shard, dataset_shards, file_sha256, iter_metas, iter_samples,
+                                    iter_shard)
 
 
 def list_shards(paths) -> list[dict]:
     """One row per shard: name, samples, payload bytes, file bytes (from the manifest if any)."""
     rows = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            rows += [dict(vars(s), dataset=str(path)) for s in load_manifest(path).shards]
-            continue
-        samples = payload = 0
-        for _, meta, _ in iter_shard(path, decode=False):
-            samples += 1
-            payload += meta["length"]
-        rows.append({"dataset": "", "name": str(path), "samples": samples, "payload_bytes": payload,
-                     "file_bytes": path.stat().st_size, "sha256": file_sha256(path)})
+    for path in paths:
+        for shard, info in dataset_shards(path):
+            rows.append(dict(vars(info), dataset=str(path)) if info is not None else bare_shard_row(shard))
     return rows
+
+
+def bare_shard_row(shard: Path) -> dict:
+    """A shard without a manifest: its samples and payload bytes counted from the metadata."""
+    samples = payload = 0
+    for _, meta in iter_metas(shard):
+        samples += 1
+        payload += meta["length"]
+    return {"dataset": "", "name": str(shard), "samples": samples, "payload_bytes": payload,
+            "file_bytes": shard.stat().st_size, "sha256": file_sha256(shard)}
 
 
 @dataclass
@@ -77,45 +70,42 @@ def dataset_stats(paths, max_samples: int | None = None) -> Stats:
 
 
 def verify(paths) -> tuple[int, list[str]]:
-    """Check every shard (sha256 and size against the manifest) and every member (decodes to its
+    """Check every shard (size and sha256 against the manifest) and every member (decodes to its
     recorded length; keys unique). Returns (samples checked, problems), each problem one line
     naming the shard and, where there is one, the key."""
     problems, checked = [], 0
-    for path in map(Path, paths):
-        expected, seen_keys = {}, {}  # keys are unique within one dataset
-        if path.is_dir():
-            expected = {s.name: s for s in load_manifest(path).shards}
-            shards = [path / name for name in expected]
-        elif path.is_file():
-            shards = [path]
-        else:
-            raise UsageError(f"{path}: no such dataset directory or shard")
-        for shard in shards:
-            info = expected.get(shard.name)
-            if not shard.is_file():
-                problems.append(f"{shard}: missing (listed in {path / INDEX_NAME})")
-                continue
-            if info and shard.stat().st_size != info.file_bytes:
-                problems.append(f"{shard}: {shard.stat().st_size} bytes, manifest says {info.file_bytes}")
-            if info and file_sha256(shard) != info.sha256:
-                problems.append(f"{shard}: sha256 differs from the manifest")
-            samples = payload = 0
-            try:
-                for key, meta, stream in iter_shard(shard):
-                    samples += 1
-                    payload += len(stream)
-                    if key in seen_keys:
-                        problems.append(f"{shard}: {key}: duplicate key (also in {seen_keys[key]})")
-                    seen_keys[key] = shard.name
-            except DataError as error:
-                problems.append(str(error))
-                continue
-            finally:
-                checked += samples
-            if info and (samples, payload) != (info.samples, info.payload_bytes):
-                problems.append(f"{shard}: {samples} samples / {payload} payload bytes, manifest "
-                                f"says {info.samples} / {info.payload_bytes}")
+    for path in paths:
+        seen_keys = {}  # keys are unique within one dataset
+        for shard, info in dataset_shards(path):
+            if info is not None:
+                try:
+                    check_shard(shard, info)
+                except DataError as error:
+                    problems.append(str(error))
+                    if not shard.is_file():
+                        continue
+            checked += verify_members(shard, info, seen_keys, problems)
     return checked, problems
+
+
+def verify_members(shard: Path, info, seen_keys: dict, problems: list[str]) -> int:
+    """Decode every sample of one shard, adding what is wrong to `problems`; returns the samples
+    read."""
+    samples = payload = 0
+    try:
+        for key, _, stream in iter_shard(shard):
+            samples += 1
+            payload += len(stream)
+            if key in seen_keys:
+                problems.append(f"{shard}: {key}: duplicate key (also in {seen_keys[key]})")
+            seen_keys[key] = shard.name
+    except DataError as error:
+        problems.append(str(error))
+        return samples
+    if info is not None and (samples, payload) != (info.samples, info.payload_bytes):
+        problems.append(f"{shard}: {samples} samples / {payload} payload bytes, manifest "
+                        f"says {info.samples} / {info.payload_bytes}")
+    return samples
 
 
 def find_sample(paths, key: str | None = None, index: int | None = None):

@@ -1,10 +1,11 @@
 """Stored bytes back to pictures and sound: what you see and hear is what the model reads.
 
     image sample ─▶ bytes_to_image (raster, or the patch scan undone) ─▶ (H, W, 3) ─▶ image_grid ─▶ PNG
-    audio sample ─▶ decode_audio_bytes (pcm16 | mulaw8) ─▶ float32 samples ─────────▶ write_wav ─▶ WAV
+    audio sample ─▶ write_wav: pcm16 as stored, mulaw8 through decode_samples ─▶ 16-bit PCM ─▶ WAV
 
 Plain functions of bytes and metadata, so the generation tool can turn model output into files with
-the same code that renders the shards.
+the same code that renders the shards. Shards are read, and the image order and audio codec
+undone, through pipeline.format alone.
 """
 
 import math
@@ -14,9 +15,9 @@ import numpy as np
 import soundfile
 from PIL import Image
 
-from pipeline.convert.audio import decode_samples
+from pipeline.format.audio_codec import decode_samples
 from pipeline.format.errors import UsageError
-from tools.inspect import iter_samples
+from pipeline.format.reader import iter_samples
 from pipeline.format.scan import from_patch_order
 
 GRID_BACKGROUND = (255, 255, 255)
@@ -62,17 +63,12 @@ def image_grid(images: list[np.ndarray], columns: int | None = None, padding: in
     return grid
 
 
-def decode_audio_bytes(raw: bytes, encoding: str) -> np.ndarray:
-    """Stored audio bytes (pcm16 or mulaw8) → float32 samples in [-1, 1]."""
-    return decode_samples(raw, encoding)
-
-
 def write_wav(path, raw: bytes, encoding: str, sample_rate: int) -> None:
     """Audio bytes → a 16-bit PCM WAV file; pcm16 bytes go in unchanged."""
     if encoding == "pcm16":
         samples = np.frombuffer(raw[: len(raw) // 2 * 2], dtype="<i2")
     else:
-        samples = np.clip(decode_audio_bytes(raw, encoding), -1.0, 32767 / 32768)
+        samples = np.clip(decode_samples(raw, encoding), -1.0, 32767 / 32768)
         samples = np.round(samples * 32768).astype(np.int16)
     soundfile.write(str(path), samples, sample_rate, subtype="PCM_16", format="WAV")
 

@@ -9,9 +9,8 @@
 - resampling: scipy's polyphase `resample_poly` (Kaiser-windowed sinc low-pass at the lower
   Nyquist, so nothing aliases), applied block by block with enough context that the result equals
   resampling the whole file at once, in bounded memory whatever the file's length;
-- encodings: "pcm16", 16-bit little-endian PCM, x·32768 rounded and clipped (a 16-bit source at
-  the target rate keeps its exact samples); "mulaw8", µ-law with µ = 255 (WaveNet's companding:
-  byte = round((F(x) + 1)/2 · 255), F(x) = sign(x)·ln(1 + µ|x|)/ln(1 + µ)).
+- encodings: "pcm16" (16-bit little-endian PCM) or "mulaw8" (8-bit µ-law), written by
+  pipeline.format.audio_codec, which also reads them back.
 Metadata: sample_rate, encoding, samples (in this sample), channels_in, source_sample_rate, and
 offset: where the clip starts in the file, in samples at sample_rate (0 for a whole file).
 Keys: `<file index>-<clip index>` (clip 0 for a whole file).
@@ -27,11 +26,10 @@ import numpy as np
 import soundfile
 
 from pipeline.convert.driver import (FileItem, Sample, SkipInput, TaskResult, batch_files, discard,
-                              expand_sources, run_file_batch, sample_key)
+                                     expand_sources, run_file_batch, sample_key)
+from pipeline.format.audio_codec import ENCODINGS, bytes_per_sample, encode_samples
 from pipeline.format.errors import UsageError
 
-ENCODINGS = {"pcm16": 2, "mulaw8": 1}  # bytes per sample
-MU = 255
 # what the directory search takes by default: the endings of formats libsndfile reads
 AUDIO_SUFFIXES = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif",
                   ".aifc", ".au", ".snd", ".caf", ".w64", ".rf64", ".voc", ".sd2", ".sph", ".nist",
@@ -41,37 +39,6 @@ RESAMPLE_STEP = 1 << 18  # input samples per resampling step (about)
 TASK_MAX_FILES = 32
 TASK_SOURCE_BYTES = 4 << 20  # small tasks keep the workers evenly busy on a few long files
 READ_ERRORS = (soundfile.SoundFileError, OSError)
-
-
-# ---------------------------------------------------------------------------------------------
-# samples ↔ bytes
-
-
-def encode_samples(samples: np.ndarray, encoding: str) -> bytes:
-    """float samples in [-1, 1] → stored bytes (values beyond are clipped, NaN becomes 0)."""
-    if encoding == "pcm16":
-        scaled = samples * np.float32(32768.0)  # a new array: the rest works in place
-        np.nan_to_num(scaled, copy=False, nan=0.0, posinf=32767.0, neginf=-32768.0)
-        np.rint(scaled, out=scaled)
-        return np.clip(scaled, -32768, 32767, out=scaled).astype("<i2").tobytes()
-    if encoding == "mulaw8":
-        x = np.clip(np.nan_to_num(samples, nan=0.0), -1.0, 1.0)
-        companded = np.sign(x) * np.log1p(MU * np.abs(x)) / np.log1p(MU)
-        return np.round((companded + 1.0) / 2.0 * MU).astype(np.uint8).tobytes()
-    raise ValueError(f"unknown audio encoding {encoding!r} (known: {', '.join(ENCODINGS)})")
-
-
-def decode_samples(raw: bytes, encoding: str) -> np.ndarray:
-    """Stored bytes → float32 samples in [-1, 1]: the inverse of encode_samples up to its
-    quantisation (pcm16: 1/65536; mulaw8: half a µ-law step)."""
-    if encoding == "pcm16":
-        if len(raw) % 2:
-            raise ValueError(f"pcm16 audio has an even number of bytes, not {len(raw)}")
-        return (np.frombuffer(raw, dtype="<i2") / 32768.0).astype(np.float32)
-    if encoding == "mulaw8":
-        companded = np.frombuffer(raw, dtype=np.uint8) / MU * 2.0 - 1.0
-        return (np.sign(companded) * np.expm1(np.abs(companded) * np.log1p(MU)) / MU).astype(np.float32)
-    raise ValueError(f"unknown audio encoding {encoding!r} (known: {', '.join(ENCODINGS)})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,7 +172,7 @@ def convert_audio_file(item: FileItem, settings: AudioSettings, encoder) -> list
 def whole_sample(file_index: int, resampled, meta: dict, encoder) -> Sample:
     encoding = meta["encoding"]
     payload, length = encoder.encode_stream(encode_samples(block, encoding) for block in resampled)
-    meta = {**meta, "length": length, "samples": length // ENCODINGS[encoding], "offset": 0}
+    meta = {**meta, "length": length, "samples": length // bytes_per_sample(encoding), "offset": 0}
     return Sample(sample_key(file_index, 0), payload, length, meta)
 
 

@@ -36,7 +36,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from pipeline.format.errors import DataError, UsageError
 from pipeline.format.shards import (INDEX_NAME, Manifest, ShardInfo, ShardWriter, load_manifest,
-                             sample_members, shard_name, write_json_atomic)
+                                    sample_members, shard_name, write_json_atomic)
 
 log = logging.getLogger("megabyte.convert")
 
@@ -70,11 +70,6 @@ class TaskResult:
     source_bytes: int = 0  # input bytes this task consumed, for the progress bar
 
 
-def payload_name(compression: str) -> str:
-    """The extension of a sample's byte-stream member: "bin.zst", or "bin" uncompressed."""
-    return "bin.zst" if compression == "zstd" else "bin"
-
-
 class Encoder:
     """Turns a byte stream into its stored member: zstd at `level`, or raw with "none".
 
@@ -86,7 +81,6 @@ class Encoder:
         self.compression = compression
         self.level = level
         self.spill_dir = Path(spill_dir)
-        self.payload_name = payload_name(compression)
         self._cctx = zstandard.ZstdCompressor(level=level) if compression == "zstd" else None
 
     def encode(self, data: bytes) -> bytes | Path:
@@ -334,7 +328,7 @@ def convert(converter, files: list[Path], options: ConvertOptions, arguments: di
                     if sample.members is not None:
                         writer.add_members(sample.members, sample.length)
                     else:  # a spill file: copied into the tar from disk
-                        writer.add(sample.key, payload_name(options.compression), sample.payload,
+                        writer.add(sample.key, options.compression, sample.payload,
                                    sample.length, sample.meta)
                     if writer.file_bytes >= options.shard_bytes:
                         manifest.shards.append(writer.close())
@@ -395,7 +389,7 @@ def run_task_formatted(run_task, task, encoder: Encoder) -> TaskResult:
     result = run_task(task, encoder)
     for sample in result.samples:
         if isinstance(sample.payload, bytes):
-            sample.members = sample_members(sample.key, encoder.payload_name, sample.payload, sample.meta)
+            sample.members = sample_members(sample.key, encoder.compression, sample.payload, sample.meta)
             sample.payload = None
     return result
 

@@ -3,8 +3,8 @@
     LoaderConfig.datasets (text / image / audio dirs)  ── index.json of each (pipeline.format.shards)
       │ per dataset, per epoch: seeded shard permutation, split by rank, split by worker
       ▼                                                                   (pipeline.load.streams)
-    pieces ─▶ webdataset tar members ─▶ bounded zstd ─▶ Transform ─▶ packer ─▶ shuffled blocks
-      │         (pipeline.load.reading)                      (pipeline.load.packing)     (streams)
+    pieces ─▶ tar members ─▶ bounded zstd ─▶ Transform ─▶ packer ─▶ shuffled blocks
+      │  (pipeline.load.reading over pipeline.format.reader)  (pipeline.load.packing)  (streams)
       ▼
     Mixer: which dataset gives the next sequence, seeded (seed, stream), weights e.g. .7/.2/.1
       ▼

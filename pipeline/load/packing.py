@@ -3,7 +3,7 @@
     (meta, bytes) ──Transform──▶ Tokens: the sample's ids, read as a flat stream
         text   the document's bytes, then BOUNDARY (a real, predicted token)
         image  raw RGB in raster order, or the paper's patch scan (pipeline.format.scan)
-        audio  the PCM bytes; windows are a whole number of audio frames long
+        audio  the stored bytes; windows are whole audio samples (pipeline.format.audio_codec)
     Tokens ──packer.step──▶ a sequence: a list of parts (uint8/uint16 arrays) of ≤ T ids in all
         ConcatPacker   documents joined and cut every T ids; the rest carries over to the next
         WindowPacker   every sample cut alone into windows (one document / image per sequence)
@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
+from pipeline.format.audio_codec import bytes_per_sample
 from pipeline.format.errors import DataError
 from pipeline.format.scan import to_patch_order
 from pipeline.format.vocab import BOUNDARY_ID, PAD_ID
 
 BOUNDARY_PART = np.array([BOUNDARY_ID], dtype=np.uint16)
-AUDIO_FRAME_BYTES = {"pcm16": 2, "mulaw8": 1}  # bytes per audio sample; windows never split one
 
 
 class Tokens:
@@ -83,10 +83,7 @@ class Transform:
                 raise ValueError(f"an image of {length} bytes does not fit in seq_len {self.seq_len}: "
                                  f"use seq_len >= {padded} (one image per sequence)")
             return length, self.seq_len
-        frame = AUDIO_FRAME_BYTES.get(meta.get("encoding", "pcm16"))
-        if frame is None:
-            raise DataError(f"unknown audio encoding {meta.get('encoding')!r} "
-                            f"(expected one of {sorted(AUDIO_FRAME_BYTES)})")
+        frame = bytes_per_sample(meta.get("encoding", "pcm16"))  # one audio sample: never split
         if self.seq_len < frame:
             raise ValueError(f"seq_len {self.seq_len} is shorter than one {frame}-byte audio frame")
         return length, self.seq_len - self.seq_len % frame

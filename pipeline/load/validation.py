@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.format.errors import DataError
 from pipeline.load.packing import ConcatPacker, decode_rows, keep, rows_to_yield
-from pipeline.load.reading import ErrorPolicy, check_shard, scan_metas
+from pipeline.load.reading import ErrorPolicy, scan_metas
 from pipeline.load.streams import END, PIECE_END, Cursor, Piece, Source, StreamReader
 
 
@@ -49,7 +49,7 @@ def make_layout(source: Source, *, on_error: str, verify: bool) -> Layout:
         metas = None
         if needs_metas or on_error == "skip":
             try:
-                check_shard(shard, verify)
+                shard.check(verify)
                 metas = scan_metas(shard)
             except DataError as error:
                 policy.handle(error)
