@@ -1,15 +1,15 @@
 """The conversion driver shared by every modality: inputs → tasks → workers → shards → manifest.
 
-    SRC paths/globs ─▶ sorted input files ─▶ --part i/n subset (file_index % n == i)
-          │
+    SRC paths/globs ──expand_sources──▶ sorted input files ──part_files──▶ the --part i/n subset
+          │                                                                (file_index % n == i)
           ▼
     converter.make_tasks(files)          main process; cheap (paths, or batches of JSONL docs)
-          │  bounded window of tasks in flight
+          │  run_tasks: a bounded window of tasks in flight
           ▼
-    converter.run_task(task, encoder)    worker processes: read, decode, transform, compress
-          │  results in task order
+    converter.run_task(task, encoder)    worker processes: read, decode, transform, compress, and
+          │  results in task order       format the tar members (pipeline.format.shards)
           ▼
-    ShardWriter  ──cut at --shard-size──▶  NAME-000000.tar, NAME-000001.tar, …  ──▶ index.json
+    write_results ─▶ ShardSequence ──cut at --shard-size──▶ NAME-000000.tar, … ──▶ index.json
 
 Deterministic: tasks, samples and shard cuts depend only on the inputs and the arguments (never
 on --workers), so the shards are byte-identical whatever the parallelism. Resumable: after each
@@ -297,60 +297,109 @@ def convert(converter, files: list[Path], options: ConvertOptions, arguments: di
     if journal and "done" in journal:
         log.info(f"{options.out}: already converted ({journal['done'].totals['samples']} samples)")
         return journal["done"]
-    part_index, part_count = options.part
-    indexed_files = [(i, f) for i, f in enumerate(files) if i % part_count == part_index]
-
     manifest = Manifest(options.name, converter.modality, arguments)
-    cursor_task, cursor_sample = 0, 0
-    if journal:
-        manifest.shards = [ShardInfo(**s) for s in journal["shards"]]
-        manifest.skipped = journal["skipped"]
-        cursor_task, cursor_sample = journal["cursor"]
-        log.info(f"{options.out}: resuming after {len(manifest.shards)} complete shards")
-    else:  # journal first: a kill between the first shard and its journal entry stays resumable
-        save_journal(options.out, manifest, (0, 0))
-
-    writer = None
-    total_source_bytes = sum(f.stat().st_size for _, f in indexed_files)
-    bar = tqdm(total=total_source_bytes, unit="B", unit_scale=True, unit_divisor=1024,
-               desc=f"convert {converter.modality}", disable=not options.progress, smoothing=0.1)
-    results = run_tasks(converter, converter.make_tasks(indexed_files), options, cursor_task)
+    cursor = resume_point(options.out, manifest, journal)
+    indexed_files = part_files(files, options.part)
+    shards = ShardSequence(options, manifest)
+    bar = progress_bar(converter.modality, indexed_files, options.progress)
+    results = run_tasks(converter, converter.make_tasks(indexed_files), options, cursor[0])
     try:
         with logging_redirect_tqdm():
-            for task_index, result in results:
-                first = cursor_sample if task_index == cursor_task else 0
-                for sample_index, sample in enumerate(result.samples):
-                    if sample_index < first:
-                        discard(sample)
-                        continue
-                    if writer is None:
-                        writer = ShardWriter(options.out / shard_name(options.name, len(manifest.shards)))
-                    if sample.members is not None:
-                        writer.add_members(sample.members, sample.length)
-                    else:  # a spill file: copied into the tar from disk
-                        writer.add(sample.key, options.compression, sample.payload,
-                                   sample.length, sample.meta)
-                    if writer.file_bytes >= options.shard_bytes:
-                        manifest.shards.append(writer.close())
-                        writer = None
-                        save_journal(options.out, manifest, (task_index, sample_index + 1))
-                for skip in result.skipped:
-                    log.warning(f"warning: skipped {skip['source']}: {skip['reason']}")
-                    if options.strict:
-                        raise DataError(f"{skip['source']}: {skip['reason']} (--strict)")
-                manifest.skipped.extend(result.skipped)
-                bar.update(result.source_bytes)
-        if writer is not None:
-            manifest.shards.append(writer.close())
-            writer = None
+            write_results(results, cursor, shards, bar, options.strict)
+        shards.close()
     finally:
         bar.close()
         results.close()
-        if writer is not None:
-            writer.abort()
+        shards.abort()
     manifest.save(options.out)
     (options.out / JOURNAL_NAME).unlink(missing_ok=True)
     return manifest
+
+
+def resume_point(out: Path, manifest: Manifest, journal: dict | None) -> tuple[int, int]:
+    """The cursor (task, sample) where writing goes on. Resuming, `manifest` takes the journal's
+    shards and skipped inputs; starting afresh, the empty manifest's journal is written first, so
+    that a kill between the first shard and its journal entry stays resumable."""
+    if journal is None:
+        save_journal(out, manifest, (0, 0))
+        return 0, 0
+    manifest.shards = [ShardInfo(**s) for s in journal["shards"]]
+    manifest.skipped = journal["skipped"]
+    log.info(f"{out}: resuming after {len(manifest.shards)} complete shards")
+    task, sample = journal["cursor"]
+    return task, sample
+
+
+def part_files(files: list[Path], part: tuple[int, int]) -> list[tuple[int, Path]]:
+    """(file index, path) of the files in part i of n: those whose index is i modulo n."""
+    part_index, part_count = part
+    return [(i, f) for i, f in enumerate(files) if i % part_count == part_index]
+
+
+def progress_bar(modality: str, indexed_files, enabled: bool) -> tqdm:
+    """A bar over the source bytes of the files to convert."""
+    total = sum(f.stat().st_size for _, f in indexed_files)
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"convert {modality}",
+                disable=not enabled, smoothing=0.1)
+
+
+def write_results(results, cursor: tuple[int, int], shards: "ShardSequence", bar: tqdm,
+                  strict: bool) -> None:
+    """Task results in order → shards; the samples before `cursor` were written before a resume."""
+    cursor_task, cursor_sample = cursor
+    for task_index, result in results:
+        first = cursor_sample if task_index == cursor_task else 0
+        for sample_index, sample in enumerate(result.samples):
+            if sample_index < first:
+                discard(sample)
+            else:
+                shards.add(sample, (task_index, sample_index + 1))
+        record_skips(shards.manifest, result.skipped, strict)
+        bar.update(result.source_bytes)
+
+
+def record_skips(manifest: Manifest, skipped: list[dict], strict: bool) -> None:
+    """Warn about skipped inputs and list them in the manifest; under --strict the first stops."""
+    for skip in skipped:
+        log.warning(f"warning: skipped {skip['source']}: {skip['reason']}")
+        if strict:
+            raise DataError(f"{skip['source']}: {skip['reason']} (--strict)")
+    manifest.skipped.extend(skipped)
+
+
+class ShardSequence:
+    """Samples → NAME-000000.tar, NAME-000001.tar, …: a shard is cut once it reaches
+    options.shard_bytes, then listed in the manifest and in the journal, with the cursor after
+    its last sample."""
+
+    def __init__(self, options: ConvertOptions, manifest: Manifest):
+        self.options = options
+        self.manifest = manifest
+        self.writer = None
+
+    def add(self, sample: Sample, cursor_after: tuple[int, int]) -> None:
+        options = self.options
+        if self.writer is None:
+            self.writer = ShardWriter(options.out / shard_name(options.name, len(self.manifest.shards)))
+        if sample.members is not None:
+            self.writer.add_members(sample.members, sample.length)
+        else:  # a spill file: copied into the tar from disk
+            self.writer.add(sample.key, options.compression, sample.payload, sample.length, sample.meta)
+        if self.writer.file_bytes >= options.shard_bytes:
+            self.close()
+            save_journal(options.out, self.manifest, cursor_after)
+
+    def close(self) -> None:
+        """Publish the shard being written, if any, and list it in the manifest."""
+        if self.writer is not None:
+            self.manifest.shards.append(self.writer.close())
+            self.writer = None
+
+    def abort(self) -> None:
+        """Remove the unfinished shard, if any (after close, nothing is left to remove)."""
+        if self.writer is not None:
+            self.writer.abort()
+            self.writer = None
 
 
 def discard(sample: Sample) -> None:
