@@ -20,8 +20,9 @@ import torch
 import torch.distributed as dist
 
 from model import build_model
-from pipeline.format.errors import UsageError, report_errors
+from pipeline.format.errors import UsageError
 from pipeline.load.loader import LoaderConfig, build_train_loader, build_validation_loader
+from tools.errors import report_errors
 from train import checkpoint
 from train.config import ConfigError, TrainConfig, dump_config, load_config
 from train.flags import add_train_flags
