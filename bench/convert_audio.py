@@ -23,9 +23,8 @@ import scipy
 import soundfile
 from scipy.signal import resample_poly
 
+from common import machine, measure, report  # bench/: this runs as a script
 from pipeline.convert.audio import AudioConverter, AudioSettings, audio_files
-
-from convert_image import machine, measure, report  # bench/: this runs as a script
 
 RATE_IN, RATE_OUT = 44100, 16000
 
@@ -78,8 +77,9 @@ def main() -> None:
         files = audio_files([str(src)])
         times, counts = measure(run_bare, AudioConverter(AudioSettings(RATE_OUT)), files, out, args.repeats)
 
-    print(f"machine: {machine()}, soundfile {soundfile.__version__} (libsndfile "
-          f"{soundfile.__libsndfile_version__}), scipy {scipy.__version__}; load average before: "
+    versions = (f"soundfile {soundfile.__version__}", f"libsndfile {soundfile.__libsndfile_version__}",
+                f"scipy {scipy.__version__}")
+    print(f"machine: {machine(*versions)}; load average before: "
           f"{load_before:.2f}, after: {os.getloadavg()[0]:.2f}")
     print(f"input:   {args.files} FLAC files × {args.seconds:g} s, 44.1 kHz stereo 16-bit "
           f"({source_bytes / 2**20:.0f} MiB) → 16 kHz mono PCM16; runs of {counts[0]} and {counts[1]} "

@@ -14,7 +14,6 @@ one run, each conversion in a fresh subprocess (`megabyte convert text`):
 
 import argparse
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -24,20 +23,10 @@ from pathlib import Path
 
 import zstandard
 
+from common import machine  # bench/: this runs as a script
 from tools.cmd_demo import stdlib_sources
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cpu_name() -> str:
-    """The CPU's model name (every benchmark prints it beside its figures)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:  # not Linux
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def build_corpus(folder: Path, min_bytes: int) -> tuple[int, int]:
@@ -96,8 +85,7 @@ def main() -> None:
         # loads into memory would inflate the RSS figures above
         zstd_seconds, _ = zstd_alone(tmp / "corpus", args.level)
 
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"zstandard {zstandard.__version__}")
+    print(f"machine: {machine(f'zstandard {zstandard.__version__}')}")
     print(f"corpus: {files} stdlib .py files, {mb:.1f} MB, zstd level {args.level}\n")
     print(f"{'what':<22} {'seconds':>8} {'MB/s':>8} {'ratio':>26}")
     print(f"{'zstd alone (baseline)':<22} {zstd_seconds:8.2f} {mb / zstd_seconds:8.1f} {'1.00':>26}")

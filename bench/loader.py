@@ -24,7 +24,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -41,7 +40,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.convert_text import cpu_name  # noqa: E402
+from common import machine  # noqa: E402  (bench/: this runs as a script)
 from pipeline.convert.driver import ConvertOptions, convert  # noqa: E402
 from pipeline.load.packing import decode_rows, encode_rows, keep  # noqa: E402
 from pipeline.format.shards import Manifest, ShardWriter, load_manifest, shard_name  # noqa: E402
@@ -224,8 +223,7 @@ def main() -> None:
                   [*data.items(), ("few", few), ("many", many)]}
         floor = run_measurement("floor", "", 1, args.batch_size)
 
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"zstandard {zstandard.__version__}, load average {load:.1f} at start, "
+    print(f"machine: {machine(f'zstandard {zstandard.__version__}')}, load average {load:.1f} at start, "
           f"{os.getloadavg()[0]:.1f} at end (other processes share the cores)")
     print(f"data: {args.mib:g} MiB payload per modality in {SHARD_BYTES >> 20} MiB shards "
           f"({', '.join(f'{m} {shards[m]}' for m in data)} shards); "

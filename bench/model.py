@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from bench.convert_text import cpu_name  # noqa: E402
+from common import machine as machine_line  # noqa: E402  (bench/: this runs as a script)
 from model import MegaByteConfig, build_model, byte_loss, generate  # noqa: E402
 
 
@@ -172,8 +172,8 @@ def best_of(repeats: int, impls: list[str], job: dict) -> dict[str, dict]:
 
 
 def machine() -> str:
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu_name()}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    gpu = [torch.cuda.get_device_name()] if torch.cuda.is_available() else []
+    return machine_line(*gpu, f"torch {torch.__version__}", f"{torch.get_num_threads()} threads")
 
 
 def main():

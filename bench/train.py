@@ -15,7 +15,6 @@ GPU it also prints model FLOPs utilisation (bf16 peak of the card).
 
 import argparse
 import itertools
-import os
 import statistics
 import sys
 import tempfile
@@ -27,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import train.loop  # noqa: E402
-from bench.convert_text import cpu_name  # noqa: E402
+from common import machine as machine_line  # noqa: E402  (bench/: this runs as a script)
 from pipeline.convert.driver import ConvertOptions, convert  # noqa: E402
 from pipeline.convert.text import TextConverter  # noqa: E402
 from tools.cmd_demo import stdlib_sources  # noqa: E402
@@ -54,7 +53,7 @@ MODELS = {
 def machine() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
-    return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    return machine_line(f"torch {torch.__version__}")
 
 
 def make_data(folder: Path) -> Path:
