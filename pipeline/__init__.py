@@ -1,4 +1,7 @@
-"""Bytes, files and shards: converters, the shard format, the streaming loader.
+"""Bytes, files and shards, in three rooms named after the data flow:
 
-pipeline/ imports nothing from model/ or train/.
+    raw inputs ──convert/──▶ shards + index.json (format/) ──load/──▶ batches of byte ids
+
+format/ is the shard format alone; convert/ and load/ both import it and never each other.
+pipeline/ imports nothing from model/, train/ or tools/.
 """

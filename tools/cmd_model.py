@@ -103,8 +103,10 @@ def cmd_generate(args) -> int:
                              f"model's context of {model.config.seq_len}")
     else:
         count = args.bytes
-    if modality == "audio" and data_arguments.get("encoding", "pcm16") == "pcm16":
-        count -= (len(prompt) + count) % 2  # whole 16-bit samples
+    if modality == "audio":
+        from pipeline.format.audio_codec import bytes_per_sample
+
+        count -= (len(prompt) + count) % bytes_per_sample(data_arguments.get("encoding", "pcm16"))
     [new] = generate(model, [prompt], count, temperature=args.temperature, top_k=args.top_k,
                      top_p=args.top_p, seed=args.seed, stop_at_boundary=modality == "text")
     write_output(args, modality, data_arguments, metadata, model, prompt + new)

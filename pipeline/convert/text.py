@@ -6,8 +6,9 @@
                                   ─▶ worker encodes each document
 
 Each document's bytes are kept exactly as in the source: a plain file's raw bytes (invalid UTF-8
-is fine), or the UTF-8 bytes of a JSONL line's string field. Keys are `<file index>-<doc index>`
-over the sorted input list, so a --part split and its merge give the same keys as one run.
+is fine), or the UTF-8 bytes of a JSONL line's string field. Keys are `<file index>-<line number>`
+(0 for a plain file) over the sorted input list, so a --part split and its merge give the same keys
+as one run.
 """
 
 import gzip

@@ -1,2 +1,4 @@
-"""The shard format alone: writer, reader, manifest, verification, byte vocabulary, image scan
-order, audio byte codec and the errors that name damaged data. convert/ and load/ both import it."""
+"""The shard format alone: shards.py (writer and manifest), reader.py (the one reader, and the
+size/sha256 check against the manifest), vocab.py (byte vocabulary), scan.py (image scan order),
+audio_codec.py (audio bytes) and errors.py (UsageError, DataError). convert/ and load/ both import
+it; it imports neither."""

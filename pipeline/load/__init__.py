@@ -1,1 +1,4 @@
-"""Datasets of shards to batches of byte ids; imports format/, never convert/."""
+"""Datasets of shards to batches of byte ids: reading.py (shard → Tokens, with the error policy),
+packing.py (Tokens → sequences → rows), streams.py (one dataset's resumable stream), validation.py
+(the finite validation pass) and loader.py (mixing, workers, the loaders). Imports format/, never
+convert/."""
