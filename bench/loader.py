@@ -138,7 +138,7 @@ def measure_loader(dataset: str, workers: int, batch_size: int) -> dict:
     from pipeline.load.loader import LoaderConfig, build_train_loader
     warnings.filterwarnings("ignore")
     payload = load_manifest(dataset).totals["payload_bytes"]
-    config = LoaderConfig([dataset], seq_len=SEQ_LEN, patch_size=PATCH, batch_size=batch_size,
+    config = LoaderConfig([dataset], seq_len=SEQ_LEN, patch_size=PATCH, micro_batch_size=batch_size,
                           num_workers=workers, shuffle_buffer=256, batches_per_fetch=FETCH)
     batches = iter(build_train_loader(config))
     next(batches)  # workers started, first blocks read: timed from here

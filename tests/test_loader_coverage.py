@@ -33,7 +33,7 @@ def data(tmp_path_factory):
 @pytest.mark.parametrize("dataset", ["text", "text3"])
 @pytest.mark.parametrize("world_size, num_workers", [(1, 0), (2, 0), (2, 2), (1, 3)])
 def test_each_document_once_per_epoch_across_ranks_and_workers(data, dataset, world_size, num_workers):
-    cfg = LoaderConfig([data[dataset]], seq_len=64, patch_size=8, batch_size=2,
+    cfg = LoaderConfig([data[dataset]], seq_len=64, patch_size=8, micro_batch_size=2,
                        num_workers=num_workers, shuffle_buffer=0, seed=11)
     for epoch in (0, 1):
         rows = epoch_rows(cfg, world_size, epoch)
@@ -46,7 +46,7 @@ def test_each_document_once_per_epoch_across_ranks_and_workers(data, dataset, wo
 
 
 def test_shuffle_permutes_each_streams_epoch(data):
-    settings = dict(seq_len=64, patch_size=8, batch_size=2, num_workers=2, seed=11)
+    settings = dict(seq_len=64, patch_size=8, micro_batch_size=2, num_workers=2, seed=11)
     plain = epoch_rows(LoaderConfig([data["text"]], shuffle_buffer=0, **settings), 2)
     shuffled = epoch_rows(LoaderConfig([data["text"]], shuffle_buffer=4, **settings), 2)
     assert plain != shuffled
@@ -55,7 +55,7 @@ def test_shuffle_permutes_each_streams_epoch(data):
 
 
 def test_document_packing_gives_one_document_per_sequence(data):
-    cfg = LoaderConfig([data["text"]], seq_len=64, patch_size=8, batch_size=2, num_workers=0,
+    cfg = LoaderConfig([data["text"]], seq_len=64, patch_size=8, micro_batch_size=2, num_workers=0,
                        text_packing="document", shuffle_buffer=3)
     rows = epoch_rows(cfg, 2)
     pieces = sum(rows.values(), [])
@@ -65,7 +65,7 @@ def test_document_packing_gives_one_document_per_sequence(data):
 
 
 def test_images_once_per_epoch_one_per_sequence(data):
-    cfg = LoaderConfig([data["image"]], seq_len=96, patch_size=12, batch_size=2, num_workers=2,
+    cfg = LoaderConfig([data["image"]], seq_len=96, patch_size=12, micro_batch_size=2, num_workers=2,
                        image_order="patch", shuffle_buffer=3)
     rows = sum(epoch_rows(cfg, 2).values(), [])
     pictures = sorted(from_patch_order(np.array(r, np.uint8), 4, 12).tobytes() for r in rows)
@@ -73,7 +73,7 @@ def test_images_once_per_epoch_one_per_sequence(data):
 
 
 def test_audio_windows_once_per_epoch_aligned_to_frames(data):
-    cfg = LoaderConfig([data["audio"]], seq_len=40, patch_size=4, batch_size=2, num_workers=0,
+    cfg = LoaderConfig([data["audio"]], seq_len=40, patch_size=4, micro_batch_size=2, num_workers=0,
                        shuffle_buffer=4)
     rows = sum(epoch_rows(cfg, 3).values(), [])
     want = [pcm[i:i + 40] for pcm, _ in clips(12) for i in range(0, len(pcm), 40)]
@@ -83,7 +83,7 @@ def test_audio_windows_once_per_epoch_aligned_to_frames(data):
 def test_mixing_follows_the_weights_and_the_seed(data):
     def modalities(seed):
         cfg = LoaderConfig([data["text"], data["image"], data["audio"]], weights=[7, 2, 1],
-                           seq_len=96, patch_size=12, batch_size=50, num_workers=0, seed=seed)
+                           seq_len=96, patch_size=12, micro_batch_size=50, num_workers=0, seed=seed)
         iterator = iter(build_train_loader(cfg))
         batches = [next(iterator) for _ in range(60)]
         for batch in batches:  # each row says what it is
@@ -104,8 +104,9 @@ def validation_rows(directory, world_size, num_workers, seq_len=64, patch_size=8
     """All ranks' rows (PAD dropped, all-PAD rows left out), rank after rank."""
     rows, lengths = [], set()
     for rank in range(world_size):
-        loader = build_validation_loader(directory, seq_len, patch_size, 2, rank, world_size,
-                                         num_workers=num_workers, **options)
+        config = LoaderConfig(validation=directory, seq_len=seq_len, patch_size=patch_size,
+                              micro_batch_size=2, num_workers=num_workers, **options)
+        loader = build_validation_loader(config, rank, world_size)
         batches = list(loader)
         lengths.add(len(batches))
         assert len(batches) == len(loader)

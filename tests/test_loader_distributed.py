@@ -3,6 +3,7 @@ or validation, and every rank must get the same number of batches."""
 
 import json
 import time
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -24,7 +25,7 @@ def rank_main(rank: int, dataset: str, rendezvous: str, out: str) -> None:
                             world_size=WORLD_SIZE, timeout=timedelta(seconds=60))
     try:
         # the ranks were spawned, so their DataLoader workers would be too: fork is much quicker
-        cfg = LoaderConfig([dataset], seq_len=64, patch_size=8, batch_size=2, num_workers=2,
+        cfg = LoaderConfig([dataset], seq_len=64, patch_size=8, micro_batch_size=2, num_workers=2,
                            shuffle_buffer=4, seed=3, multiprocessing_context="fork")
         batches = iter(build_train_loader(cfg, rank, WORLD_SIZE))
         epochs = set()
@@ -32,8 +33,7 @@ def rank_main(rank: int, dataset: str, rendezvous: str, out: str) -> None:
             batch = next(batches)
             epochs.update(batch["epoch"])
             dist.all_reduce((batch["ids"] != PAD_ID).sum().reshape(1))
-        validation = build_validation_loader(dataset, 64, 8, 2, rank, WORLD_SIZE, num_workers=2,
-                                             multiprocessing_context="fork")
+        validation = build_validation_loader(replace(cfg, validation=dataset), rank, WORLD_SIZE)
         scored, steps = torch.zeros(1, dtype=torch.long), 0
         for batch in validation:
             real = (batch["ids"] != PAD_ID).sum().reshape(1)

@@ -22,7 +22,7 @@ def text_dataset(directory, stored=None):
 
 
 def config(directory, **changes) -> LoaderConfig:
-    return LoaderConfig([str(directory)], **{"seq_len": 64, "patch_size": 8, "batch_size": 2,
+    return LoaderConfig([str(directory)], **{"seq_len": 64, "patch_size": 8, "micro_batch_size": 2,
                                              "num_workers": 0, "shuffle_buffer": 0, **changes})
 
 
@@ -118,10 +118,10 @@ def test_validation_skip_keeps_every_ranks_share(tmp_path):
     directory = text_dataset(tmp_path / "data", stored={3: b"junk"})
     flip_a_byte(shard_path(directory, 2))
     with pytest.raises(DataError, match="s000003: corrupt zstd member"):
-        list(build_validation_loader(directory, 64, 8, 2, 0, 1))
+        list(build_validation_loader(config(directory, validation=directory)))
     rows, lengths = [], set()
     for rank in range(3):
-        batches = list(build_validation_loader(directory, 64, 8, 2, rank, 3, on_error="skip"))
+        batches = list(build_validation_loader(config(directory, validation=directory, on_error="skip"), rank, 3))
         lengths.add(len(batches))
         rows += [row.tolist() for batch in batches for row in batch["ids"]]
     assert len(lengths) == 1

@@ -127,7 +127,7 @@ def test_shard_order_depends_on_seed_and_epoch():
     ({"weights": [1.0]}, "one weight per dataset"),
     ({"weights": [1.0, 0.0]}, "positive"),
     ({"seq_len": 100, "patch_size": 8}, "multiple of patch_size"),
-    ({"batch_size": 0}, "batch_size must be a positive"),
+    ({"micro_batch_size": 0}, "micro_batch_size must be a positive"),
     ({"num_workers": -1}, "num_workers"),
     ({"text_packing": "pack"}, "concat, document"),
     ({"on_error": "ignore"}, "raise, skip"),

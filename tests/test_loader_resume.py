@@ -24,7 +24,7 @@ def mixed(tmp_path_factory):
 
 
 def config(datasets, **changes) -> LoaderConfig:
-    settings = dict(weights=[0.5, 0.3, 0.2], seq_len=96, patch_size=12, batch_size=3, num_workers=0,
+    settings = dict(weights=[0.5, 0.3, 0.2], seq_len=96, patch_size=12, micro_batch_size=3, num_workers=0,
                     shuffle_buffer=5, image_order="patch", seed=7)
     return LoaderConfig(datasets, **{**settings, **changes})
 

@@ -16,6 +16,7 @@ import torch
 from pipeline.convert.driver import ConvertOptions, convert
 from pipeline.convert.text import TextConverter
 from tools.cli import main as cli
+from train.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -118,7 +119,9 @@ def test_config_errors_are_one_line(tmp_path, data, capsys):
         (["--set", "optim.lrr=1"], "unknown key(s) ['lrr'] in [optim]"),
         (["--set", "nosuch.key=1"], "unknown section(s) ['nosuch']"),
         (["--set", "data.datasets=['/no/such/dir']"], "/no/such/dir: not a converted dataset"),
-        (["--set", "data.batch_size=6"], "data.batch_size = 6 is not a multiple of data.micro_batch_size"),
+        (["--set", "data.batch_size=6"], "data.batch_size = 6 is not a multiple of micro_batch_size"),
+        (["--set", "data.seq_len=32"], "data.seq_len is model.seq_len: set it there"),
+        (["--set", "data.image_order=patch"], "data.image_order='patch' needs patch_size = 3·p²"),
         (["--set", "model.seq_len=100"], "seq_len=100 must be a multiple of patch_size=8"),
         (["--set", "data.weights=[1, 2]"], "data.weights has 2 entries for 1 datasets"),
         (["--set", "optim"], "expected section.key=value"),
@@ -129,6 +132,40 @@ def test_config_errors_are_one_line(tmp_path, data, capsys):
         assert len(err) == 1 and message in err[0], (flags, err)
     assert cli(["config", "--config", "tiny-cpu", "--set", "optim.lr=0.5"]) == 0
     assert json.loads(capsys.readouterr().out)["optim"]["lr"] == 0.5
+
+
+def test_validation_reads_the_data_as_training_does(tmp_path):
+    """The whole [data] section reaches the in-training validation loader: an image run trained in
+    patch-scan order validates in patch-scan order, with the run's workers, micro-batch size and
+    error policy, and text with the run's packing."""
+    from loader_datasets import images, real_ids, text_docs, write_shards, write_text
+    from pipeline.format.scan import to_patch_order
+    from pipeline.format.vocab import BOUNDARY_ID
+    from train.main import build_validation
+
+    pictures = images(6, size=4)  # 48 bytes each: P = 12 is a 2×2×3 patch
+    image = write_shards(tmp_path / "image", "image", pictures, per_shard=3, stored={1: b"junk"})
+    model = ["model.seq_len=48", "model.patch_size=12", "model.global_dim=48", "model.global_heads=2"]
+    data = {"image_order": "patch", "num_workers": 2, "on_error": "skip", "micro_batch_size": 3}
+    config = load_config(str(write_config(tmp_path, image, validation=image, data=data)), model)
+    loader = build_validation(config, 0, 1)()
+    assert loader.dataloader.num_workers == 2
+    batches = list(loader)  # sample 1 is corrupt: skipped (its place all PAD), not raised
+    assert all(batch["ids"].shape == (3, 48) for batch in batches)
+    rows = [bytes(real_ids(row)) for batch in batches for row in batch["ids"]]
+    patch = [to_patch_order(payload, 4, 12).tobytes() for payload, _ in pictures]
+    assert patch != [payload for payload, _ in pictures]
+    assert sorted(row for row in rows if row) == sorted(patch[:1] + patch[2:])
+
+    def boundary_inside_a_row(packing: str) -> bool:
+        text = write_text(tmp_path / f"text-{packing}", text_docs(12, seed=5, low=40, high=100))
+        settings = {"text_packing": packing, "num_workers": 0}
+        config = load_config(str(write_config(tmp_path, text, validation=text, data=settings)),
+                             ["model.seq_len=64"])
+        rows = [real_ids(row) for batch in build_validation(config, 0, 1)() for row in batch["ids"]]
+        return any(BOUNDARY_ID in row[:-1] for row in rows)
+
+    assert boundary_inside_a_row("concat") and not boundary_inside_a_row("document")
 
 
 # ---------------------------------------------------------------------------------------------

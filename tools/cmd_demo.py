@@ -79,8 +79,7 @@ def cmd_demo(args) -> int:
     model, _ = load_any(weights)
     import torch
 
-    batches = build_validation_loader(str(val_dir), config.model.seq_len, config.model.patch_size,
-                                      16, 0, 1)
+    batches = build_validation_loader(config.data)  # the run's data settings, its validation set
     bpb = evaluate(model, batches, torch.device("cpu"))["bpb"]
     entropy = dataset_stats([val_dir]).entropy_bits
     print(f"    held-out: {bpb:.3f} bits per byte; unigram entropy of the same bytes: {entropy:.3f} "

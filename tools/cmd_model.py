@@ -61,14 +61,18 @@ def load_model(path: Path):
 def cmd_eval(args) -> int:
     import torch
 
-    from pipeline.load.loader import build_validation_loader
+    from pipeline.load.loader import LoaderConfig, build_validation_loader
     from train.evaluate import evaluate
 
     model, metadata = load_model(args.model)
     config = model.config
     order = args.image_order or metadata.get("image_order", "raster")
-    batches = build_validation_loader(str(args.data), config.seq_len, config.patch_size,
-                                      args.batch_size, 0, 1, image_order=order)
+    try:
+        data = LoaderConfig(validation=args.data, seq_len=config.seq_len, patch_size=config.patch_size,
+                            micro_batch_size=args.batch_size, image_order=order)
+    except ValueError as error:  # e.g. --batch-size 0, or a patch order the model's P cannot scan
+        raise UsageError(f"eval: {error}") from None
+    batches = build_validation_loader(data)
     result = evaluate(model, batches, torch.device("cpu"), args.max_batches)
     print(f"{args.data}: {result['bpb']:.4f} bits per byte over {result['bytes']:,} bytes")
     for key, value in result.items():

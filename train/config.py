@@ -1,6 +1,8 @@
 """Training configuration: a TOML file with five sections, overridable from the command line.
 
-    [data]       datasets, weights, validation set, batch sizes, loader options
+    [data]       the loader's config (pipeline.load.loader.LoaderConfig): datasets, weights,
+                 validation set, batch sizes, loader options; seq_len and patch_size are the
+                 model's, the seed is run.seed
     [model]      preset = "<name in model.PRESETS>", plus any MegaByteConfig field to override
     [optim]      AdamW and the learning-rate schedule
     [deepspeed]  ZeRO stage, precision, offload (or a raw DeepSpeed JSON)
@@ -24,26 +26,13 @@ else:  # pragma: no cover
 
 from model import PRESETS, MegaByteConfig
 from pipeline.format.errors import UsageError
+from pipeline.load.loader import LoaderConfig
 
 SHIPPED_CONFIGS = Path(__file__).parent / "configs"
 
 
 class ConfigError(UsageError):
     """A training configuration that cannot run, with what to change."""
-
-
-@dataclass
-class DataConfig:
-    datasets: list[str] = field(default_factory=list)  # dataset directories (converted shards)
-    weights: list[float] = field(default_factory=list)  # mixing weights, one per dataset; [] = equal
-    validation: str = ""  # dataset directory for held-out bits per byte; "" = no validation
-    batch_size: int = 8  # global batch: sequences per optimizer step, all ranks together
-    micro_batch_size: int = 8  # sequences per rank per forward/backward
-    num_workers: int = 1  # DataLoader worker processes per rank
-    shuffle_buffer: int = 256  # sequences held for shuffling; 0 = no shuffle buffer
-    image_order: str = "raster"  # "raster" or "patch" (the paper's p×p block scan)
-    text_packing: str = "concat"  # "concat" (documents joined by the boundary id) or "document"
-    on_error: str = "raise"  # bad shard or member: "raise" or "skip" (counted and logged)
 
 
 @dataclass
@@ -83,12 +72,14 @@ class RunConfig:
     compile: bool = False  # torch.compile each transformer block (no gain measured at 350M: BENCHMARKS.md)
 
 
-SECTIONS = {"data": DataConfig, "optim": OptimConfig, "deepspeed": DeepSpeedSection, "run": RunConfig}
+SECTIONS = {"optim": OptimConfig, "deepspeed": DeepSpeedSection, "run": RunConfig}
+# [data] is the loader's config, less these settings: each is stated once, in the section named
+DATA_FROM = {"seq_len": "model.seq_len", "patch_size": "model.patch_size", "seed": "run.seed"}
 
 
 @dataclass
 class TrainConfig:
-    data: DataConfig
+    data: LoaderConfig
     model: MegaByteConfig
     model_preset: str
     optim: OptimConfig
@@ -97,7 +88,8 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         """JSON-safe; `from_dict(to_dict())` gives the same config (stored in checkpoints)."""
-        return {"data": dataclasses.asdict(self.data),
+        data = {k: v for k, v in dataclasses.asdict(self.data).items() if k not in DATA_FROM}
+        return {"data": data,
                 "model": {"preset": self.model_preset, **self.model.to_dict()},
                 "optim": dataclasses.asdict(self.optim),
                 "deepspeed": dataclasses.asdict(self.deepspeed),
@@ -105,10 +97,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, raw: dict) -> "TrainConfig":
-        unknown = sorted(set(raw) - set(SECTIONS) - {"model"})
+        unknown = sorted(set(raw) - set(SECTIONS) - {"data", "model"})
         if unknown:
             raise ConfigError(f"unknown section(s) {unknown}; sections are "
-                              f"{sorted([*SECTIONS, 'model'])}")
+                              f"{sorted([*SECTIONS, 'data', 'model'])}")
         sections = {name: build_section(name, kind, raw.get(name, {})) for name, kind in SECTIONS.items()}
         model_fields = dict(raw.get("model", {}))
         preset = model_fields.pop("preset", "tiny")
@@ -118,26 +110,17 @@ class TrainConfig:
             model = MegaByteConfig.from_dict({**PRESETS[preset].to_dict(), **model_fields})
         except (ValueError, TypeError) as error:
             raise ConfigError(f"[model]: {error}") from None
-        config = cls(model=model, model_preset=preset, **sections)
+        data = build_data_section(raw.get("data", {}), model, sections["run"])
+        config = cls(data=data, model=model, model_preset=preset, **sections)
         config.check()
         return config
 
     def check(self) -> None:
-        data, optim = self.data, self.optim
-        for name, value in [("data.batch_size", data.batch_size),
-                            ("data.micro_batch_size", data.micro_batch_size),
-                            ("optim.total_steps", optim.total_steps)]:
-            if value < 1:
-                raise ConfigError(f"{name} = {value}: must be at least 1")
-        if not data.datasets:
+        if self.optim.total_steps < 1:
+            raise ConfigError(f"optim.total_steps = {self.optim.total_steps}: must be at least 1")
+        if not self.data.datasets:
             raise ConfigError("data.datasets is empty: list at least one converted dataset directory")
-        if data.weights and len(data.weights) != len(data.datasets):
-            raise ConfigError(f"data.weights has {len(data.weights)} entries for "
-                              f"{len(data.datasets)} datasets: give one weight per dataset, or none")
-        choices = {"data.image_order": (data.image_order, ("raster", "patch")),
-                   "data.text_packing": (data.text_packing, ("concat", "document")),
-                   "data.on_error": (data.on_error, ("raise", "skip")),
-                   "optim.schedule": (optim.schedule, ("cosine", "linear", "constant")),
+        choices = {"optim.schedule": (self.optim.schedule, ("cosine", "linear", "constant")),
                    "deepspeed.precision": (self.deepspeed.precision, ("auto", "bf16", "fp32")),
                    "deepspeed.zero_stage": (self.deepspeed.zero_stage, (0, 1, 2, 3))}
         for name, (value, allowed) in choices.items():
@@ -154,20 +137,36 @@ class TrainConfig:
                                   "`megabyte convert` or fix the path in [data]")
 
     def accumulation_steps(self, world_size: int) -> int:
-        """Gradient accumulation so that micro_batch_size × world_size × steps = batch_size."""
-        per_step = self.data.micro_batch_size * world_size
-        if self.data.batch_size % per_step:
-            raise ConfigError(f"data.batch_size = {self.data.batch_size} is not a multiple of "
-                              f"data.micro_batch_size × world size = {self.data.micro_batch_size} × "
-                              f"{world_size}; change one of them")
-        return self.data.batch_size // per_step
+        """Micro-batches per optimizer step on each rank (see LoaderConfig.accumulation_steps)."""
+        try:
+            return self.data.accumulation_steps(world_size)
+        except ValueError as error:
+            raise ConfigError(f"data.{error}") from None
 
 
-def build_section(name: str, kind, values: dict):
-    known = {f.name for f in dataclasses.fields(kind)}
+def build_data_section(values: dict, model: MegaByteConfig, run: RunConfig) -> LoaderConfig:
+    """[data] → the loader's config, with the model's sequence length and patch size and the
+    run's seed."""
+    stated = sorted(set(values) & set(DATA_FROM))
+    if stated:
+        raise ConfigError(f"data.{stated[0]} is {DATA_FROM[stated[0]]}: set it there (one value "
+                          "for the model and the loader)")
+    check_keys("data", LoaderConfig, values, exclude=set(DATA_FROM))
+    try:
+        return LoaderConfig(**values, seq_len=model.seq_len, patch_size=model.patch_size, seed=run.seed)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"data.{error}") from None
+
+
+def check_keys(name: str, kind, values: dict, exclude: set = frozenset()) -> None:
+    known = {f.name for f in dataclasses.fields(kind)} - exclude
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in [{name}]; known keys are {sorted(known)}")
+
+
+def build_section(name: str, kind, values: dict):
+    check_keys(name, kind, values)
     try:
         return kind(**values)
     except TypeError as error:

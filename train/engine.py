@@ -63,11 +63,12 @@ def deepspeed_config(config: TrainConfig, world_size: int) -> dict:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu()}
     if section.offload_param:
         zero["offload_param"] = {"device": "cpu", "pin_memory": on_gpu()}
+    micro, accumulation = config.data.micro_batch_size, config.accumulation_steps(world_size)
     return {
         **base,
-        "train_batch_size": config.data.batch_size,
-        "train_micro_batch_size_per_gpu": config.data.micro_batch_size,
-        "gradient_accumulation_steps": config.accumulation_steps(world_size),
+        "train_batch_size": micro * world_size * accumulation,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": accumulation,
         "gradient_clipping": config.optim.grad_clip,
         "zero_optimization": zero,
         "bf16": {"enabled": use_bf16(config)},

@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from model import build_model
 from pipeline.format.errors import UsageError
-from pipeline.load.loader import LoaderConfig, build_train_loader, build_validation_loader
+from pipeline.load.loader import build_train_loader, build_validation_loader
 from tools.errors import report_errors
 from train import checkpoint
 from train.config import ConfigError, TrainConfig, dump_config, load_config
@@ -65,14 +65,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def loader_config(config: TrainConfig) -> LoaderConfig:
-    data = config.data
-    return LoaderConfig(datasets=data.datasets, weights=data.weights or None,
-                        seq_len=config.model.seq_len, patch_size=config.model.patch_size,
-                        batch_size=data.micro_batch_size, num_workers=data.num_workers,
-                        seed=config.run.seed, shuffle_buffer=data.shuffle_buffer,
-                        image_order=data.image_order, text_packing=data.text_packing,
-                        on_error=data.on_error)
+def build_validation(config: TrainConfig, rank: int, world_size: int):
+    """() → a fresh pass over the validation set, read with the run's [data] settings; or None."""
+    if not config.data.validation:
+        return None
+    return partial(build_validation_loader, config.data, rank, world_size)
 
 
 def build_trainer(config: TrainConfig, rank: int, world_size: int, device: torch.device) -> Trainer:
@@ -86,13 +83,10 @@ def build_trainer(config: TrainConfig, rank: int, world_size: int, device: torch
     engine, scheduler = build_engine(model, config, world_size)
     seed_everything(config.run.seed + rank)  # then a different dropout stream per rank
     try:
-        train_loader = build_train_loader(loader_config(config), rank, world_size)
+        train_loader = build_train_loader(config.data, rank, world_size)
     except ValueError as error:  # e.g. a dataset with fewer samples than ranks × workers
         raise ConfigError(f"[data]: {error}") from None
-    validation = None  # or: () → a fresh pass over the validation set
-    if config.data.validation:
-        validation = partial(build_validation_loader, config.data.validation, config.model.seq_len,
-                             config.model.patch_size, config.data.micro_batch_size, rank, world_size)
+    validation = build_validation(config, rank, world_size)
     return Trainer(config, rank, world_size, device, engine, scheduler, train_loader,
                    None, validation, MetricsLogger(out_dir, rank == 0),
                    BatchTrace(out_dir, rank, config.run.trace_batches), out_dir)

@@ -33,7 +33,7 @@ rank or data order.
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
@@ -51,14 +51,23 @@ MIX_CHUNK = 4096  # dataset choices drawn at a time
 
 @dataclass
 class LoaderConfig:
-    datasets: list[str]  # dataset directories (text, image or audio shards + index.json)
-    weights: list[float] | None = None  # sampling weight per dataset; None: all equal
-    seq_len: int = 8192  # T, ids per sequence; a multiple of patch_size
-    patch_size: int = 8  # P, bytes per patch of the model
-    batch_size: int = 8  # sequences per batch, per rank
-    num_workers: int = 2  # DataLoader worker processes per rank; 0 reads in the training process
+    """What to read and how: the loader's settings, and the trainer's `[data]` section as they are.
+
+    seq_len and patch_size are the model's (the trainer fills them in from `[model]`, and the seed
+    from `run.seed`); everything else has its one default here.
+    """
+
+    datasets: list[str] = field(default_factory=list)  # dataset directories to train on (shards + index.json)
+    weights: list[float] = field(default_factory=list)  # sampling weight per dataset; [] = all equal
+    validation: str = ""  # dataset directory for build_validation_loader; "" = none
+    _: KW_ONLY
+    seq_len: int  # T, ids per sequence; a multiple of patch_size
+    patch_size: int  # P, bytes per patch of the model
+    micro_batch_size: int = 8  # sequences per batch, per rank (per forward/backward)
+    batch_size: int = 0  # sequences per optimizer step, all ranks together; 0 = micro_batch_size × world size
+    num_workers: int = 1  # DataLoader worker processes per rank; 0 reads in the calling process
     seed: int = 0
-    shuffle_buffer: int = 1024  # sequences shuffled together (per worker and dataset); 0: no shuffle
+    shuffle_buffer: int = 256  # sequences shuffled together (per worker and dataset); 0: no shuffle
     image_order: str = "raster"  # "raster" | "patch" (the paper's patch scan, P = 3·p²)
     text_packing: str = "concat"  # "concat": documents joined by BOUNDARY | "document": one per sequence
     on_error: str = "raise"  # bad shards/samples: "raise" | "skip" (log, count and go on)
@@ -70,20 +79,22 @@ class LoaderConfig:
     multiprocessing_context: str | None = None  # "fork" | "spawn" | "forkserver"; None: default
 
     def __post_init__(self):
+        # messages start with the setting's name: the trainer reports them as data.<message>
         if isinstance(self.datasets, str):
             self.datasets = [self.datasets]
         self.datasets = [str(d) for d in self.datasets]
-        if not self.datasets:
-            raise ValueError("LoaderConfig.datasets is empty: give at least one dataset directory")
-        if self.weights is not None:
-            self.weights = [float(w) for w in self.weights]
-            if len(self.weights) != len(self.datasets):
-                raise ValueError(f"{len(self.weights)} weights for {len(self.datasets)} datasets: give "
-                                 "one weight per dataset, or none for equal weights")
-            if not all(math.isfinite(w) and w > 0 for w in self.weights):
-                raise ValueError(f"weights {self.weights} must be positive numbers (drop a dataset "
-                                 "rather than give it weight 0)")
-        for name in ("seq_len", "patch_size", "batch_size", "batches_per_fetch", "prefetch_factor",
+        self.validation = str(self.validation)
+        if not self.datasets and not self.validation:
+            raise ValueError("datasets is empty and there is no validation set: give at least one "
+                             "dataset directory")
+        self.weights = [float(w) for w in self.weights or []]
+        if self.weights and len(self.weights) != len(self.datasets):
+            raise ValueError(f"weights has {len(self.weights)} entries for {len(self.datasets)} datasets: "
+                             "give one weight per dataset, or none for equal weights")
+        if not all(math.isfinite(w) and w > 0 for w in self.weights):
+            raise ValueError(f"weights {self.weights} must be positive numbers (drop a dataset "
+                             "rather than give it weight 0)")
+        for name in ("seq_len", "patch_size", "micro_batch_size", "batches_per_fetch", "prefetch_factor",
                      "snapshot_every_n_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -91,7 +102,7 @@ class LoaderConfig:
             nearest = self.seq_len - self.seq_len % self.patch_size or self.patch_size
             raise ValueError(f"seq_len {self.seq_len} is not a multiple of patch_size {self.patch_size}: "
                              f"use e.g. seq_len {nearest}")
-        for name in ("num_workers", "seed", "shuffle_buffer"):
+        for name in ("batch_size", "num_workers", "seed", "shuffle_buffer"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
         choices = {"image_order": ("raster", "patch"), "text_packing": ("concat", "document"),
@@ -117,16 +128,24 @@ class LoaderConfig:
         weights = self.weights or [1.0] * len(self.datasets)
         return [w / sum(weights) for w in weights]
 
+    def accumulation_steps(self, world_size: int) -> int:
+        """Micro-batches per rank and optimizer step: micro_batch_size × world_size × steps = batch_size."""
+        per_step = self.micro_batch_size * world_size
+        if self.batch_size % per_step:
+            raise ValueError(f"batch_size = {self.batch_size} is not a multiple of micro_batch_size × "
+                             f"world size = {self.micro_batch_size} × {world_size}; change one of them")
+        return max(1, self.batch_size // per_step)
+
 
 def check_rank(rank: int, world_size: int) -> None:
     if not (isinstance(world_size, int) and world_size >= 1 and 0 <= rank < world_size):
         raise ValueError(f"rank {rank} and world_size {world_size}: need 0 <= rank < world_size")
 
 
-def make_sources(config: LoaderConfig) -> list[Source]:
+def make_sources(config: LoaderConfig, directories: list[str]) -> list[Source]:
     return [Source(d, seq_len=config.seq_len, patch_size=config.patch_size,
                    image_order=config.image_order, text_packing=config.text_packing)
-            for d in config.datasets]
+            for d in directories]
 
 
 class Mixer:
@@ -199,7 +218,7 @@ class TrainDataset(IterableDataset):
         config = self.config
         while True:
             rows, modality, dataset, epoch = [], [], [], []
-            for _ in range(config.batch_size * config.fetch):
+            for _ in range(config.micro_batch_size * config.fetch):
                 choice = self._mixer.next()
                 sequence, sequence_epoch = self._streams[choice].next_sequence()
                 rows.append(sequence)
@@ -224,8 +243,11 @@ class TrainLoader:
 
     def __init__(self, config: LoaderConfig, rank: int, world_size: int):
         check_rank(rank, world_size)
+        if not config.datasets:
+            raise ValueError("datasets is empty: give at least one dataset directory to train on")
+        config.accumulation_steps(world_size)  # batch_size must be whole micro-batches of every rank
         self.config, self.rank, self.world_size = config, rank, world_size
-        self.sources = make_sources(config)
+        self.sources = make_sources(config, config.datasets)
         streams = world_size * config.streams_per_rank
         for source in self.sources:
             if source.samples < streams:
@@ -255,7 +277,7 @@ class TrainLoader:
     def _batches(self):
         """Batches in round-robin order over the workers (worker k % W makes batch k), whatever
         the fetch size: a round is one fetch from each worker, handed out interleaved."""
-        fetches, size = iter(self.dataloader), self.config.batch_size
+        fetches, size = iter(self.dataloader), self.config.micro_batch_size
         workers, per_fetch = max(1, self.config.num_workers), self.config.fetch
         while True:
             # where to come back to if a checkpoint falls inside this round (none can when a
@@ -275,7 +297,7 @@ class TrainLoader:
         """What fixes the order of the data; a state made under another order is refused."""
         config = self.config
         return {"seed": config.seed, "seq_len": config.seq_len, "patch_size": config.patch_size,
-                "batch_size": config.batch_size, "shuffle_buffer": config.shuffle_buffer,
+                "micro_batch_size": config.micro_batch_size, "shuffle_buffer": config.shuffle_buffer,
                 "image_order": config.image_order, "text_packing": config.text_packing,
                 "weights": config.mixing_weights(),
                 "datasets": [[s.name, s.modality, len(s.shards), s.samples] for s in self.sources]}
@@ -323,26 +345,25 @@ def build_train_loader(config: LoaderConfig, rank: int = 0, world_size: int = 1)
     return TrainLoader(config, rank, world_size)
 
 
-def build_validation_loader(dataset_dir, seq_len: int, patch_size: int, batch_size: int,
-                            rank: int = 0, world_size: int = 1, *, num_workers: int = 0,
-                            text_packing: str = "concat", image_order: str = "raster",
-                            on_error: str = "raise", verify_shards: bool = True,
-                            multiprocessing_context: str | None = None) -> ValidationLoader:
-    """This rank's share of one unshuffled pass over a dataset (see pipeline.load.validation).
+def build_validation_loader(config: LoaderConfig, rank: int = 0,
+                            world_size: int = 1) -> ValidationLoader:
+    """This rank's share of one unshuffled pass over `config.validation` (see
+    pipeline.load.validation), read with the same settings as training: sequence length, patch
+    size, image order, text packing, error policy, workers, micro-batch size.
 
     Finite; the same number of batches on every rank (the last ones padded with PAD rows); across
     ranks every byte of the dataset is in exactly one row.
     """
     check_rank(rank, world_size)
-    config = LoaderConfig([dataset_dir], seq_len=seq_len, patch_size=patch_size, batch_size=batch_size,
-                          num_workers=num_workers, text_packing=text_packing, image_order=image_order,
-                          on_error=on_error, verify_shards=verify_shards,
-                          multiprocessing_context=multiprocessing_context)
-    source = make_sources(config)[0]
-    layout = make_layout(source, on_error=on_error, verify=verify_shards)
-    dataset = ValidationDataset(source, layout, batch_size=batch_size, rank=rank, world_size=world_size,
-                                num_workers=num_workers, on_error=on_error, verify=verify_shards)
-    return ValidationLoader(dataset, num_workers, multiprocessing_context if num_workers else None)
+    if not config.validation:
+        raise ValueError("validation is empty: give the dataset directory to evaluate on")
+    [source] = make_sources(config, [config.validation])
+    layout = make_layout(source, on_error=config.on_error, verify=config.verify_shards)
+    dataset = ValidationDataset(source, layout, batch_size=config.micro_batch_size, rank=rank,
+                                world_size=world_size, num_workers=config.num_workers,
+                                on_error=config.on_error, verify=config.verify_shards)
+    return ValidationLoader(dataset, config.num_workers,
+                            config.multiprocessing_context if config.num_workers else None)
 
 
 def worker_states(dataloader_state: dict) -> list[dict]:
