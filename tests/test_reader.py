@@ -49,6 +49,17 @@ def test_broken_tar_names_the_last_whole_sample(tmp_path):
         list(iter_members(path, 3))
 
 
+def test_a_malformed_pax_header_is_a_broken_tar(tmp_path):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("a.bin")
+        info.pax_headers = {"GNU.sparse.size": "12"}
+        tar.addfile(info)
+    (tmp_path / "x.tar").write_bytes(buffer.getvalue().replace(b"size=12", b"size=x2"))
+    with pytest.raises(DataError, match="x.tar: broken tar before sample 0"):
+        list(iter_members(tmp_path / "x.tar"))
+
+
 def test_a_member_twice_is_refused(tmp_path):
     path = tmp_path / "x.tar"
     path.write_bytes(tar_member("a.json", b'{"length": 0}') * 2 + bytes(1024))

@@ -29,7 +29,8 @@ import zstandard
 from pipeline.format.errors import DataError, UsageError
 from pipeline.format.shards import PAYLOAD_NAMES, ShardInfo, load_manifest
 
-# what tarfile raises on a damaged archive, besides reading errors of the file itself
+# what reading a damaged archive raises: tarfile's errors, the file's read errors, and
+# ValueError from a malformed pax header field
 TAR_ERRORS = (tarfile.TarError, OSError, EOFError, ValueError)
 
 _decompressors: dict[int, zstandard.ZstdDecompressor] = {}  # pid → decompressor (not picklable)
@@ -94,7 +95,7 @@ def check_shard(path, info: ShardInfo, *, sha256: bool = True, cached: bool = Fa
 def regular_members(tar: tarfile.TarFile):
     """The archive's regular files, in stored order, with nothing kept of those passed."""
     while (info := tar.next()) is not None:
-        tar.members = []  # tarfile lists every member it read: millions in a shard of small samples
+        tar.members = []  # tarfile would list every member: 2 per sample, 2048+ bytes per sample
         if info.isreg():
             yield info
 
