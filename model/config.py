@@ -14,6 +14,17 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+# The byte vocabulary: ids 0..255 are the bytes (all of them data), then PAD (ignored by the loss)
+# and the document boundary (generation stops on it). It belongs to the data, whose format defines
+# it (pipeline/format/vocab.py); but model/ imports nothing else of ours, so the numbers are written
+# here too, as constants and not as settings: a model whose ids differed from the data's would read
+# every batch wrong without a word. tests/test_model.py checks that the two agree; to_dict() records
+# them, and from_dict() refuses a config (an exported file, say) that has other ids.
+VOCAB_SIZE = 258
+PAD_ID = 256
+BOUNDARY_ID = 257
+VOCABULARY = {"vocab_size": VOCAB_SIZE, "pad_id": PAD_ID, "boundary_id": BOUNDARY_ID}
+
 ARCHITECTURES = ("megabyte", "transformer")
 ACTIVATIONS = ("gelu", "relu", "swiglu")
 NORMS = ("layernorm", "rmsnorm")
@@ -23,11 +34,6 @@ POS_EMBEDDINGS = ("learned", "none")
 @dataclass
 class MegaByteConfig:
     architecture: str = "megabyte"
-    # vocabulary: ids 0..255 are the bytes (all of them data), then PAD (ignored by the loss)
-    # and the document boundary (generation stops on it); same ids as pipeline/format/vocab.py
-    vocab_size: int = 258
-    pad_id: int = 256
-    boundary_id: int = 257
     seq_len: int = 8192  # T, in bytes; a multiple of patch_size
     patch_size: int = 8  # P
     global_dim: int = 2048  # width of the global model, P·D_G (the baseline's width)
@@ -55,11 +61,6 @@ class MegaByteConfig:
         check(self.activation in ACTIVATIONS, f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         check(self.norm in NORMS, f"norm must be one of {NORMS}, got {self.norm!r}")
         check(self.pos_embedding in POS_EMBEDDINGS, f"pos_embedding must be one of {POS_EMBEDDINGS}, got {self.pos_embedding!r}")
-        check(self.vocab_size >= 256, f"vocab_size must hold the 256 byte values, got {self.vocab_size}")
-        for name in ("pad_id", "boundary_id"):
-            value = getattr(self, name)
-            check(256 <= value < self.vocab_size, f"{name}={value} must be a special id in [256, vocab_size={self.vocab_size})")
-        check(self.pad_id != self.boundary_id, "pad_id and boundary_id must differ")
         check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
         check(self.mlp_ratio > 0 and self.init_std > 0, "mlp_ratio and init_std must be positive")
         check(self.patch_size >= 1 and self.seq_len >= 1, "patch_size and seq_len must be positive")
@@ -83,6 +84,18 @@ class MegaByteConfig:
                   f"local_heads={self.local_heads} must divide local_dim={self.local_dim}")
 
     @property
+    def vocab_size(self) -> int:  # V; the vocabulary is fixed (see VOCABULARY), not a setting
+        return VOCAB_SIZE
+
+    @property
+    def pad_id(self) -> int:
+        return PAD_ID
+
+    @property
+    def boundary_id(self) -> int:
+        return BOUNDARY_ID
+
+    @property
     def num_patches(self) -> int:  # K
         return self.seq_len // self.patch_size
 
@@ -91,15 +104,24 @@ class MegaByteConfig:
         return self.global_dim // self.patch_size
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)  # plain str/int/float/bool: JSON-safe
+        """The fields and the vocabulary; plain str/int/float/bool: JSON-safe."""
+        return {**dataclasses.asdict(self), **VOCABULARY}
 
     @classmethod
     def from_dict(cls, d: dict) -> "MegaByteConfig":
+        """Inverse of to_dict; the vocabulary may be left out, and must be ours when given."""
+        fields = dict(d)
+        for name, ours in VOCABULARY.items():
+            if name in fields and fields.pop(name) != ours:
+                raise ValueError(f"MegaByteConfig: {name}={d[name]}, but the byte vocabulary is fixed "
+                                 f"({', '.join(f'{k}={v}' for k, v in VOCABULARY.items())}, the data's): "
+                                 "a model with other ids would read the data wrong")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(set(fields) - known)
         if unknown:
-            raise ValueError(f"MegaByteConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
-        return cls(**d)
+            raise ValueError(f"MegaByteConfig: unknown field(s) {unknown}; known fields are "
+                             f"{sorted(known | set(VOCABULARY))}")
+        return cls(**fields)
 
 
 def _transformer(**fields) -> MegaByteConfig:

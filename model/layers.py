@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from model.config import MegaByteConfig
+from model.config import PAD_ID, MegaByteConfig
 
 
 def trunc_normal_(tensor: torch.Tensor, std: float) -> torch.Tensor:
@@ -152,14 +152,14 @@ class Transformer(nn.Module):
         return [KVCache(max_len) for _ in self.blocks]
 
 
-def byte_loss(logits: torch.Tensor, ids: torch.Tensor, pad_id: int = 256) -> torch.Tensor:
+def byte_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy in nats over the positions whose target is not PAD.
 
     logits (B, T, V) from model(ids), ids (B, T): logits[:, t] already predicts ids[:, t] (the
     models shift internally), so no shift here. Every byte value, 0 included, is a target;
     divide by ln 2 for bits per byte. A batch of nothing but PAD gives NaN (0/0)."""
     # (B·T, V) against (B·T,); fp32 so that a bf16 forward still gets an exact softmax
-    return F.cross_entropy(logits.float().flatten(0, 1), ids.flatten(), ignore_index=pad_id)
+    return F.cross_entropy(logits.float().flatten(0, 1), ids.flatten(), ignore_index=PAD_ID)
 
 
 def bits_per_byte(loss_nats: torch.Tensor | float) -> torch.Tensor | float:

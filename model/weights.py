@@ -33,6 +33,10 @@ def load_weights(path, device: str = "cpu") -> tuple[nn.Module, dict]:
         metadata = f.metadata() or {}
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{path}: not a megabyte weights file (no {FORMAT!r} metadata)")
-    model = build_model(MegaByteConfig.from_dict(json.loads(metadata["config"])))
+    try:  # files from before the vocabulary was fixed hold its ids too: checked against ours
+        config = MegaByteConfig.from_dict(json.loads(metadata["config"]))
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    model = build_model(config)
     load_model(model, str(path), device=device)
     return model.eval(), metadata

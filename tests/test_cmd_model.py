@@ -58,3 +58,26 @@ def test_audio_model_writes_a_wav(tmp_path, encoding, bytes_per_sample):
     samples, rate = soundfile.read(tmp_path / "out.wav", dtype="int16")
     assert rate == 8000
     assert len(samples) == 200 // bytes_per_sample if encoding == "pcm16" else len(samples) == 201
+
+
+@pytest.mark.parametrize("pad_id, exit_code", [(256, 0), (257, 2)])
+def test_an_exported_model_must_use_the_datas_vocabulary(tmp_path, capsys, pad_id, exit_code):
+    """Files exported before the vocabulary was fixed state its ids in their config: ours load,
+    others are refused with one line."""
+    from safetensors.torch import save_model as save_tensors
+
+    from model.weights import FORMAT
+
+    config = MegaByteConfig(seq_len=64, patch_size=8, global_dim=64, global_layers=1, global_heads=2,
+                            local_dim=16, local_layers=1, local_heads=2)
+    stored = {**config.to_dict(), "vocab_size": 258, "pad_id": pad_id, "boundary_id": 257}
+    weights = tmp_path / "old.safetensors"
+    save_tensors(build_model(config), str(weights), metadata={"format": FORMAT, "config": json.dumps(stored)})
+    out = tmp_path / "sample.bin"
+    assert cli(["generate", "--model", str(weights), "--bytes", "5", "--out", str(out)]) == exit_code
+    err = capsys.readouterr().err.strip().splitlines()
+    if exit_code:
+        assert len(err) == 1 and "pad_id=257, but the byte vocabulary is fixed" in err[0], err
+        assert not out.exists()
+    else:
+        assert len(out.read_bytes()) == 5

@@ -124,7 +124,6 @@ def test_tiny_presets_are_comparable_in_size():
     (dict(local_heads=3), "local_heads=3 must divide"),
     (dict(architecture="transformer"), "set patch_size=1 and local_layers=0"),
     (dict(architecture="rnn"), "architecture must be one of"),
-    (dict(pad_id=3), "pad_id=3 must be a special id"),
     (dict(norm="batchnorm"), "norm must be one of"),
 ])
 def test_config_errors_say_what_to_change(fields, message):
@@ -135,6 +134,21 @@ def test_config_errors_say_what_to_change(fields, message):
 def test_from_dict_rejects_unknown_fields():
     with pytest.raises(ValueError, match="unknown field"):
         MegaByteConfig.from_dict({**PRESETS["tiny"].to_dict(), "n_embd": 3})
+
+
+def test_the_vocabulary_is_the_datas_and_not_a_setting():
+    from pipeline.format import vocab
+
+    config = PRESETS["tiny"]
+    assert (config.vocab_size, config.pad_id, config.boundary_id) == \
+        (vocab.VOCAB_SIZE, vocab.PAD_ID, vocab.BOUNDARY_ID)
+    stored = config.to_dict()
+    assert MegaByteConfig.from_dict(stored) == config  # a config that states our ids (as exports do)
+    assert MegaByteConfig.from_dict({k: v for k, v in stored.items() if k != "pad_id"}) == config
+    with pytest.raises(ValueError, match="pad_id=257, but the byte vocabulary is fixed"):
+        MegaByteConfig.from_dict({**stored, "pad_id": 257})
+    with pytest.raises(TypeError):
+        MegaByteConfig(pad_id=256)
 
 
 @pytest.mark.parametrize("fields", [dict(norm="rmsnorm", activation="swiglu", bias=False),

@@ -121,6 +121,7 @@ def test_config_errors_are_one_line(tmp_path, data, capsys):
         (["--set", "data.datasets=['/no/such/dir']"], "/no/such/dir: not a converted dataset"),
         (["--set", "data.batch_size=6"], "data.batch_size = 6 is not a multiple of micro_batch_size"),
         (["--set", "data.seq_len=32"], "data.seq_len is model.seq_len: set it there"),
+        (["--set", "model.pad_id=257"], "pad_id=257, but the byte vocabulary is fixed"),
         (["--set", "data.image_order=patch"], "data.image_order='patch' needs patch_size = 3·p²"),
         (["--set", "model.seq_len=100"], "seq_len=100 must be a multiple of patch_size=8"),
         (["--set", "data.weights=[1, 2]"], "data.weights has 2 entries for 1 datasets"),

@@ -66,7 +66,10 @@ def model_from_checkpoint(path) -> tuple[torch.nn.Module, dict, Path]:
     state = checkpoint.read_state(folder)
     config = state["config"]
     model_fields = {k: v for k, v in config["model"].items() if k != "preset"}
-    model = build_model(MegaByteConfig.from_dict(model_fields))
+    try:
+        model = build_model(MegaByteConfig.from_dict(model_fields))
+    except ValueError as error:
+        raise UsageError(f"{folder}: {error}") from None
     weights = consolidated_state_dict(folder, config["deepspeed"]["zero_stage"])
     missing, unexpected = model.load_state_dict(weights, strict=False)
     tied = {name for name in missing if name.endswith("weight") and "head" in name}

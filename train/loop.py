@@ -59,7 +59,7 @@ def train_loop(t, state: RunState, stop: StopRequest) -> dict:
         sums = torch.zeros(3, dtype=torch.float64, device=t.device)  # loss sum, bytes, stop votes
         for _ in range(accumulation):
             ids = next(t.batches)["ids"].to(t.device, non_blocking=True)  # (B, T)
-            loss = byte_loss(engine(ids), ids, PAD_ID)
+            loss = byte_loss(engine(ids), ids)
             engine.backward(loss)
             engine.step()
             sums[0] += loss.detach().double()  # stays on the device: no sync per micro-batch
