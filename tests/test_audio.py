@@ -208,7 +208,8 @@ def test_render_writes_the_stored_samples(tmp_path, capsys):
     pcm, rate = soundfile.read(tmp_path / "one.wav", dtype="int16")
     assert rate == 16000 and pcm.astype("<i2").tobytes() == stored[1][2]  # the bytes themselves
     assert cli([*render, str(tmp_path / "pcm"), "--out", str(tmp_path / "all")]) == 0
-    assert sorted(p.name for p in (tmp_path / "all").iterdir()) == [f"{key}.wav" for key, _, _ in stored]
+    assert sorted(p.name for p in (tmp_path / "all").iterdir()) == [
+        f"{position:06d}-{key}.wav" for position, (key, _, _) in enumerate(stored)]
 
     assert convert_audio(tmp_path / "b.wav", tmp_path / "mulaw", "--encoding", "mulaw8") == 0
     assert cli([*render, str(tmp_path / "mulaw"), "--out", str(tmp_path / "m.wav"), "--count", "1"]) == 0

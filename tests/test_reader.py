@@ -7,7 +7,7 @@ import pytest
 import zstandard
 
 from pipeline.format.errors import DataError
-from pipeline.format.reader import (check_shard, decompress_bounded, iter_members, iter_metas, iter_shard,
+from pipeline.format.reader import (check_shard, decode_payload, iter_members, iter_metas, iter_shard,
                                     parse_meta)
 from pipeline.format.shards import ShardWriter, tar_member
 from test_shards import write_shard
@@ -109,13 +109,13 @@ def test_decompression_is_bounded():
     bomb = zstandard.ZstdCompressor().compress(b"\x00" * 10_000_000)
     assert len(bomb) < 1000
     with pytest.raises(DataError, match="more than 1000 bytes"):
-        decompress_bounded(bomb, 1000)
+        decode_payload({"bin.zst": bomb}, 1000)
     streamed = io.BytesIO()  # a frame without a content size in its header
     with zstandard.ZstdCompressor().stream_writer(streamed, closefd=False) as w:
         w.write(b"\x00" * 100_000)
-    with pytest.raises(DataError):
-        decompress_bounded(streamed.getvalue(), 99_999)
-    assert len(decompress_bounded(streamed.getvalue(), 100_000)) == 100_000
+    with pytest.raises(DataError, match="more than 99999 bytes"):
+        decode_payload({"bin.zst": streamed.getvalue()}, 99_999)
+    assert len(decode_payload({"bin.zst": streamed.getvalue()}, 100_000)) == 100_000
 
 
 def test_length_mismatch_and_corrupt_member_name_the_key(tmp_path):

@@ -5,7 +5,7 @@ import tarfile
 import pytest
 import zstandard
 
-from pipeline.format.errors import UsageError
+from pipeline.format.errors import DataError, UsageError
 from pipeline.format.reader import iter_shard
 from pipeline.format.shards import Manifest, ShardWriter, load_manifest, payload_name, shard_name, ustar_header
 
@@ -64,7 +64,7 @@ def test_payload_names():
 
 def test_keys_with_dots_are_refused(tmp_path):
     writer = ShardWriter(tmp_path / "x.tar")
-    with pytest.raises(ValueError, match="no dot"):
+    with pytest.raises(DataError, match="no dot"):
         writer.add("a.b", "none", b"x", 1, {"length": 1})
     writer.abort()
 

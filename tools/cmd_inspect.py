@@ -68,28 +68,38 @@ def cmd_stats(args) -> int:
     print(f"byte entropy   {stats.entropy_bits:.4f} bits/byte (unigram)")
     print("most common bytes:")
     total = max(int(stats.histogram.sum()), 1)
+    as_text = set(stats.modalities) == {"text"}  # pixels and audio bytes are numbers, not letters
     for value in stats.histogram.argsort()[::-1][:16]:
         if stats.histogram[value]:
-            label = repr(chr(value)) if 32 <= value < 127 else f"0x{value:02x}"
-            print(f"  {label:>6}  {stats.histogram[value] / total:8.4%}")
+            print(f"  {byte_label(int(value), as_text):>6}  {stats.histogram[value] / total:8.4%}")
     return 0
 
 
+def byte_label(value: int, as_text: bool) -> str:
+    """A byte value as a character (text: 'a', or 0x0a where it prints as none) or a number."""
+    if not as_text:
+        return str(value)
+    return repr(chr(value)) if 32 <= value < 127 else f"0x{value:02x}"
+
+
 def cmd_verify(args) -> int:
-    checked, problems = inspect.verify(args.paths)
-    for problem in problems:
+    result = inspect.verify(args.paths)
+    for problem in result.problems:
         print(problem, file=sys.stderr)
-    if problems:
-        raise DataError(f"{len(problems)} problems in {checked} samples checked")
-    print(f"ok: {checked} samples verified")
+    if result.problems:
+        raise DataError(f"{len(result.problems)} problems in {result.samples} samples checked")
+    print(f"ok: {result.samples} samples verified")
+    if result.unchecked:
+        print(f"note: {result.unchecked} of them carry no checksum (stored uncompressed, or by format "
+              "v1): without index.json only their lengths could be checked")
     return 0
 
 
 def cmd_show(args) -> int:
-    shard, key, meta, payload = inspect.find_sample(args.paths, args.key, None if args.key else args.index)
+    index = None if args.key else args.index
+    shard, key, meta, head, length = inspect.find_sample(args.paths, args.key, index, args.bytes)
     print(f"shard  {shard}\nkey    {key}\nmeta   {json.dumps(meta, sort_keys=True)}")
-    head = payload[: args.bytes]
-    print(f"first {len(head)} of {len(payload)} bytes:")
+    print(f"first {len(head)} of {length} bytes:")
     if args.hex:
         print(inspect.hexdump(head))
     else:
@@ -110,8 +120,11 @@ def index_list(text: str) -> list[int]:
 def cmd_render(args) -> int:
     if args.count <= 0 or (args.columns is not None and args.columns <= 0) or args.scale <= 0:
         raise UsageError("--count, --columns and --scale must be positive")
-    written = render.render_samples(args.paths, args.out, args.indices, args.count, args.columns,
-                                    args.scale)
-    print(f"wrote {written[0]}" if len(written) == 1 else
-          f"wrote {len(written)} files in {written[0].parent}")
+    written, rendered = render.render_samples(args.paths, args.out, args.indices, args.count,
+                                              args.columns, args.scale)
+    total = inspect.count_samples(args.paths)
+    which = (f"those at {','.join(map(str, args.indices))}" if args.indices is not None else
+             f"the first {rendered}; --count N or --indices I,J,… choose others")
+    files = str(written[0]) if len(written) == 1 else f"{len(written)} files in {written[0].parent}"
+    print(f"rendered {rendered} of {total} samples ({which}): wrote {files}")
     return 0

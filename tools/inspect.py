@@ -2,7 +2,8 @@
 
 Every function takes a list of paths: dataset directories (read through their index.json) and/or
 single shard files (read directly; no manifest to check them against). Shards are read through
-pipeline.format.reader alone.
+pipeline.format.reader alone, and payloads in pieces: no sample is held whole, whatever its
+metadata claims.
 """
 
 from dataclasses import dataclass
@@ -11,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.format.errors import DataError, UsageError
-from pipeline.format.reader import (check_shard, dataset_shards, file_sha256, iter_metas, iter_samples,
-                                    iter_shard)
+from pipeline.format.reader import (check_shard, dataset_shards, file_sha256, has_checksum, iter_members,
+                                    iter_metas, iter_sample_members, read_chunks, read_meta)
+from pipeline.format.shards import sample_bound
 
 
 def list_shards(paths) -> list[dict]:
@@ -56,24 +58,44 @@ class Stats:
 
 
 def dataset_stats(paths, max_samples: int | None = None) -> Stats:
+    """Lengths, byte histogram and modalities of the samples, each read in pieces."""
     histogram = np.zeros(256, dtype=np.int64)
     lengths, modalities = [], {}
-    for _, _, meta, payload in iter_samples(paths):
+    for shard, bound, key, members in iter_sample_members(paths):
         if max_samples is not None and len(lengths) >= max_samples:
             break
-        histogram += np.bincount(np.frombuffer(payload, dtype=np.uint8), minlength=256)
-        lengths.append(len(payload))
-        modality = meta.get("modality", "?")
+        meta = read_meta(shard, key, members, bound)
+        for chunk in read_chunks(shard, key, members, meta["length"]):
+            data = np.frombuffer(chunk, dtype=np.uint8)
+            for start in range(0, len(data), 1 << 16):  # bincount counts in int64: 8 bytes a byte
+                histogram += np.bincount(data[start:start + (1 << 16)], minlength=256)
+        lengths.append(meta["length"])
+        modality = str(meta.get("modality", "?"))
         modalities[modality] = modalities.get(modality, 0) + 1
     lengths = np.array(lengths, dtype=np.int64)
     return Stats(len(lengths), int(lengths.sum()), lengths, histogram, modalities)
 
 
-def verify(paths) -> tuple[int, list[str]]:
+def count_samples(paths) -> int:
+    """How many samples the datasets hold: from their manifests, or counted in shard files."""
+    total = 0
+    for path in paths:
+        for shard, info in dataset_shards(path):
+            total += info.samples if info is not None else sum(1 for _ in iter_metas(shard))
+    return total
+
+
+@dataclass
+class Verified:
+    samples: int  # samples read
+    problems: list[str]  # one line each, naming the shard and, where there is one, the key
+    unchecked: int  # samples of shards without a manifest whose member carries no checksum
+
+
+def verify(paths) -> Verified:
     """Check every shard (size and sha256 against the manifest) and every member (decodes to its
-    recorded length; keys unique). Returns (samples checked, problems), each problem one line
-    naming the shard and, where there is one, the key."""
-    problems, checked = [], 0
+    recorded length, checksums where the zstd frame has one; keys unique)."""
+    result = Verified(0, [], 0)
     for path in paths:
         seen_keys = {}  # keys are unique within one dataset
         for shard, info in dataset_shards(path):
@@ -81,38 +103,46 @@ def verify(paths) -> tuple[int, list[str]]:
                 try:
                     check_shard(shard, info)
                 except DataError as error:
-                    problems.append(str(error))
+                    result.problems.append(str(error))
                     if not shard.is_file():
                         continue
-            checked += verify_members(shard, info, seen_keys, problems)
-    return checked, problems
+            verify_members(shard, info, seen_keys, result)
+    return result
 
 
-def verify_members(shard: Path, info, seen_keys: dict, problems: list[str]) -> int:
-    """Decode every sample of one shard, adding what is wrong to `problems`; returns the samples
-    read."""
+def verify_members(shard: Path, info, seen_keys: dict, result: Verified) -> None:
+    """Decode every sample of one shard, in pieces, adding what is wrong to `result`."""
     samples = payload = 0
+    bound = None if info is None else sample_bound(info)
     try:
-        for key, _, stream in iter_shard(shard):
+        for _, key, members in iter_members(shard):
+            meta = read_meta(shard, key, members, bound)
+            payload += sum(len(chunk) for chunk in read_chunks(shard, key, members, meta["length"]))
             samples += 1
-            payload += len(stream)
+            result.unchecked += info is None and not has_checksum(members)
             if key in seen_keys:
-                problems.append(f"{shard}: {key}: duplicate key (also in {seen_keys[key]})")
+                result.problems.append(f"{shard}: {key}: duplicate key (also in {seen_keys[key]})")
             seen_keys[key] = shard.name
     except DataError as error:
-        problems.append(str(error))
-        return samples
+        result.problems.append(str(error))
+        result.samples += samples
+        return
+    result.samples += samples
     if info is not None and (samples, payload) != (info.samples, info.payload_bytes):
-        problems.append(f"{shard}: {samples} samples / {payload} payload bytes, manifest "
-                        f"says {info.samples} / {info.payload_bytes}")
-    return samples
+        result.problems.append(f"{shard}: {samples} samples / {payload} payload bytes, manifest "
+                               f"says {info.samples} / {info.payload_bytes}")
 
 
-def find_sample(paths, key: str | None = None, index: int | None = None):
-    """(shard, key, meta, payload) of the sample with this key, or at this position (0-based)."""
-    for position, (shard, sample_key, meta, payload) in enumerate(iter_samples(paths)):
+def find_sample(paths, key: str | None = None, index: int | None = None, head: int = 512):
+    """(shard, key, meta, first `head` bytes, length) of the sample with this key, or at this
+    position (0-based). Only that sample is decoded, in pieces."""
+    for position, (shard, bound, sample_key, members) in enumerate(iter_sample_members(paths)):
         if sample_key == key or position == index:
-            return shard, sample_key, meta, payload
+            meta = read_meta(shard, sample_key, members, bound)
+            first = bytearray()
+            for chunk in read_chunks(shard, sample_key, members, meta["length"]):
+                first += chunk[: max(0, head - len(first))]
+            return shard, sample_key, meta, bytes(first), meta["length"]
     wanted = f"key {key}" if key is not None else f"index {index}"
     raise UsageError(f"no sample with {wanted} in {' '.join(map(str, paths))}")
 

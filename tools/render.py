@@ -15,9 +15,9 @@ import numpy as np
 import soundfile
 from PIL import Image
 
-from pipeline.format.audio_codec import decode_samples
-from pipeline.format.errors import UsageError
-from pipeline.format.reader import iter_samples
+from pipeline.format.audio_codec import ENCODINGS, decode_samples
+from pipeline.format.errors import DataError, UsageError
+from pipeline.format.reader import iter_sample_members, read_sample
 from pipeline.format.scan import from_patch_order
 
 GRID_BACKGROUND = (255, 255, 255)
@@ -78,13 +78,13 @@ def write_wav(path, raw: bytes, encoding: str, sample_rate: int) -> None:
 
 
 def select_samples(paths, indices: list[int] | None = None, count: int = 16):
-    """(key, meta, payload) of the samples at `indices` (dataset positions, 0-based), or the first
-    `count`; stops reading once it has them."""
+    """(position, shard, key, meta, payload) of the samples at `indices` (dataset positions,
+    0-based), or of the first `count`; only those are decoded, and reading stops once it has them."""
     wanted = set(indices) if indices is not None else set(range(count))
     found = {}
-    for position, (_, key, meta, payload) in enumerate(iter_samples(paths)):
+    for position, (shard, bound, key, members) in enumerate(iter_sample_members(paths)):
         if position in wanted:
-            found[position] = (key, meta, payload)
+            found[position] = (position, shard, key, *read_sample(shard, key, members, bound))
         if len(found) == len(wanted) or position >= max(wanted, default=-1):
             break
     missing = sorted(wanted - set(found))
@@ -95,25 +95,63 @@ def select_samples(paths, indices: list[int] | None = None, count: int = 16):
     return [found[p] for p in sorted(found)] if indices is None else [found[p] for p in indices]
 
 
+def sample_image(shard, key: str, meta: dict, payload: bytes) -> np.ndarray:
+    """The sample's pixels, (H, W, 3); metadata whose size does not fit its bytes is bad data."""
+    height, width = meta.get("height"), meta.get("width")
+    if not (type(height) is int and type(width) is int and height > 0 and width > 0
+            and height * width * 3 == len(payload)):
+        raise DataError(f"{shard}: {key}: {len(payload)} bytes are no RGB image of the size its "
+                        f"metadata gives (height {height!r}, width {width!r})")
+    return bytes_to_image(payload, (height, width))
+
+
+def sample_wav(path: Path, shard, key: str, meta: dict, payload: bytes) -> None:
+    """The sample as a WAV file; metadata without a usable encoding and sample rate is bad data."""
+    encoding, rate = meta.get("encoding"), meta.get("sample_rate")
+    if encoding not in ENCODINGS or type(rate) is not int or not 0 < rate < 2**31:
+        raise DataError(f"{shard}: {key}: no audio encoding and sample rate in its metadata "
+                        f"(encoding {encoding!r}, sample_rate {rate!r})")
+    try:
+        write_wav(path, payload, encoding, rate)
+    except soundfile.SoundFileError as error:
+        raise UsageError(f"{path}: cannot write ({error})") from None
+
+
 def render_samples(paths, out: Path, indices: list[int] | None = None, count: int = 16,
-                   columns: int | None = None, scale: int = 1) -> list[Path]:
+                   columns: int | None = None, scale: int = 1) -> tuple[list[Path], int]:
     """Image samples → one PNG grid at `out`; audio samples → WAV files (`out` itself for one
-    sample and a .wav name, else `out/<key>.wav`). Returns the files written."""
+    sample and a .wav name, else `out/<dataset index>-<key>.wav`). Returns (the files written,
+    how many samples they show)."""
     samples = select_samples(paths, indices, count)
-    modalities = {meta.get("modality") for _, meta, _ in samples}
-    if modalities == {"image"}:
-        images = [bytes_to_image(payload, (meta["height"], meta["width"])) for _, meta, payload in samples]
-        if len({image.shape for image in images}) > 1:
-            raise UsageError("the selected images differ in size; render them separately")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        image_grid(images, columns, scale=scale).save(out, format="PNG")
-        return [out]
-    if modalities == {"audio"}:
-        single = len(samples) == 1 and out.suffix.lower() == ".wav"
-        targets = [out] if single else [out / f"{key}.wav" for key, _, _ in samples]
-        targets[0].parent.mkdir(parents=True, exist_ok=True)
-        for target, (_, meta, payload) in zip(targets, samples):
-            write_wav(target, payload, meta["encoding"], meta["sample_rate"])
-        return targets
-    raise UsageError("render draws image or audio samples, one kind at a time; these are "
-                     f"{', '.join(sorted(map(str, modalities)))}")
+    modalities = {meta.get("modality") for _, _, _, meta, _ in samples}
+    if modalities not in ({"image"}, {"audio"}):
+        raise UsageError("render draws image or audio samples, one kind at a time; these are "
+                         f"{', '.join(sorted(map(str, modalities)))}")
+    try:
+        if modalities == {"image"}:
+            return [write_grid(out, samples, columns, scale)], len(samples)
+        return write_wavs(out, samples), len(samples)
+    except OSError as error:
+        raise UsageError(f"{error.filename or out}: cannot write ({error.strerror or error})") from None
+
+
+def write_grid(out: Path, samples: list, columns: int | None, scale: int) -> Path:
+    images = [sample_image(shard, key, meta, payload) for _, shard, key, meta, payload in samples]
+    if len({image.shape for image in images}) > 1:
+        raise UsageError("the selected images differ in size; render them separately")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(images, columns, scale=scale).save(out, format="PNG")
+    return out
+
+
+def write_wavs(out: Path, samples: list) -> list[Path]:
+    """One WAV per sample, named by its dataset index and key (keys are checked when read: no
+    path can come of them)."""
+    if len(samples) == 1 and out.suffix.lower() == ".wav":
+        targets = [out]
+    else:
+        targets = [out / f"{position:06d}-{key}.wav" for position, _, key, _, _ in samples]
+    targets[0].parent.mkdir(parents=True, exist_ok=True)
+    for target, (_, shard, key, meta, payload) in zip(targets, samples):
+        sample_wav(target, shard, key, meta, payload)
+    return targets

@@ -18,30 +18,34 @@ next shard begins; a re-run with the same arguments skips the work before the cu
 yielding the same shards as an uninterrupted run. The journal is removed once index.json exists.
 """
 
+import ctypes
 import fnmatch
 import glob
 import json
 import logging
 import multiprocessing
 import os
+import signal
+import sys
 import uuid
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import zstandard
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from pipeline.format.errors import DataError, UsageError
-from pipeline.format.shards import (INDEX_NAME, Manifest, ShardInfo, ShardWriter, load_manifest,
-                                    sample_members, shard_name, write_json_atomic)
+from pipeline.format.shards import (INDEX_NAME, Manifest, ShardInfo, ShardWriter, check_name,
+                                    load_manifest, payload_compressor, sample_members, shard_name,
+                                    write_json_atomic)
 
 log = logging.getLogger("megabyte.convert")
 
 JOURNAL_NAME = ".progress.json"
 SPILL_BYTES = 32 << 20  # encoded payloads larger than this go to a spill file, not through a pipe
+PR_SET_PDEATHSIG = 1  # linux/prctl.h: the signal a process gets when its parent dies
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,7 +85,7 @@ class Encoder:
         self.compression = compression
         self.level = level
         self.spill_dir = Path(spill_dir)
-        self._cctx = zstandard.ZstdCompressor(level=level) if compression == "zstd" else None
+        self._cctx = payload_compressor(level) if compression == "zstd" else None
 
     def encode(self, data: bytes) -> bytes | Path:
         """One document already in memory → its member (a spill file past SPILL_BYTES)."""
@@ -253,6 +257,9 @@ class ConvertOptions:
     strict: bool = False
     progress: bool = True
 
+    def __post_init__(self):
+        check_name(self.name)
+
 
 def prepare_output(options: ConvertOptions, arguments: dict) -> dict | None:
     """Check the output directory; return the journal to resume from (None: a fresh start).
@@ -276,7 +283,7 @@ def prepare_output(options: ConvertOptions, arguments: dict) -> dict | None:
         stray.unlink()
     journal_path = out / JOURNAL_NAME
     if journal_path.exists():
-        journal = json.loads(journal_path.read_text(encoding="utf-8"))
+        journal = read_journal(journal_path)
         if journal["arguments"] != arguments:
             raise UsageError(f"{out}: holds an unfinished conversion made with other arguments; "
                              "rerun it with the same arguments, or choose another --out")
@@ -284,6 +291,21 @@ def prepare_output(options: ConvertOptions, arguments: dict) -> dict | None:
     if any(out.iterdir()):
         raise UsageError(f"{out}: the output directory is not empty")
     return None
+
+
+def read_journal(path: Path) -> dict:
+    """The journal of an unfinished conversion, checked: its shard entries go into the manifest."""
+    try:
+        journal = json.loads(path.read_text(encoding="utf-8"))
+        journal["shards"] = [ShardInfo.from_dict(s) for s in journal["shards"]]
+        task, sample = journal["cursor"]
+        if not (isinstance(journal["arguments"], dict) and isinstance(journal["skipped"], list)
+                and type(task) is int and type(sample) is int):
+            raise ValueError("arguments, skipped or cursor of the wrong type")
+        return journal
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise UsageError(f"{path}: not a valid conversion journal ({error}); remove the output "
+                         "directory and convert again") from None
 
 
 def convert(converter, files: list[Path], options: ConvertOptions, arguments: dict) -> Manifest:
@@ -307,12 +329,16 @@ def convert(converter, files: list[Path], options: ConvertOptions, arguments: di
         with logging_redirect_tqdm():
             write_results(results, cursor, shards, bar, options.strict)
         shards.close()
+        manifest.save(options.out)
+        (options.out / JOURNAL_NAME).unlink(missing_ok=True)
+    except OSError as error:  # disk full, output removed…: what is written so far stays resumable
+        where = error.filename or options.out
+        raise UsageError(f"{where}: cannot write ({error.strerror or error}); the shards so far are "
+                         "kept: rerun the same command to go on") from None
     finally:
         bar.close()
         results.close()
         shards.abort()
-    manifest.save(options.out)
-    (options.out / JOURNAL_NAME).unlink(missing_ok=True)
     return manifest
 
 
@@ -323,7 +349,7 @@ def resume_point(out: Path, manifest: Manifest, journal: dict | None) -> tuple[i
     if journal is None:
         save_journal(out, manifest, (0, 0))
         return 0, 0
-    manifest.shards = [ShardInfo(**s) for s in journal["shards"]]
+    manifest.shards = journal["shards"]
     manifest.skipped = journal["skipped"]
     log.info(f"{out}: resuming after {len(manifest.shards)} complete shards")
     task, sample = journal["cursor"]
@@ -423,9 +449,23 @@ def save_journal(out: Path, manifest: Manifest, cursor: tuple[int, int]) -> None
 _worker_encoder = None
 
 
-def _init_worker(compression: str, level: int, spill_dir: Path) -> None:
+def _init_worker(parent: int, compression: str, level: int, spill_dir: Path) -> None:
     global _worker_encoder
+    die_with_parent(parent)
     _worker_encoder = Encoder(compression, level, spill_dir)
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this worker when its parent dies (Linux). A killed converter
+    would otherwise leave its workers waiting for tasks forever, and with them multiprocessing's
+    resource tracker, which ends when the last process holding its pipe does."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            log.warning(f"worker {os.getpid()}: prctl failed ({os.strerror(ctypes.get_errno())}); "
+                        "it will outlive a killed converter")
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def _run_in_worker(run_task, task) -> TaskResult:
@@ -459,7 +499,7 @@ def run_tasks(converter, tasks, options: ConvertOptions, first_task: int):
     # spawn, not fork: the parent may hold threads (torch, tqdm) that fork would copy mid-lock
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(options.workers, mp_context=context, initializer=_init_worker,
-                             initargs=encoder_args) as pool:
+                             initargs=(os.getpid(), *encoder_args)) as pool:
         in_flight = deque()
         try:
             for task_index, task in enumerate(tasks):

@@ -3,17 +3,21 @@
     shard file ──check_shard──▶ size, and sha256, as in its manifest entry
       ──iter_members──▶ (index, key, {extension: member bytes}) for samples start..stop-1: a sample
       │                 is the run of consecutive members whose names share the key (up to the
-      │                 first dot); members of samples before `start`, or not ending in `suffix`,
-      │                 are passed over unread
+      │                 first dot; a key that breaks the format's rules is an error); members of
+      │                 samples before `start`, or not ending in `suffix`, are passed over unread
       ──parse_meta──▶ the `.json` member: metadata whose `length` is an int within a bound
       ──decode_payload──▶ the byte stream from the member PAYLOAD_NAMES names, exactly `length`
-                          bytes: decompression never produces more (a zstd bomb is an error)
-    read_sample: the two for one sample; iter_shard: over a whole shard → (key, meta, bytes);
-    iter_metas: the metadata alone; iter_samples: every sample of datasets
+      │                   bytes: decompression never produces more (a zstd bomb is an error), and
+      │                   a frame with a checksum is checked
+      ──payload_chunks──▶ the same in pieces, for readers that need not hold a sample whole
+    read_meta, read_chunks, read_sample: the same for one sample, errors naming it;
+    iter_shard: over a whole shard → (key, meta, bytes); iter_metas: the metadata alone;
+    iter_sample_members, iter_samples: every sample of datasets, bounded by their manifests
 
 Errors are DataError. iter_shard stops at the first one, naming the shard and key; a caller with
 its own error policy (pipeline.load.reading) calls the stages one by one and names errors with
-sample_error.
+sample_error. What a sample may hold is bounded before anything is allocated for it: by its
+metadata length, itself bounded by its manifest entry (pipeline.format.shards.sample_bound).
 """
 
 import functools
@@ -27,12 +31,13 @@ from pathlib import Path
 import zstandard
 
 from pipeline.format.errors import DataError, UsageError
-from pipeline.format.shards import PAYLOAD_NAMES, ShardInfo, load_manifest
+from pipeline.format.shards import PAYLOAD_NAMES, ShardInfo, check_key, load_manifest, sample_bound
 
 # what reading a damaged archive raises: tarfile's errors, the file's read errors, and
 # ValueError from a malformed pax header field
 TAR_ERRORS = (tarfile.TarError, OSError, EOFError, ValueError)
 
+CHUNK_BYTES = 1 << 20  # decompressed bytes per piece of a streamed payload
 _decompressors: dict[int, zstandard.ZstdDecompressor] = {}  # pid → decompressor (not picklable)
 
 
@@ -119,18 +124,20 @@ def iter_members(path, start: int = 0, stop: int | None = None, *, suffix: str =
                     if members is not None:
                         yield index, key, members
                         done = key
-                    index, key = index + 1, member_key
+                    index, key = index + 1, check_key(member_key)
                     if stop is not None and index >= stop:
                         return
                     members = {} if index >= start else None
                 if members is None or not info.name.endswith(suffix):
                     continue
                 if extension in members:
-                    raise DataError(f"{path}: member {info.name} appears twice in a row")
+                    raise DataError(f"member {info.name} appears twice in a row")
                 members[extension] = tar.extractfile(info).read()
     except TAR_ERRORS as error:
         where = f"after sample {done}" if done is not None else f"before sample {start}"
         raise DataError(f"{path}: broken tar {where} ({error})") from None
+    except DataError as error:  # a member name that breaks the format's rules
+        raise DataError(f"{path}: {error}") from None
     if members is not None:
         yield index, key, members
     if stop is not None and index + 1 < stop:
@@ -148,13 +155,13 @@ def sample_error(path, key: str, error: DataError) -> DataError:
 
 def parse_meta(members: dict, max_length: int | None = None) -> dict:
     """The sample's metadata; its length must be an int in 0..max_length (when a bound is known:
-    the most a sample of the shard can hold)."""
+    the most a sample of the shard can hold, pipeline.format.shards.sample_bound)."""
     try:
         meta = json.loads(members["json"])
         length = meta["length"]
     except (KeyError, TypeError, ValueError) as error:
         raise DataError(f"no valid metadata ({type(error).__name__}: {error})") from None
-    if not isinstance(length, int) or length < 0:
+    if type(length) is not int or length < 0:
         raise DataError(f"metadata length {length!r} is not a byte count")
     if max_length is not None and length > max_length:
         raise DataError(f"metadata length {length} is outside 0..{max_length}, the most a sample "
@@ -170,52 +177,104 @@ def payload_member(members: dict) -> tuple[str, bytes]:
     raise DataError(f"no {' or '.join('.' + name for name in PAYLOAD_NAMES.values())} member")
 
 
-def decompress_bounded(data: bytes, max_bytes: int) -> bytes:
-    """Decompress a zstd member (any number of frames), refusing to produce more than
-    `max_bytes`: a zstd bomb is an error, not an out-of-memory."""
-    reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True)
-    out = reader.read(max_bytes + 1)
-    if len(out) > max_bytes:
-        raise DataError(f"decompresses to more than {max_bytes} bytes")
-    return out
+def length_error(produced: int, length: int) -> DataError:
+    if produced > length:
+        return DataError(f"decompresses to more than {length} bytes")
+    return DataError(f"payload is {produced} bytes, metadata says {length}")
 
 
-def decompress_zstd(data: bytes, length: int) -> bytes:
-    """At most `length` bytes out of a zstd member. The usual case, one frame that declares
-    `length`, takes one call of a decompressor reused in this process; anything else goes through
-    the bounded streaming reader, which also says what is wrong."""
+def declared_size(data: bytes) -> int:
+    """The content size the (first) zstd frame declares; -1 when it declares none."""
     try:
-        if length > 0 and zstandard.frame_content_size(data) <= length:
-            pid = os.getpid()
-            dctx = _decompressors.get(pid) or _decompressors.setdefault(pid, zstandard.ZstdDecompressor())
-            stream = dctx.decompress(data, max_output_size=length)
-            if len(stream) == length:
-                return stream
+        return zstandard.frame_content_size(data)
     except zstandard.ZstdError:
-        pass  # the streaming reader below decides and explains
+        return -1  # not even a frame header: the decompressor will say what is wrong
+
+
+def payload_chunks(members: dict, length: int):
+    """The sample's byte stream in pieces of at most CHUNK_BYTES, `length` bytes in all: more or
+    fewer is a DataError, raised before anything past `length` is produced (a zstd bomb is an
+    error, not an out-of-memory). For readers that need not hold a whole sample at once."""
+    compression, data = payload_member(members)
+    if compression == "none":
+        if len(data) != length:
+            raise length_error(len(data), length)
+        view = memoryview(data)
+        for start in range(0, length, CHUNK_BYTES):
+            yield view[start:start + CHUNK_BYTES]
+        return
+    declared = declared_size(data)
+    if declared > length:  # the first frame alone holds more: refused before decompressing
+        raise length_error(declared, length)
+    reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True)
+    produced = 0
     try:
-        return decompress_bounded(data, length)
+        while chunk := reader.read(min(CHUNK_BYTES, length + 1 - produced)):
+            produced += len(chunk)
+            if produced > length:
+                raise length_error(produced, length)
+            yield chunk
     except zstandard.ZstdError as error:
         raise DataError(f"corrupt zstd member ({error})") from None
+    if produced != length:
+        raise length_error(produced, length)
 
 
 def decode_payload(members: dict, length: int) -> bytes:
-    """The sample's byte stream: exactly `length` bytes (its metadata length)."""
+    """The sample's byte stream: exactly `length` bytes (its metadata length, bounded by the
+    caller). The usual case, one zstd frame that declares `length`, takes one call of a
+    decompressor reused in this process; anything else is read in pieces, which also says what
+    is wrong."""
     compression, data = payload_member(members)
-    stream = decompress_zstd(data, length) if compression == "zstd" else data
-    if len(stream) != length:
-        raise DataError(f"payload is {len(stream)} bytes, metadata says {length}")
-    return stream
+    if compression == "none" and len(data) == length:
+        return data
+    try:
+        if compression == "zstd" and length > 0 and declared_size(data) == length:
+            pid = os.getpid()
+            dctx = _decompressors.get(pid) or _decompressors.setdefault(pid, zstandard.ZstdDecompressor())
+            return dctx.decompress(data, max_output_size=length, allow_extra_data=False)
+    except zstandard.ZstdError:
+        pass  # the piecewise reader below decides and explains
+    stream = bytearray()
+    for chunk in payload_chunks(members, length):
+        stream += chunk
+    return bytes(stream)
+
+
+def has_checksum(members: dict) -> bool:
+    """Whether the byte-stream member checks itself: a zstd frame with a content checksum
+    (written since format v2; `.bin` members and older frames have none)."""
+    compression, data = payload_member(members)
+    try:
+        return compression == "zstd" and zstandard.get_frame_parameters(data).has_checksum
+    except zstandard.ZstdError:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
 # whole shards and datasets
 
 
+def read_meta(path, key: str, members: dict, max_length: int | None = None) -> dict:
+    """parse_meta, its errors naming the shard and key."""
+    try:
+        return parse_meta(members, max_length)
+    except DataError as error:
+        raise sample_error(path, key, error) from None
+
+
+def read_chunks(path, key: str, members: dict, length: int):
+    """payload_chunks, its errors naming the shard and key."""
+    try:
+        yield from payload_chunks(members, length)
+    except DataError as error:
+        raise sample_error(path, key, error) from None
+
+
 def read_sample(path, key: str, members: dict, max_length: int | None = None) -> tuple[dict, bytes]:
     """(meta, byte stream) of one sample; errors name the shard and key."""
+    meta = read_meta(path, key, members, max_length)
     try:
-        meta = parse_meta(members, max_length)
         return meta, decode_payload(members, meta["length"])
     except DataError as error:
         raise sample_error(path, key, error) from None
@@ -231,16 +290,22 @@ def iter_metas(path, stop: int | None = None, *, max_length: int | None = None):
     """Yield (key, meta) for samples 0..stop-1 of one shard (stop None: all), reading only the
     `.json` members."""
     for _, key, members in iter_members(path, 0, stop, suffix=".json"):
-        try:
-            yield key, parse_meta(members, max_length)
-        except DataError as error:
-            raise sample_error(path, key, error) from None
+        yield key, read_meta(path, key, members, max_length)
+
+
+def iter_sample_members(paths):
+    """(shard path, bound, key, members) over every sample of datasets and/or shard files, in
+    dataset order. bound: the most bytes a sample of that shard may hold (sample_bound of its
+    manifest entry), None for a shard file read without its manifest."""
+    for path in paths:
+        for shard, info in dataset_shards(path):
+            bound = None if info is None else sample_bound(info)
+            for _, key, members in iter_members(shard):
+                yield shard, bound, key, members
 
 
 def iter_samples(paths):
     """(shard path, key, meta, byte stream) over every sample of datasets and/or shard files, in
     dataset order."""
-    for path in paths:
-        for shard, _ in dataset_shards(path):
-            for key, meta, payload in iter_shard(shard):
-                yield shard, key, meta, payload
+    for shard, bound, key, members in iter_sample_members(paths):
+        yield shard, key, *read_sample(shard, key, members, bound)

@@ -1,4 +1,4 @@
-"""Shard format v1: deterministic, atomic WebDataset tars plus an `index.json` manifest.
+"""Shard format v2: deterministic, atomic WebDataset tars plus an `index.json` manifest.
 
     DIR/
       NAME-000000.tar    <key>.bin.zst  the byte stream (zstd; `.bin` when uncompressed)
@@ -11,21 +11,38 @@ bytes depend only on its samples: members are written in a fixed order with mtim
 mode 0644 and plain ustar headers (no pax headers carrying times), so a re-run gives
 byte-identical files and sha256. A shard is written under a temporary name, fsynced and renamed,
 so a file under a final name is always complete.
+
+v2 over v1: zstd frames carry their content size and a checksum (payload_compressor), so a member
+verifies without the manifest; each shard entry records `max_sample_bytes`, the longest sample,
+which bounds what a reader allocates. v1 datasets stay readable (their bound is the shard's
+payload bytes).
+
+Names read back from a shard or a manifest become file names (render, merge), so they follow
+fixed patterns, checked where they are read: keys KEY_PATTERN, shard files SHARD_PATTERN.
 """
 
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline.format.errors import UsageError
+import zstandard
+
+from pipeline.format.errors import DataError, UsageError
 
 FORMAT_NAME = "megabyte-shards"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 INDEX_NAME = "index.json"
 # compression → extension of a sample's byte-stream member; readers try them in this order
 PAYLOAD_NAMES = {"zstd": "bin.zst", "none": "bin"}
+# a key: letters, digits, "_" and "-" (no dot: webdataset splits a member name at its first dot;
+# no separator or "..": keys name rendered files); at most 90 bytes, so that every member name
+# fits a ustar header's 100
+KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,90}")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}")  # a dataset name: NAME of NAME-000000.tar
+SHARD_PATTERN = re.compile(rf"(?!.*\.\.)({NAME_PATTERN.pattern})-[0-9]{{6,}}\.tar")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -51,6 +68,39 @@ def write_json_atomic(path: Path, obj) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def payload_compressor(level: int) -> zstandard.ZstdCompressor:
+    """The zstd compressor of byte-stream members: frames that declare their content size (when it
+    is known in advance) and end with a checksum of it."""
+    return zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# names
+
+
+def check_key(key) -> str:
+    """A sample key, as the writer takes it and the reader accepts it (see KEY_PATTERN)."""
+    if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
+        raise DataError(f"invalid sample key {key!r}: keys are 1-90 letters, digits, '_' or '-' "
+                        "(no dot, no path)")
+    return key
+
+
+def check_name(name) -> str:
+    """A dataset name: NAME in NAME-000000.tar."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
+        raise UsageError(f"invalid dataset name {name!r}: use 1-80 letters, digits, '_', '-' or "
+                         "'.' (not first, no '..')")
+    return name
+
+
+def check_shard_name(name) -> str:
+    """A shard file name from a manifest: NAME-NNNNNN.tar, nothing that could leave the directory."""
+    if not isinstance(name, str) or not SHARD_PATTERN.fullmatch(name):
+        raise ValueError(f"shard name {name!r} is not NAME-NNNNNN.tar")
+    return name
 
 
 class HashingWriter:
@@ -79,6 +129,20 @@ class ShardInfo:
     payload_bytes: int  # uncompressed byte-stream bytes of all samples
     file_bytes: int  # size of the tar file
     sha256: str
+    max_sample_bytes: int | None = None  # the longest sample's byte stream; None: written by v1
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ShardInfo":
+        """A manifest's shard entry, checked: its name becomes a path, its counts bound reads."""
+        info = cls(**d)
+        check_shard_name(info.name)
+        counts = [info.samples, info.payload_bytes, info.file_bytes]
+        counts += [] if info.max_sample_bytes is None else [info.max_sample_bytes]
+        if not all(type(count) is int and count >= 0 for count in counts):
+            raise ValueError(f"shard {info.name}: samples and byte counts must be non-negative integers")
+        if not isinstance(info.sha256, str):
+            raise ValueError(f"shard {info.name}: sha256 {info.sha256!r} is not a hex digest")
+        return info
 
 
 @dataclass
@@ -110,8 +174,13 @@ class Manifest:
     def from_dict(cls, d: dict) -> "Manifest":
         d = dict(d)
         d.pop("totals", None)
-        d["shards"] = [ShardInfo(**s) for s in d["shards"]]
-        return cls(**d)
+        d["shards"] = [ShardInfo.from_dict(s) for s in d["shards"]]
+        manifest = cls(**d)
+        check_name(manifest.name)
+        if not (isinstance(manifest.arguments, dict) and isinstance(manifest.skipped, list)
+                and type(manifest.version) is int):
+            raise ValueError("arguments, skipped or version of the wrong type")
+        return manifest
 
     def save(self, directory: Path) -> None:
         write_json_atomic(Path(directory) / INDEX_NAME, self.to_dict())
@@ -124,7 +193,7 @@ def load_manifest(directory) -> Manifest:
         raise UsageError(f"{path}: no such manifest (is {directory} a converted dataset directory?)")
     try:
         manifest = Manifest.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, TypeError, KeyError) as error:
+    except (ValueError, TypeError, KeyError, UsageError) as error:
         raise UsageError(f"{path}: not a valid manifest ({error})") from None
     if manifest.format != FORMAT_NAME or manifest.version > FORMAT_VERSION:
         raise UsageError(f"{path}: format {manifest.format!r} v{manifest.version} is not readable "
@@ -132,8 +201,14 @@ def load_manifest(directory) -> Manifest:
     return manifest
 
 
+def sample_bound(info: ShardInfo) -> int:
+    """The most bytes one sample of this shard may hold: its recorded longest sample, or, for a
+    shard written by v1, the payload bytes of the whole shard."""
+    return info.payload_bytes if info.max_sample_bytes is None else info.max_sample_bytes
+
+
 def shard_name(name: str, number: int) -> str:
-    return f"{name}-{number:06d}.tar"
+    return f"{check_name(name)}-{number:06d}.tar"
 
 
 def payload_name(compression: str) -> str:
@@ -178,11 +253,6 @@ def tar_member(name: str, data: bytes) -> bytes:
     return ustar_header(name, len(data)) + data + bytes(-len(data) % 512)
 
 
-def check_key(key: str) -> None:
-    if "." in key or "/" in key or not key:
-        raise ValueError(f"invalid sample key {key!r}: keys are non-empty and have no dot or slash")
-
-
 def meta_member(key: str, meta: dict) -> bytes:
     meta_bytes = json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
     return tar_member(f"{key}.json", meta_bytes)
@@ -211,6 +281,7 @@ class ShardWriter:
         self._out = HashingWriter(self._file)
         self.samples = 0
         self.payload_bytes = 0
+        self.max_sample_bytes = 0
 
     @property
     def file_bytes(self) -> int:
@@ -237,6 +308,7 @@ class ShardWriter:
         self._out.write(members)
         self.samples += 1
         self.payload_bytes += payload_length
+        self.max_sample_bytes = max(self.max_sample_bytes, payload_length)
 
     def close(self) -> ShardInfo:
         self._out.write(bytes(1024))  # end of archive: two zero blocks
@@ -248,8 +320,13 @@ class ShardWriter:
         os.replace(self.tmp_path, self.path)
         fsync_dir(self.path.parent)
         return ShardInfo(self.path.name, self.samples, self.payload_bytes, self.file_bytes,
-                         self._out.sha256.hexdigest())
+                         self._out.sha256.hexdigest(), self.max_sample_bytes)
 
     def abort(self) -> None:
-        self._file.close()
+        """Drop the unfinished shard. Closing flushes, and may fail as the write that stopped it
+        did (a full disk): the file is closed all the same, and removed."""
+        try:
+            self._file.close()
+        except OSError:
+            pass
         self.tmp_path.unlink(missing_ok=True)

@@ -40,6 +40,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from pipeline.load.packing import decode_rows, keep, rows_to_yield
+from pipeline.load.reading import errors_as_items, raise_error_item
 from pipeline.load.streams import DatasetStream, Source
 from pipeline.load.validation import ValidationDataset, ValidationLoader, make_layout
 
@@ -169,7 +170,8 @@ class Mixer:
 class TrainDataset(IterableDataset):
     """One rank's batches; in each DataLoader worker, that worker's stream. Stateful (torchdata).
 
-    Yields fetches: `config.fetch` batches at once, rows encoded by packing.encode_rows.
+    Yields fetches: `config.fetch` batches at once, rows encoded by packing.encode_rows; bad data
+    under on_error="raise" as a last {"error": message} item (reading.errors_as_items).
     state_dict(): {"stream", "streams", "batches", "mixed", "datasets": [DatasetStream state]}
     """
 
@@ -213,6 +215,9 @@ class TrainDataset(IterableDataset):
         self._streams, self._pending = None, state
 
     def __iter__(self):
+        return errors_as_items(self._fetches())
+
+    def _fetches(self):
         if self._streams is None:
             self._build()
         config = self.config
@@ -283,7 +288,7 @@ class TrainLoader:
             # where to come back to if a checkpoint falls inside this round (none can when a
             # round is one batch, and state_dict() is not free: skip it then)
             before = self.dataloader.state_dict() if workers * per_fetch > 1 else None
-            round_ = [next(fetches) for _ in range(workers)]
+            round_ = [raise_error_item(next(fetches)) for _ in range(workers)]
             self._fetch, self._used, self._skip = (before, workers * per_fetch), self._skip, 0
             while self._used < self._fetch[1]:
                 index, worker = divmod(self._used, workers)

@@ -92,16 +92,20 @@ class Transform:
         if meta.get("modality") != self.modality:
             raise DataError(f"sample of modality {meta.get('modality')!r} in a {self.modality} dataset")
         length, window = self.length_and_window(meta)
-        if payload is None:
-            return Tokens(np.full(length, PAD_ID, dtype=np.uint16), None, window)
+        if payload is None:  # PAD ids of its length, as a view of one id: nothing allocated
+            return Tokens(np.broadcast_to(np.uint16(PAD_ID), (length,)), None, window)
         data = np.frombuffer(payload, dtype=np.uint8)
         if self.modality == "text":
             return Tokens(data, BOUNDARY_PART, window)
         if self.modality == "image" and self.image_order == "patch":
-            size, width, channels = meta["height"], meta["width"], meta.get("channels", 3)
-            if size != width or channels != 3:
-                raise DataError(f"patch-scan order needs square RGB images, got {size}×{width}×{channels}")
-            data = to_patch_order(data, size, self.patch_size)
+            size, width, channels = meta.get("height"), meta.get("width"), meta.get("channels", 3)
+            if not (type(size) is int and size == width and channels == 3 and 3 * size * size == len(data)):
+                raise DataError(f"patch-scan order needs square RGB images of their length, got "
+                                f"{size}×{width}×{channels} for {len(data)} bytes")
+            try:
+                data = to_patch_order(data, size, self.patch_size)
+            except ValueError as error:  # the image side is not a multiple of the block side
+                raise DataError(str(error)) from None
         return Tokens(data, None, window)
 
 

@@ -4,7 +4,8 @@
       ──iter_members──▶ samples start..stop-1 as {extension: bytes}; samples before `start` are
       │                passed over without reading their members into memory
       ──parse_meta, decode_payload──▶ meta + payload, decompression bounded by the metadata
-      │                length, itself bounded by the shard's payload bytes in the manifest
+      │                length, itself bounded by the shard's longest sample in the manifest
+      │                (sample_bound: the shard's payload bytes for a v1 manifest)
       ──Transform──▶ (sample index, Tokens)                              = read_tokens
 The stages before Transform are pipeline.format.reader's, the one reader of the shard format.
 
@@ -20,7 +21,7 @@ from pathlib import Path
 from pipeline.format.errors import DataError
 from pipeline.format.reader import (check_shard, decode_payload, iter_members, iter_metas, parse_meta,
                                     sample_error)
-from pipeline.format.shards import ShardInfo
+from pipeline.format.shards import ShardInfo, sample_bound
 
 log = logging.getLogger("megabyte.loader")
 
@@ -49,13 +50,32 @@ class ErrorPolicy:
         log.warning(f"skipped bad data: {error}")
 
 
+def errors_as_items(items):
+    """Yield from `items`; a DataError ends them with one last item {"error": its message}.
+
+    DataLoader workers hand their batches over this way, so that a DataError reaches the main
+    process as its one line (torch would re-raise it there wrapped in the worker's traceback);
+    raise_error_item raises it again."""
+    try:
+        yield from items
+    except DataError as error:
+        yield {"error": str(error)}
+
+
+def raise_error_item(item: dict) -> dict:
+    """The item as it is, or its DataError raised (see errors_as_items)."""
+    if "error" in item:
+        raise DataError(item["error"])
+    return item
+
+
 def sample_tokens(shard: ShardRef, key: str, members: dict, transform, policy: ErrorPolicy,
                   keep_places: bool):
     """One sample's Tokens; None when it is bad and skipped, or with keep_places, PAD ids of its
     length in its place (when its metadata can still say that length)."""
     meta = None
     try:
-        meta = parse_meta(members, shard.info.payload_bytes)
+        meta = parse_meta(members, sample_bound(shard.info))
         return transform(meta, decode_payload(members, meta["length"]))
     except DataError as error:
         policy.handle(sample_error(shard.path, key, error))
@@ -95,4 +115,4 @@ def read_tokens(shard: ShardRef, start: int, stop: int, transform, *, verify: bo
 def scan_metas(shard: ShardRef) -> list[dict]:
     """Every sample's metadata, reading only the .json members (for layouts that need lengths)."""
     return [meta for _, meta in iter_metas(shard.path, shard.info.samples,
-                                           max_length=shard.info.payload_bytes)]
+                                           max_length=sample_bound(shard.info))]

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.format.errors import DataError
 from pipeline.load.packing import ConcatPacker, decode_rows, keep, rows_to_yield
-from pipeline.load.reading import ErrorPolicy, scan_metas
+from pipeline.load.reading import ErrorPolicy, errors_as_items, raise_error_item, scan_metas
 from pipeline.load.streams import END, PIECE_END, Cursor, Piece, Source, StreamReader
 
 
@@ -134,6 +134,9 @@ class ValidationDataset(IterableDataset):
             yield []
 
     def __iter__(self):
+        return errors_as_items(self._batches())
+
+    def _batches(self):
         info = get_worker_info()
         low, high = self.part(info.id if info is not None else 0)
         rows = []
@@ -162,5 +165,5 @@ class ValidationLoader:
         return self.dataset.num_batches
 
     def __iter__(self):
-        for batch in self.dataloader:
+        for batch in map(raise_error_item, self.dataloader):
             yield {"ids": decode_rows(batch), "modality": batch["modality"]}
