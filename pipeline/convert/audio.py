@@ -18,6 +18,7 @@ Keys: `<file index>-<clip index>` (clip 0 for a whole file).
 
 import functools
 import os
+import struct
 from dataclasses import dataclass
 from math import gcd
 from pathlib import Path
@@ -39,6 +40,7 @@ RESAMPLE_STEP = 1 << 18  # input samples per resampling step (about)
 TASK_MAX_FILES = 32
 TASK_SOURCE_BYTES = 4 << 20  # small tasks keep the workers evenly busy on a few long files
 READ_ERRORS = (soundfile.SoundFileError, OSError)
+OGG_END_OF_STREAM = 0x04  # the flag of an Ogg stream's last page
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,17 +141,68 @@ class AudioSettings:
 
 
 def mono_blocks(sound: soundfile.SoundFile):
-    """The file's frames, downmixed: the mean of its channels, block by block."""
+    """The file's frames, downmixed: the mean of its channels, block by block. Fewer frames than
+    the file declares is a truncated file."""
+    read = 0
     for block in sound.blocks(READ_FRAMES, dtype="float32", always_2d=True):  # (frames, channels)
+        read += len(block)
         mono = block[:, 0].copy()  # (frames,)
         for channel in range(1, block.shape[1]):  # 30× faster than block.mean(axis=1)
             mono += block[:, channel]
         yield mono if block.shape[1] == 1 else mono * np.float32(1 / block.shape[1])
+    if read != sound.frames:
+        raise SkipInput(f"truncated: {read} of the {sound.frames} frames it declares")
+
+
+# ---------------------------------------------------------------------------------------------
+# truncation libsndfile does not report: it reads a cut WAV or Ogg file up to where it ends and
+# declares only the frames it finds (a cut FLAC is an error already)
+
+
+def wav_missing_bytes(path: Path) -> int:
+    """How many bytes the WAV file's data chunk declares beyond the end of the file."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        riff = f.read(12)
+        if riff[:4] not in (b"RIFF", b"RIFX") or riff[8:12] != b"WAVE":
+            return 0  # RF64, W64: not checked
+        order, position = "<" if riff[:4] == b"RIFF" else ">", 12
+        while position + 8 <= size:
+            f.seek(position)
+            chunk, chunk_size = struct.unpack(order + "4sI", f.read(8))
+            if chunk == b"data":  # 0 and 0xFFFFFFFF: a streamed file that never said its size
+                return 0 if chunk_size in (0, 0xFFFFFFFF) else max(0, position + 8 + chunk_size - size)
+            position += 8 + chunk_size + chunk_size % 2  # chunks are padded to even sizes
+    return 0
+
+
+def ogg_ends_whole(path: Path) -> bool:
+    """Whether the Ogg file is a run of whole pages, the last one marked end-of-stream."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        position, flags = 0, 0
+        while position < size:
+            f.seek(position)
+            header = f.read(27)  # "OggS", version, flags, granule, serial, sequence, crc, segments
+            lacing = f.read(header[26]) if len(header) == 27 else b""
+            if header[:4] != b"OggS" or len(lacing) != header[26]:
+                return False
+            position += 27 + len(lacing) + sum(lacing)
+            flags = header[5]
+    return position == size and bool(flags & OGG_END_OF_STREAM)
+
+
+def check_whole(path: Path, sound: soundfile.SoundFile) -> None:
+    if sound.format in ("WAV", "WAVEX") and (missing := wav_missing_bytes(path)):
+        raise SkipInput(f"truncated: the WAV data chunk lacks its last {missing} bytes")
+    if sound.format == "OGG" and not ogg_ends_whole(path):
+        raise SkipInput("truncated: the Ogg stream does not end with a whole end-of-stream page")
 
 
 def convert_audio_file(item: FileItem, settings: AudioSettings, encoder) -> list[Sample]:
     try:
         with soundfile.SoundFile(item.path) as sound:
+            check_whole(item.path, sound)
             if sound.frames == 0:
                 raise SkipInput("no audio frames")
             meta = {"modality": "audio", "source": str(item.path),

@@ -1,58 +1,125 @@
 """Join the datasets written by `convert --part i/n` (one per part) into one dataset directory.
 
-Shards are hard-linked when the parts are on the same filesystem (copied through a temporary name
-otherwise) and renumbered NAME-000000.tar… in part order; the parts are left untouched. The merged
-manifest is written last, so an interrupted merge leaves no index.json and can simply be rerun.
+    part manifests ──check_parts──▶ the complete set 0/n … n-1/n, converted with the same arguments
+      ──▶ merged manifest: their shards renumbered NAME-000000.tar… in part order
+      ──prepare_output──▶ an empty directory, or one an interrupted merge of the same parts left
+      ──place_shard──▶ each shard hard-linked (same filesystem) or copied and checked against its
+      │               sha256, under a temporary name then renamed: a shard file is whole or absent
+      ──▶ index.json, written last
+
+The parts are left untouched. An interrupted merge leaves no index.json; rerunning it keeps the
+shards already in place (the same file, or the same size and sha256) and places the rest, so it
+ends with the same dataset as an uninterrupted merge. Shard names come from the part manifests,
+which load_manifest checks (NAME-NNNNNN.tar, nothing that leaves the directory).
 """
 
 import os
-import shutil
 from pathlib import Path
 
-from pipeline.format.errors import UsageError
-from pipeline.format.shards import Manifest, load_manifest, shard_name
+from pipeline.format.errors import DataError, UsageError
+from pipeline.format.reader import check_shard, file_sha256
+from pipeline.format.shards import (INDEX_NAME, HashingWriter, Manifest, ShardInfo, fsync_dir,
+                                    load_manifest, shard_name)
 
 
 def merge_parts(part_dirs: list[Path], out: Path) -> Manifest:
-    manifests = [load_manifest(d) for d in part_dirs]
+    parts = check_parts(part_dirs)
+    first = parts[0][1]
+    common = {k: v for k, v in first.arguments.items() if k != "part"}
+    merged = Manifest(first.name, first.modality, {**common, "merged_parts": len(parts)})
+    placements = []  # (part shard path, its entry, merged name)
+    for directory, manifest in parts:
+        for info in manifest.shards:
+            new_name = shard_name(merged.name, len(merged.shards))
+            placements.append((Path(directory) / info.name, info, new_name))
+            merged.shards.append(ShardInfo(**{**vars(info), "name": new_name}))
+        merged.skipped.extend(manifest.skipped)
+    if prepare_output(out, merged):
+        return merged
+    try:
+        for source, info, new_name in placements:
+            place_shard(source, info, out / new_name)
+        fsync_dir(out)
+        merged.save(out)
+    except OSError as error:  # disk full…: the shards placed so far stay, whole
+        raise UsageError(f"{error.filename or out}: cannot write ({error.strerror or error}); "
+                         "rerun the same command to go on") from None
+    return merged
+
+
+def check_parts(part_dirs: list[Path]) -> list[tuple[Path, Manifest]]:
+    """(directory, manifest) of each part in part order; they must be the complete set 0/n …
+    n-1/n, converted with the same arguments."""
     by_part = {}
-    for directory, manifest in zip(part_dirs, manifests):
+    for directory in part_dirs:
+        manifest = load_manifest(directory)
         part = manifest.arguments.get("part")
-        if part is None:
+        if not isinstance(part, str):
             raise UsageError(f"{directory}: was not converted with --part i/n")
         if part in by_part:
             raise UsageError(f"{directory}: part {part} given twice (also {by_part[part][0]})")
         by_part[part] = (directory, manifest)
-    count = int(next(iter(by_part)).split("/")[1])
-    expected = [f"{i}/{count}" for i in range(count)]
-    if sorted(by_part, key=lambda p: int(p.split("/")[0])) != expected:
+    count = next(iter(by_part)).partition("/")[2]
+    expected = [f"{i}/{count}" for i in range(int(count))] if count.isdigit() else []
+    if sorted(by_part) != sorted(expected):
         raise UsageError(f"parts {sorted(by_part)} are not the complete set {expected}")
-    first = by_part[expected[0]][1]
-    common = {k: v for k, v in first.arguments.items() if k != "part"}
-    for part in expected:
-        directory, manifest = by_part[part]
+    parts = [by_part[part] for part in expected]
+    common = {k: v for k, v in parts[0][1].arguments.items() if k != "part"}
+    for directory, manifest in parts:
         if {k: v for k, v in manifest.arguments.items() if k != "part"} != common:
-            raise UsageError(f"{directory}: converted with other arguments than {by_part[expected[0]][0]}")
-
-    out.mkdir(parents=True, exist_ok=True)
-    if any(out.iterdir()):
-        raise UsageError(f"{out}: the output directory is not empty")
-    merged = Manifest(first.name, first.modality, {**common, "merged_parts": count})
-    for part in expected:
-        directory, manifest = by_part[part]
-        for shard in manifest.shards:
-            new_name = shard_name(merged.name, len(merged.shards))
-            link_or_copy(Path(directory) / shard.name, out / new_name)
-            merged.shards.append(type(shard)(**{**vars(shard), "name": new_name}))
-        merged.skipped.extend(manifest.skipped)
-    merged.save(out)
-    return merged
+            raise UsageError(f"{directory}: converted with other arguments than {parts[0][0]}")
+    return parts
 
 
-def link_or_copy(source: Path, target: Path) -> None:
+def prepare_output(out: Path, merged: Manifest) -> bool:
+    """Make `out` ready; True when it already holds this merge, finished. Files an interrupted
+    merge of the same parts left are kept; anything else there is refused."""
     try:
-        os.link(source, target)
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"{out}: cannot create the output directory ({error.strerror})") from None
+    if (out / INDEX_NAME).exists():
+        if load_manifest(out).to_dict() == merged.to_dict():
+            return True
+        raise UsageError(f"{out}: holds another dataset; choose another --out")
+    ours = {info.name for info in merged.shards}
+    for name in ours:  # a link or copy cut off by a kill
+        (out / f".{name}.tmp").unlink(missing_ok=True)
+    others = sorted(path.name for path in out.iterdir() if path.name not in ours)
+    if others:
+        raise UsageError(f"{out}: the output directory is not empty (it holds {others[0]}, which "
+                         "no merge of these parts writes)")
+    return False
+
+
+def place_shard(source: Path, info: ShardInfo, target: Path) -> None:
+    """The part's shard under its merged name: kept if already there, else linked or copied
+    through a temporary name. The part's shard must have its manifest size (a copy, its sha256)."""
+    check_shard(source, info, sha256=False)
+    if target.exists() and (os.path.samefile(source, target) or (
+            target.stat().st_size == info.file_bytes and file_sha256(target) == info.sha256)):
+        return
+    tmp = target.with_name(f".{target.name}.tmp")
+    try:
+        os.link(source, tmp)
     except OSError:
-        tmp = target.with_name(f".{target.name}.tmp")
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
+        copy_checked(source, info, tmp)
+    os.replace(tmp, target)
+
+
+def copy_checked(source: Path, info: ShardInfo, target: Path) -> None:
+    """Copy a shard, checking the sha256 of what was copied against its manifest entry."""
+    try:
+        with open(source, "rb") as src, open(target, "wb") as dst:
+            out = HashingWriter(dst)
+            while chunk := src.read(1 << 20):
+                out.write(chunk)
+            dst.flush()
+            os.fsync(dst.fileno())
+    except OSError:
+        target.unlink(missing_ok=True)
+        raise
+    if out.sha256.hexdigest() != info.sha256:
+        target.unlink()
+        raise DataError(f"{source}: sha256 does not match its part's manifest: the shard is "
+                        "corrupt or was replaced")

@@ -12,6 +12,7 @@ as one run.
 """
 
 import gzip
+import io
 import json
 import lzma
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from pipeline.convert.driver import (FileItem, Sample, SkipInput, TaskResult, ba
 COMPRESSION_SUFFIXES = (".gz", ".zst", ".xz")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 READ_CHUNK = 1 << 20
+ZSTD_INPUT_STEP = 1 << 13
 DOCS_PER_TASK_BYTES = 4 << 20
 FILES_PER_TASK = 256
 # what a broken or unreadable source raises while being read
@@ -39,9 +41,52 @@ def open_source(path: Path):
     if suffix == ".xz":
         return lzma.open(path, "rb")
     if suffix == ".zst":
-        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True,
-                                                          closefd=True)
+        return io.BufferedReader(ZstdFrames(path), READ_CHUNK)
     return open(path, "rb")
+
+
+class ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of a .zst file, frame after frame. A file that ends inside a frame
+    is an EOFError, as gzip and lzma raise: zstandard's stream reader would end there silently,
+    and half a document would pass for a whole one."""
+
+    def __init__(self, path: Path):
+        self.file = open(path, "rb")
+        self.dctx = zstandard.ZstdDecompressor()
+        self.frame = None  # the current frame's decompressor; None between frames
+        self.out, self.position = b"", 0  # decompressed bytes, and how many were returned
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self.position == len(self.out):
+            # a small step of input keeps one call's output bounded: a zstd block of a few bytes
+            # expands to at most 128 KiB
+            data = self.file.read(ZSTD_INPUT_STEP)
+            if not data:
+                if self.frame is not None:
+                    raise EOFError("the file ends inside a zstd frame (truncated)")
+                return 0
+            self.out, self.position = self.decompress(data), 0
+        size = min(len(buffer), len(self.out) - self.position)
+        buffer[:size] = self.out[self.position:self.position + size]
+        self.position += size
+        return size
+
+    def decompress(self, data: bytes) -> bytes:
+        out = []
+        while data:
+            self.frame = self.frame or self.dctx.decompressobj()
+            out.append(self.frame.decompress(data))
+            if not self.frame.eof:
+                break
+            data, self.frame = self.frame.unused_data, None  # the next frame starts here
+        return b"".join(out)
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()
 
 
 def is_jsonl(path: Path) -> bool:
