@@ -105,6 +105,19 @@ def regular_members(tar: tarfile.TarFile):
             yield info
 
 
+def archive_end_problem(file, offset: int) -> str | None:
+    """What is wrong with the end of an archive that tarfile reached at `offset`, if anything.
+    tarfile takes a damaged or missing header after the first one for the end of the archive:
+    the end is real only where two zero blocks, and nothing but zeros, follow."""
+    file.seek(offset)
+    zeros = 0
+    while chunk := file.read(1 << 16):
+        if chunk.count(0) != len(chunk):
+            return f"an unreadable member header at byte {offset}"
+        zeros += len(chunk)
+    return None if zeros >= 1024 else f"it ends at byte {offset + zeros} without the end-of-archive blocks"
+
+
 def iter_members(path, start: int = 0, stop: int | None = None, *, suffix: str = ""):
     """Yield (index, key, {extension: bytes}) for samples start..stop-1 of a shard (stop None:
     to its end), in stored order. A shard that ends before `stop` is a DataError."""
@@ -116,6 +129,7 @@ def iter_members(path, start: int = 0, stop: int | None = None, *, suffix: str =
     except OSError as error:
         raise unreadable(path, error) from None
     index, key, members, done = -1, None, None, None  # done: the key of the last sample yielded
+    end = None  # what is wrong with the end of the archive, if anything
     try:
         with file, tarfile.open(fileobj=file, mode="r:") as tar:
             for info in regular_members(tar):
@@ -133,6 +147,7 @@ def iter_members(path, start: int = 0, stop: int | None = None, *, suffix: str =
                 if extension in members:
                     raise DataError(f"member {info.name} appears twice in a row")
                 members[extension] = tar.extractfile(info).read()
+            end = archive_end_problem(file, tar.offset)
     except TAR_ERRORS as error:
         where = f"after sample {done}" if done is not None else f"before sample {start}"
         raise DataError(f"{path}: broken tar {where} ({error})") from None
@@ -140,6 +155,8 @@ def iter_members(path, start: int = 0, stop: int | None = None, *, suffix: str =
         raise DataError(f"{path}: {error}") from None
     if members is not None:
         yield index, key, members
+    if end is not None:
+        raise DataError(f"{path}: broken tar after sample {key} ({end})")
     if stop is not None and index + 1 < stop:
         raise DataError(f"{path}: ends after {index + 1} samples, {stop} expected")
 
