@@ -81,7 +81,9 @@ def register(subparsers) -> None:
 
     merge = kinds.add_parser("merge", help="join the datasets of `convert --part i/n` runs into one")
     merge.add_argument("parts", nargs="+", type=Path, metavar="PART_DIR", help="one directory per part")
-    merge.add_argument("--out", required=True, type=Path, help="merged dataset directory (new or empty)")
+    merge.add_argument("--out", required=True, type=Path,
+                       help="merged dataset directory: new, empty, or left by an interrupted merge "
+                            "of the same parts (rerunning goes on)")
     merge.set_defaults(func=cmd_convert_merge)
 
 

@@ -36,7 +36,7 @@ def register(subparsers) -> None:
     render_verb = add_verb("render", "image samples → one PNG grid, audio samples → WAV files, decoded "
                                      "from the stored bytes", cmd_render)
     render_verb.add_argument("--out", required=True, type=Path, metavar="FILE",
-                             help="the PNG to write (images), or a folder for <key>.wav files (audio; a "
+                             help="the PNG to write (images), or a folder for <index>-<key>.wav files (audio; a "
                                   ".wav name for one sample)")
     chosen = render_verb.add_mutually_exclusive_group()
     chosen.add_argument("--count", type=int, default=16, help="render the first N samples (default: 16)")

@@ -70,10 +70,19 @@ def write_json_atomic(path: Path, obj) -> None:
     fsync_dir(path.parent)
 
 
-def payload_compressor(level: int) -> zstandard.ZstdCompressor:
-    """The zstd compressor of byte-stream members: frames that declare their content size (when it
-    is known in advance) and end with a checksum of it."""
-    return zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
+class HashingWriter:
+    """A write-only file wrapper that hashes and counts what passes through it."""
+
+    def __init__(self, f):
+        self.f = f
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.f.write(data)
+        self.sha256.update(data)
+        self.size += len(data)
+        return len(data)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,21 +110,6 @@ def check_shard_name(name) -> str:
     if not isinstance(name, str) or not SHARD_PATTERN.fullmatch(name):
         raise ValueError(f"shard name {name!r} is not NAME-NNNNNN.tar")
     return name
-
-
-class HashingWriter:
-    """A write-only file wrapper that hashes and counts what passes through it."""
-
-    def __init__(self, f):
-        self.f = f
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data) -> int:
-        self.f.write(data)
-        self.sha256.update(data)
-        self.size += len(data)
-        return len(data)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,6 +214,12 @@ def payload_name(compression: str) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # writing
+
+
+def payload_compressor(level: int) -> zstandard.ZstdCompressor:
+    """The zstd compressor of byte-stream members: frames that declare their content size (when it
+    is known in advance) and end with a checksum of it."""
+    return zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
 
 
 def ustar_header(name: str, size: int) -> bytes:
