@@ -32,11 +32,12 @@ from pipeline.convert.text import TextConverter  # noqa: E402
 from tools.cmd_demo import stdlib_sources  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 from train.engine import init_distributed  # noqa: E402
-from train.loop import RunState, StopRequest, train_loop  # noqa: E402
-from train.main import build_trainer, resume  # noqa: E402
+from train.loop import StopRequest, train_loop  # noqa: E402
+from train.state import RunState  # noqa: E402
+from train.trainer import build_trainer  # noqa: E402
 from train.metrics import MetricsLogger, read_metrics  # noqa: E402
 
-train.loop.save = lambda t, state: None  # the loop's final checkpoint is not what is measured
+train.loop.save = lambda t: None  # the loop's final checkpoint is not what is measured
 
 # model sections: name → (MegaByte, baseline of about the same parameter count)
 MODELS = {
@@ -69,7 +70,8 @@ def timed_run(t, steps: int, warmup: int, run_dir: Path) -> tuple[float, float |
     t.config.optim.total_steps = warmup + steps
     run_dir.mkdir(parents=True, exist_ok=True)
     t.metrics = MetricsLogger(run_dir, t.rank == 0)
-    train_loop(t, RunState(), StopRequest())
+    t.run_state = RunState()
+    train_loop(t, StopRequest())
     t.metrics.close()
     records = [r for r in read_metrics(run_dir) if r["kind"] == "train" and r["step"] > warmup]
     mfu = statistics.median(r["mfu"] for r in records) if "mfu" in records[0] else None
@@ -84,8 +86,7 @@ def bench_model(model_section: dict, args, data: Path, folder: Path, rank, world
            "run": {"out_dir": str(folder / "run"), "checkpoint_every": 0, "eval_every": 0,
                    "log_every": 1, "progress": False, "keep_last": 1, "compile": args.compile}}
     config = TrainConfig.from_dict(raw)
-    t = build_trainer(config, rank, world, device)
-    resume(t)  # a fresh output directory: just starts the batches
+    t = build_trainer(config, rank, world, device)  # a fresh output directory: nothing to resume
     shards, mfu_shards = timed_run(t, args.steps, args.warmup, folder / "shards")
     batches = [next(t.batches) for _ in range(8)]  # then the same engine on batches in memory
     t.batches = itertools.cycle(batches)

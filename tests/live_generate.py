@@ -13,9 +13,9 @@ import torch.distributed as dist
 from model import generate
 from train.config import load_config
 from train.flags import add_train_flags
-from train.loop import StopRequest, train_loop
 from train.engine import init_distributed
-from train.main import build_trainer, resume
+from train.loop import StopRequest, train_loop
+from train.trainer import build_trainer
 
 PROMPTS = ["def ", "import self", ""]
 
@@ -27,7 +27,7 @@ def main() -> None:
     config = load_config(args.config, args.set)
     rank, world_size, device = init_distributed()
     trainer = build_trainer(config, rank, world_size, device)
-    train_loop(trainer, resume(trainer), StopRequest())
+    train_loop(trainer, StopRequest())
     trainer.metrics.close()
     module = trainer.engine.module
     with deepspeed.zero.GatheredParameters(list(module.parameters())), torch.no_grad():

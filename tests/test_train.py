@@ -142,7 +142,7 @@ def test_validation_reads_the_data_as_training_does(tmp_path):
     from loader_datasets import images, real_ids, text_docs, write_shards, write_text
     from pipeline.format.scan import to_patch_order
     from pipeline.format.vocab import BOUNDARY_ID
-    from train.main import build_validation
+    from train.trainer import build_validation
 
     pictures = images(6, size=4)  # 48 bytes each: P = 12 is a 2×2×3 patch
     image = write_shards(tmp_path / "image", "image", pictures, per_shard=3, stored={1: b"junk"})

@@ -1,69 +1,163 @@
-"""Checkpoints: DeepSpeed's engine state plus ours, in OUT/checkpoints/step-NNNNNN/.
+"""Checkpoints: named parts of the trainer, saved together in OUT/checkpoints/step-NNNNNN/.
 
     step-000200/
-      <DeepSpeed's files>       model, optimizer (ZeRO partitions), lr schedule
-      trainer_state.pt          step, bytes seen, each rank's loader state and RNG states, config
-      COMPLETE                  written last: a folder without it is an interrupted save, ignored
-    latest                      name of the newest complete checkpoint, replaced atomically
+      <DeepSpeed's files>           the engine part: model, optimizer (ZeRO partitions), lr schedule
+      state/rank-00000.json         every other part's state on rank 0 (loader position, RNGs, step,
+      state/rank-00000.safetensors    bytes seen): plain JSON, its tensors in safetensors; one
+      ...                             pair per rank
+      config.json                   the run's resolved config (what export rebuilds the model from)
+      COMPLETE                      written last: a folder without it is an interrupted save, ignored
+    latest                          name of the newest complete checkpoint, replaced atomically
 
-Every rank takes part in a save (ZeRO partitions live on every rank); rank 0 writes our files
-after a barrier, so COMPLETE exists only once every rank has written its part.
+This module knows the parts only by name and protocol. A Stateful (torchtitan's protocol) hands
+over plain data: numbers, strings, lists, dicts and tensors; nothing of ours is ever unpickled. A
+part that SavesItself writes and reads its own files with every rank taking part: DeepSpeed's
+engine, whose ZeRO partitions live on every rank (DeepSpeed's format is its own). Every rank takes
+part in a save; rank 0 writes the marker after a barrier, so COMPLETE exists only once every rank
+has written its share.
 """
 
-import random
+import json
 import shutil
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
-import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+
+from pipeline.format.errors import UsageError
 
 MARKER = "COMPLETE"
 LATEST = "latest"
-TRAINER_STATE = "trainer_state.pt"
+STATE = "state"  # folder of the per-rank state files
+CONFIG = "config.json"
+STATE_FORMAT = "megabyte-trainer-state"
+STATE_VERSION = 1
+TENSOR = "__tensor__"  # {TENSOR: key}: where a tensor stood, its key in the safetensors file
 
 
-def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+@runtime_checkable
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+@runtime_checkable
+class SavesItself(Protocol):
+    def save(self, folder: Path) -> None: ...  # collective: every rank calls it
+
+    def load(self, folder: Path) -> None: ...
 
 
-def gather(obj) -> list:
-    """Every rank's `obj`, in rank order, on every rank."""
-    objects = [None] * dist.get_world_size()
-    dist.all_gather_object(objects, obj)
-    return objects
+Part = Stateful | SavesItself
 
 
-def save(engine, root: Path, step: int, loader_state: dict, extra: dict, keep_last: int) -> Path:
-    """Save everything needed to continue exactly after optimizer step `step`."""
+def save(root: Path, step: int, parts: dict[str, Part], config: dict, keep_last: int) -> Path:
+    """Save every part as it is after optimizer step `step`; every rank calls this."""
     root = Path(root)
-    tag = f"step-{step:06d}"
-    loaders, rngs = gather(loader_state), gather(rng_state())
-    if dist.get_rank() == 0 and (root / tag).exists():  # a leftover of an interrupted save
-        shutil.rmtree(root / tag)
+    folder = root / f"step-{step:06d}"
+    rank = dist.get_rank()
+    # the plain states first, before any part writes files: the state at the step boundary
+    states = {name: part.state_dict() for name, part in parts.items() if not isinstance(part, SavesItself)}
+    if rank == 0 and folder.exists():  # a leftover of an interrupted save
+        shutil.rmtree(folder)
     dist.barrier()
-    engine.save_checkpoint(str(root), tag=tag, save_latest=False)
+    for part in parts.values():
+        if isinstance(part, SavesItself):
+            part.save(folder)
+    write_state(folder, rank, dist.get_world_size(), states)
     dist.barrier()
-    if dist.get_rank() == 0:
-        state = {"step": step, "loaders": loaders, "rngs": rngs, **extra}
-        torch.save(state, root / tag / TRAINER_STATE)
-        (root / tag / MARKER).write_text("ok\n")
+    if rank == 0:
+        (folder / CONFIG).write_text(json.dumps(config, indent=1) + "\n")
+        (folder / MARKER).write_text("ok\n")
         tmp = root / f".{LATEST}.tmp"
-        tmp.write_text(tag + "\n")
+        tmp.write_text(folder.name + "\n")
         tmp.replace(root / LATEST)
         prune(root, keep_last)
     dist.barrier()
-    return root / tag
+    return folder
+
+
+def load(folder: Path, parts: dict[str, Part], rank: int, world_size: int) -> None:
+    """Restore every part from a complete checkpoint, in the order of `parts`."""
+    folder = Path(folder)
+    states = read_state(folder, rank, world_size)
+    for name, part in parts.items():
+        if isinstance(part, SavesItself):
+            part.load(folder)
+            continue
+        if name not in states:
+            raise UsageError(f"{folder}: holds no {name} state")
+        try:
+            part.load_state_dict(states[name])
+        except ValueError as error:  # e.g. the loader refusing another data order
+            raise UsageError(f"{folder}: cannot restore the {name}: {error}") from None
+
+
+def write_state(folder: Path, rank: int, world_size: int, states: dict) -> None:
+    tensors = {}
+    record = {"format": STATE_FORMAT, "version": STATE_VERSION, "rank": rank, "world_size": world_size,
+              "parts": split_tensors(states, "", tensors)}
+    base = folder / STATE / f"rank-{rank:05d}"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, base.with_suffix(".safetensors"))
+    base.with_suffix(".json").write_text(json.dumps(record) + "\n")
+
+
+def read_state(folder: Path, rank: int = 0, world_size: int | None = None) -> dict:
+    """Each part's state as `rank` saved it ({name: state}); with world_size, refuses a checkpoint
+    saved by another number of ranks."""
+    folder = Path(folder)
+    saved = len(list((folder / STATE).glob("rank-*.json")))
+    if not saved:
+        raise UsageError(f"{folder}: no trainer state in it ({STATE}/rank-*.json): written by an "
+                         "older version? start the run in a new out_dir")
+    if world_size is not None and saved != world_size:
+        raise UsageError(f"{folder}: saved by {saved} ranks, this run has {world_size}; resume with "
+                         "the same world size")
+    base = folder / STATE / f"rank-{rank:05d}"
+    try:
+        record = json.loads(base.with_suffix(".json").read_text())
+        tensors = load_file(base.with_suffix(".safetensors"))
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{base}: unreadable trainer state ({error})") from None
+    if (record.get("format"), record.get("version")) != (STATE_FORMAT, STATE_VERSION):
+        raise UsageError(f"{base}.json: not a {STATE_FORMAT} v{STATE_VERSION} file")
+    return join_tensors(record["parts"], tensors)
+
+
+def read_config(folder: Path) -> dict:
+    """The run's resolved config, as saved with the checkpoint (TrainConfig.to_dict())."""
+    path = Path(folder) / CONFIG
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{path}: cannot read the checkpoint's config ({error})") from None
+
+
+def split_tensors(value, key: str, tensors: dict):
+    """`value` with each tensor moved into `tensors` and replaced by {TENSOR: its key}."""
+    if isinstance(value, torch.Tensor):
+        tensors[key] = value.detach().cpu().contiguous()
+        return {TENSOR: key}
+    if isinstance(value, dict):
+        return {name: split_tensors(item, f"{key}/{name}", tensors) for name, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [split_tensors(item, f"{key}/{i}", tensors) for i, item in enumerate(value)]
+    return value
+
+
+def join_tensors(value, tensors: dict):
+    """Inverse of split_tensors (tuples come back as lists)."""
+    if isinstance(value, dict):
+        if set(value) == {TENSOR}:
+            return tensors[value[TENSOR]]
+        return {name: join_tensors(item, tensors) for name, item in value.items()}
+    if isinstance(value, list):
+        return [join_tensors(item, tensors) for item in value]
+    return value
 
 
 def complete_checkpoints(root: Path) -> list[Path]:
@@ -90,16 +184,3 @@ def latest(root: Path) -> Path | None:
             return folder
     complete = complete_checkpoints(root)
     return complete[-1] if complete else None
-
-
-def read_state(folder: Path) -> dict:
-    """Our trainer state of a checkpoint: step, bytes seen, loaders, RNGs, config."""
-    return torch.load(Path(folder) / TRAINER_STATE, weights_only=False)
-
-
-def load_engine(engine, folder: Path) -> None:
-    """Restore model, optimizer and schedule from a checkpoint folder."""
-    folder = Path(folder)
-    load_path, _ = engine.load_checkpoint(str(folder.parent), tag=folder.name)
-    if load_path is None:
-        raise RuntimeError(f"{folder}: DeepSpeed could not load this checkpoint")

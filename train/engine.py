@@ -10,10 +10,16 @@ import logging
 import math
 import os
 import socket
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
+from pipeline.format.errors import UsageError
 from train.config import ConfigError, TrainConfig
+
+if TYPE_CHECKING:  # deepspeed picks its accelerator on import: imported once DS_ACCELERATOR is set
+    from deepspeed import DeepSpeedEngine
 
 
 def on_gpu() -> bool:
@@ -115,15 +121,30 @@ def compile_blocks(model: torch.nn.Module) -> None:
             module.compile()
 
 
-def build_engine(model: torch.nn.Module, config: TrainConfig, world_size: int):
-    """(engine, lr scheduler): DeepSpeed wraps the model, our AdamW and a LambdaLR schedule."""
+def build_engine(model: torch.nn.Module, config: TrainConfig, world_size: int) -> "DeepSpeedEngine":
+    """DeepSpeed wrapping the model, our AdamW and a LambdaLR schedule (stepped by the engine)."""
     import deepspeed
 
     if config.run.compile:
         compile_blocks(model)
     optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
-    engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer,
-                                                   lr_scheduler=scheduler,
-                                                   config=deepspeed_config(config, world_size))
-    return engine, scheduler
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                      config=deepspeed_config(config, world_size))
+    return engine
+
+
+class EngineState:
+    """The engine (model, optimizer, lr schedule) as a checkpoint part. DeepSpeed writes and reads
+    it in its own format, every rank its ZeRO partition (train.checkpoint.SavesItself)."""
+
+    def __init__(self, engine: "DeepSpeedEngine"):
+        self.engine = engine
+
+    def save(self, folder: Path) -> None:
+        self.engine.save_checkpoint(str(folder.parent), tag=folder.name, save_latest=False)
+
+    def load(self, folder: Path) -> None:
+        load_path, _ = self.engine.load_checkpoint(str(folder.parent), tag=folder.name)
+        if load_path is None:
+            raise UsageError(f"{folder}: DeepSpeed could not load this checkpoint")

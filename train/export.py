@@ -60,11 +60,10 @@ def data_metadata(datasets: list[str]) -> dict:
 
 
 def model_from_checkpoint(path) -> tuple[torch.nn.Module, dict, Path]:
-    """(model with the consolidated weights, trainer state, checkpoint folder) — no DeepSpeed
+    """(model with the consolidated weights, export metadata, checkpoint folder) — no DeepSpeed
     engine, one process."""
     folder = find_checkpoint(path)
-    state = checkpoint.read_state(folder)
-    config = state["config"]
+    config = checkpoint.read_config(folder)
     model_fields = {k: v for k, v in config["model"].items() if k != "preset"}
     try:
         model = build_model(MegaByteConfig.from_dict(model_fields))
@@ -76,7 +75,8 @@ def model_from_checkpoint(path) -> tuple[torch.nn.Module, dict, Path]:
     if unexpected or set(missing) - tied:
         raise UsageError(f"{folder}: checkpoint does not match its model config "
                          f"(missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)})")
-    return model.eval(), state, folder
+    step = checkpoint.read_state(folder)["run"]["step"]
+    return model.eval(), export_metadata(config, step), folder
 
 
 def load_any(path) -> tuple[torch.nn.Module, dict]:
@@ -87,23 +87,22 @@ def load_any(path) -> tuple[torch.nn.Module, dict]:
             return load_weights(path)
         except ValueError as error:
             raise UsageError(str(error)) from None
-    model, state, _ = model_from_checkpoint(path)
-    return model, export_metadata(state)
+    model, metadata, _ = model_from_checkpoint(path)
+    return model, metadata
 
 
-def export_metadata(state: dict) -> dict:
-    config = state["config"]
-    return {"step": state["step"], "image_order": config["data"]["image_order"],
+def export_metadata(config: dict, step: int) -> dict:
+    return {"step": step, "image_order": config["data"]["image_order"],
             **data_metadata(config["data"]["datasets"])}
 
 
 def export(path, out: Path) -> Path:
     """Write the newest complete checkpoint under `path` as one safetensors file; returns the
     checkpoint folder it came from."""
-    model, state, folder = model_from_checkpoint(path)
+    model, metadata, folder = model_from_checkpoint(path)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    save_weights(model, tmp, export_metadata(state))
+    save_weights(model, tmp, metadata)
     tmp.replace(out)
     return folder

@@ -9,7 +9,6 @@ resumed run continues exactly where the saved one stood.
 import math
 import signal
 import time
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -20,12 +19,7 @@ from pipeline.format.vocab import PAD_ID
 from train import checkpoint
 from train.evaluate import evaluate
 from train.metrics import flops_per_byte, peak_flops
-
-
-@dataclass
-class RunState:
-    step: int = 0  # optimizer steps done
-    bytes_seen: int = 0  # non-PAD targets trained on, all ranks together
+from train.trainer import Trainer
 
 
 class StopRequest:
@@ -43,9 +37,9 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def train_loop(t, state: RunState, stop: StopRequest) -> dict:
-    """t: the Trainer (engine, scheduler, loaders, config, metrics, paths, rank, device)."""
-    config, engine = t.config, t.engine
+def train_loop(t: Trainer, stop: StopRequest) -> dict:
+    """Train from t.run_state.step to optim.total_steps (or a stop request); the last step's metrics."""
+    config, engine, state = t.config, t.engine, t.run_state
     total = config.optim.total_steps
     accumulation = engine.gradient_accumulation_steps()
     started = time.perf_counter()
@@ -74,7 +68,7 @@ def train_loop(t, state: RunState, stop: StopRequest) -> dict:
         loss_mean = loss_sum / (accumulation * t.world_size)
         state.bytes_seen += int(step_bytes)
         seconds = time.perf_counter() - step_start
-        last = {"loss": loss_mean, "bpb": loss_mean / math.log(2), "lr": t.scheduler.get_last_lr()[0],
+        last = {"loss": loss_mean, "bpb": loss_mean / math.log(2), "lr": engine.get_lr()[0],
                 "grad_norm": float(engine.get_global_grad_norm() or 0.0),
                 "bytes_per_s": step_bytes / seconds, "bytes_seen": state.bytes_seen}
         if model_flops:
@@ -87,26 +81,25 @@ def train_loop(t, state: RunState, stop: StopRequest) -> dict:
         stopping = stop_votes > 0
         every = config.run.checkpoint_every
         if stopping or state.step == total or (every and state.step % every == 0):
-            save(t, state)
+            save(t)
         if t.validation and (state.step == total or stopping or
                              (config.run.eval_every and state.step % config.run.eval_every == 0)):
-            last.update({f"val_{k}": v for k, v in run_eval(t, state).items()})
+            last.update({f"val_{k}": v for k, v in run_eval(t).items()})
         if stopping:
             break
     bar.close()
     return last
 
 
-def save(t, state: RunState) -> None:
-    checkpoint.save(t.engine, t.checkpoint_dir, state.step, t.train_loader.state_dict(),
-                    {"bytes_seen": state.bytes_seen, "config": t.config.to_dict()},
+def save(t: Trainer) -> None:
+    checkpoint.save(t.checkpoint_dir, t.run_state.step, t.checkpoint_parts(), t.config.to_dict(),
                     t.config.run.keep_last)
 
 
-def run_eval(t, state: RunState) -> dict:
+def run_eval(t: Trainer) -> dict:
     result = evaluate(t.engine, t.validation(), t.device, t.config.run.eval_batches)
-    t.metrics.log(state.step, "eval", result)
+    t.metrics.log(t.run_state.step, "eval", result)
     if t.rank == 0:
-        tqdm.write(f"step {state.step}: validation {result['bpb']:.4f} bits/byte over "
+        tqdm.write(f"step {t.run_state.step}: validation {result['bpb']:.4f} bits/byte over "
                    f"{result['bytes']:,} bytes")
     return result

@@ -1,0 +1,119 @@
+"""The Trainer: everything the loop needs, built complete in one call, resumed if a checkpoint exists.
+
+    build_trainer: output folder ─▶ engine (seeded: the same weights on every rank) ─▶ per-rank
+        seed ─▶ train loader ─▶ restore every checkpoint part from OUT/checkpoints/latest ─▶ batches
+"""
+
+import random
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from model import build_model
+from pipeline.load.loader import TrainLoader, build_train_loader, build_validation_loader
+from pipeline.load.validation import ValidationLoader
+from train import checkpoint
+from train.config import ConfigError, TrainConfig, dump_config
+from train.engine import EngineState, build_engine
+from train.metrics import BatchTrace, MetricsLogger, truncate_jsonl
+from train.state import RNGState, RunState
+
+if TYPE_CHECKING:  # deepspeed picks its accelerator on import: imported once DS_ACCELERATOR is set
+    from deepspeed import DeepSpeedEngine
+
+
+@dataclass
+class Trainer:
+    config: TrainConfig
+    rank: int
+    world_size: int
+    device: torch.device
+    engine: "DeepSpeedEngine"  # model, optimizer and lr schedule
+    loader: TrainLoader
+    batches: Iterator[dict]  # the loader's batches from its current position (never ends)
+    validation: Callable[[], ValidationLoader] | None  # () → a fresh validation pass
+    run_state: RunState  # step, bytes seen
+    metrics: MetricsLogger
+    trace: BatchTrace
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.config.run.out_dir)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    def checkpoint_parts(self) -> dict[str, checkpoint.Part]:
+        return checkpoint_parts(self.engine, self.loader, self.run_state)
+
+
+def checkpoint_parts(engine: "DeepSpeedEngine", loader: TrainLoader,
+                     run_state: RunState) -> dict[str, checkpoint.Part]:
+    """What a checkpoint holds, in the order it is restored: the RNGs last, so that nothing
+    restored after them draws from them."""
+    return {"engine": EngineState(engine), "loader": loader, "run": run_state, "rng": RNGState()}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare_out_dir(config: TrainConfig, rank: int) -> Path:
+    out_dir = Path(config.run.out_dir)
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(dump_config(config) + "\n")
+    dist.barrier()
+    return out_dir
+
+
+def build_loader(config: TrainConfig, rank: int, world_size: int) -> TrainLoader:
+    try:
+        return build_train_loader(config.data, rank, world_size)
+    except ValueError as error:  # e.g. a dataset with fewer samples than ranks × workers
+        raise ConfigError(f"[data]: {error}") from None
+
+
+def build_validation(config: TrainConfig, rank: int, world_size: int) -> Callable[[], ValidationLoader] | None:
+    """() → a fresh pass over the validation set, read with the run's [data] settings; or None."""
+    if not config.data.validation:
+        return None
+    return partial(build_validation_loader, config.data, rank, world_size)
+
+
+def resume(out_dir: Path, parts: dict[str, checkpoint.Part], run_state: RunState, trace: BatchTrace,
+           rank: int, world_size: int) -> None:
+    """Restore every part from the newest complete checkpoint, if there is one, and drop the
+    metrics and trace records of the steps that will be redone."""
+    folder = checkpoint.latest(out_dir / "checkpoints")
+    if folder is None:
+        return
+    checkpoint.load(folder, parts, rank, world_size)
+    truncate_jsonl(trace.path, run_state.step)
+    if rank == 0:
+        truncate_jsonl(out_dir / "metrics.jsonl", run_state.step)
+        print(f"resuming from {folder} (step {run_state.step})", file=sys.stderr)
+
+
+def build_trainer(config: TrainConfig, rank: int, world_size: int, device: torch.device) -> Trainer:
+    """A trainer ready for its next step: new, or where the newest checkpoint left off."""
+    out_dir = prepare_out_dir(config, rank)
+    seed_everything(config.run.seed)  # the same initial weights on every rank
+    engine = build_engine(build_model(config.model), config, world_size)
+    seed_everything(config.run.seed + rank)  # then a different dropout stream per rank
+    loader, run_state = build_loader(config, rank, world_size), RunState()
+    trace = BatchTrace(out_dir, rank, config.run.trace_batches)
+    resume(out_dir, checkpoint_parts(engine, loader, run_state), run_state, trace, rank, world_size)
+    return Trainer(config, rank, world_size, device, engine, loader, iter(loader),
+                   build_validation(config, rank, world_size), run_state,
+                   MetricsLogger(out_dir, rank == 0), trace)
