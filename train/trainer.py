@@ -1,4 +1,5 @@
-"""The Trainer: everything the loop needs, built complete in one call, resumed if a checkpoint exists.
+"""The Trainer: everything the loop needs, built complete in one call, resumed from the newest
+checkpoint if there is one.
 
     build_trainer: output folder ─▶ engine (seeded: the same weights on every rank) ─▶ per-rank
         seed ─▶ train loader ─▶ restore every checkpoint part from OUT/checkpoints/latest ─▶ batches
@@ -31,6 +32,8 @@ if TYPE_CHECKING:  # deepspeed picks its accelerator on import: imported once DS
 
 @dataclass
 class Trainer:
+    """Everything the loop needs, complete (see build_trainer)."""
+
     config: TrainConfig
     rank: int
     world_size: int
@@ -84,7 +87,8 @@ def build_loader(config: TrainConfig, rank: int, world_size: int) -> TrainLoader
         raise ConfigError(f"[data]: {error}") from None
 
 
-def build_validation(config: TrainConfig, rank: int, world_size: int) -> Callable[[], ValidationLoader] | None:
+def build_validation(config: TrainConfig, rank: int,
+                     world_size: int) -> Callable[[], ValidationLoader] | None:
     """() → a fresh pass over the validation set, read with the run's [data] settings; or None."""
     if not config.data.validation:
         return None

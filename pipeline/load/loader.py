@@ -58,7 +58,7 @@ class LoaderConfig:
     from `run.seed`); everything else has its one default here.
     """
 
-    datasets: list[str] = field(default_factory=list)  # dataset directories to train on (shards + index.json)
+    datasets: list[str] = field(default_factory=list)  # directories to train on (shards + index.json)
     weights: list[float] = field(default_factory=list)  # sampling weight per dataset; [] = all equal
     validation: str = ""  # dataset directory for build_validation_loader; "" = none
     _: KW_ONLY
