@@ -39,6 +39,7 @@ def run(config: TrainConfig) -> dict:
     finally:
         stop.restore()
         if trainer is not None:
+            trainer.batches.close()  # shuts the loader's workers down
             trainer.metrics.close()
             trainer.trace.close()
         if dist.is_initialized():

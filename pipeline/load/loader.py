@@ -32,8 +32,12 @@ rank or data order.
 """
 
 import math
+import os
+import signal
+import threading
 import warnings
 from dataclasses import KW_ONLY, dataclass, field
+from functools import partial
 
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
@@ -235,6 +239,22 @@ class TrainDataset(IterableDataset):
                    "epoch": epoch}
 
 
+def leave_group_sigterm_to_trainer(trainer: int, worker_id: int) -> None:
+    """worker_init_fn: a SIGTERM from the trainer (pid `trainer`) ends this worker at once, as
+    multiprocessing and torch expect when they shut workers down; one from anyone else (a
+    scheduler, shell or launcher signalling the whole process group) is ignored, since the
+    trainer got it too and will save its state (the workers' included) and then close the loader.
+    SIGTERM is blocked and a daemon thread waits for it, so that it learns who sent it."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def wait_for_sigterm():
+        while True:
+            if signal.sigwaitinfo({signal.SIGTERM}).si_pid == trainer:
+                os._exit(0)
+
+    threading.Thread(target=wait_for_sigterm, name="sigterm", daemon=True).start()
+
+
 class TrainLoader:
     """One rank's endless stream of batches, with state_dict()/load_state_dict().
 
@@ -267,7 +287,8 @@ class TrainLoader:
                 self.dataset, batch_size=None, num_workers=workers, pin_memory=config.pin_memory,
                 prefetch_factor=config.prefetch_factor if workers else None,
                 multiprocessing_context=config.multiprocessing_context if workers else None,
-                snapshot_every_n_steps=config.snapshot_every_n_steps, collate_fn=keep)
+                snapshot_every_n_steps=config.snapshot_every_n_steps, collate_fn=keep,
+                worker_init_fn=partial(leave_group_sigterm_to_trainer, os.getpid()) if workers else None)
         self._fetch = None  # (DataLoader state before the current round of fetches, its batches)
         self._used = 0  # batches of the current round handed out
         self._skip = 0  # batches to drop from the first round after a restore
