@@ -1,12 +1,19 @@
 """The trainer stopped and resumed the unlucky way: a SIGTERM to the whole process group (as SLURM,
-Kubernetes and docker stop a job), with real processes."""
+Kubernetes and docker stop a job), with real processes; a corrupt newest checkpoint."""
 
 import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
-from test_train import ENV, REPO, data, losses, train_command, write_config  # noqa: F401 (fixture)
+import pytest
+import torch.distributed as dist
+from test_train import ENV, REPO, data, losses, run_training, train_command, write_config  # noqa: F401
+
+from pipeline.format.errors import UsageError
+from train import checkpoint
+from train.state import RunState
 
 
 def start_in_own_session(config) -> subprocess.Popen:
@@ -45,3 +52,94 @@ def test_group_sigterm_with_workers_saves_exits_0_and_resumes(tmp_path, data):
             raise AssertionError(f"attempt {attempt}: processes of the group are still alive")
         except ProcessLookupError:
             pass
+
+
+# ---------------------------------------------------------------------------------------------
+# a corrupt newest checkpoint: verified against its COMPLETE record, the newest intact one is used
+
+
+@pytest.fixture
+def world_of_one(tmp_path):
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+class Files:
+    """A part that writes its own files, as DeepSpeed's engine does (a model and an optimizer)."""
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "model_states.pt").write_bytes(bytes(range(256)) * 40)
+        (folder / "optim_states.pt").write_bytes(b"optimizer" * 100)
+
+    def load(self, folder: Path) -> None:
+        pass
+
+
+def save_two(root: Path) -> None:
+    for step in (2, 4):
+        checkpoint.save(root, step, {"engine": Files(), "run": RunState(step=step)}, {}, keep_last=3)
+
+
+def truncate_model(folder: Path) -> None:
+    path = folder / "model_states.pt"
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def garbage_state(folder: Path) -> None:
+    path = folder / "state" / "rank-00000.json"
+    path.write_bytes(path.read_bytes()[:-9] + b"garbage!\n")
+
+
+def missing_optimizer(folder: Path) -> None:
+    (folder / "optim_states.pt").unlink()
+
+
+@pytest.mark.parametrize("corrupt, said", [(truncate_model, "model_states.pt is 100 bytes"),
+                                           (garbage_state, "rank-00000.json changed"),
+                                           (missing_optimizer, "optim_states.pt is missing")])
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_intact_one(tmp_path, world_of_one, capsys,
+                                                                  corrupt, said):
+    root = tmp_path / "checkpoints"
+    save_two(root)
+    assert checkpoint.damage(root / "step-000004") is None
+    corrupt(root / "step-000004")
+    assert said in checkpoint.damage(root / "step-000004")
+    assert checkpoint.newest_intact(root, move_aside=False) == root / "step-000002"
+    assert (root / "step-000004").is_dir()  # a reader (export) moves nothing
+    assert checkpoint.newest_intact(root) == root / "step-000002"
+    [line] = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert said in line and "moved aside to broken-step-000004; using step-000002" in line
+    assert (root / "broken-step-000004").is_dir() and checkpoint.complete_checkpoints(root) == [
+        root / "step-000002"]
+
+
+def test_no_intact_checkpoint_is_one_error_not_a_fresh_start(tmp_path, world_of_one):
+    root = tmp_path / "checkpoints"
+    save_two(root)
+    truncate_model(root / "step-000004")
+    missing_optimizer(root / "step-000002")
+    with pytest.raises(UsageError, match="no intact checkpoint .*move the checkpoints folder aside"):
+        checkpoint.newest_intact(root)
+    assert (root / "step-000004").is_dir() and (root / "step-000002").is_dir()  # nothing moved
+
+
+def test_training_resumes_from_the_newest_intact_checkpoint(tmp_path, data):
+    config = write_config(tmp_path, data["text"], optim={"total_steps": 4})
+    run_dir = tmp_path / "run"
+    run_training(config)
+    newest = run_dir / "checkpoints" / "step-000004"
+    [model] = newest.glob("*model_states.pt")
+    model.write_bytes(model.read_bytes()[:1000])
+    result = run_training(config)
+    assert "step-000004 is broken" in result.stderr and "resuming from" in result.stderr
+    assert "(step 2)" in result.stderr and (run_dir / "checkpoints" / "broken-step-000004").is_dir()
+    assert checkpoint.damage(newest) is None  # saved again by the rerun
+    # none intact: one line, exit 2
+    for folder in (run_dir / "checkpoints").glob("step-*"):
+        next(folder.glob("*model_states.pt")).unlink()
+    failed = subprocess.run(train_command(config), cwd=REPO, env=ENV, capture_output=True, text=True,
+                            timeout=300)
+    assert failed.returncode == 2 and "no intact checkpoint" in failed.stderr
+    assert "Traceback" not in failed.stderr

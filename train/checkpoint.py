@@ -6,19 +6,25 @@
       state/rank-00000.safetensors    bytes seen): plain JSON, its tensors in safetensors; one
       ...                             pair per rank
       config.json                   the run's resolved config (what export rebuilds the model from)
-      COMPLETE                      written last: a folder without it is an interrupted save, ignored
+      COMPLETE                      written last: every other file's size and sha256 (JSON); a
+                                      folder without it is an interrupted save, ignored
     latest                          name of the newest complete checkpoint, replaced atomically
+    broken-step-000300/             a complete checkpoint whose files no longer match COMPLETE,
+                                      moved aside by the resume that found it (kept to look at)
 
 This module knows the parts only by name and protocol. A Stateful (torchtitan's protocol) hands
 over plain data: numbers, strings, lists, dicts and tensors; nothing of ours is ever unpickled. A
 part that SavesItself writes and reads its own files with every rank taking part: DeepSpeed's
 engine, whose ZeRO partitions live on every rank (DeepSpeed's format is its own). Every rank takes
 part in a save; rank 0 writes the marker after a barrier, so COMPLETE exists only once every rank
-has written its share.
+has written its share. Resuming verifies the newest checkpoint against its COMPLETE record and
+falls back to the newest intact one.
 """
 
+import hashlib
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -71,7 +77,7 @@ def save(root: Path, step: int, parts: dict[str, Part], config: dict, keep_last:
     dist.barrier()
     if rank == 0:
         (folder / CONFIG).write_text(json.dumps(config, indent=1) + "\n")
-        (folder / MARKER).write_text("ok\n")
+        write_marker(folder)
         tmp = root / f".{LATEST}.tmp"
         tmp.write_text(folder.name + "\n")
         tmp.replace(root / LATEST)
@@ -172,6 +178,73 @@ def prune(root: Path, keep_last: int) -> None:
     for folder in Path(root).glob("step-*"):
         if folder not in keep and (folder in complete or newest and folder.name < newest.name):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def file_record(path: Path) -> dict:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def write_marker(folder: Path) -> None:
+    """COMPLETE: the size and sha256 of every file of the checkpoint, written last (atomically)."""
+    files = {str(path.relative_to(folder)): file_record(path)
+             for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MARKER}
+    tmp = folder / f".{MARKER}.tmp"
+    tmp.write_text(json.dumps({"format": "megabyte-checkpoint", "files": files}, indent=1) + "\n")
+    tmp.replace(folder / MARKER)
+
+
+def damage(folder: Path) -> str | None:
+    """What is wrong with a complete checkpoint's files (missing, resized, changed), or None."""
+    try:
+        text = (Path(folder) / MARKER).read_text()
+        if text == "ok\n":  # written before markers held a record: nothing to check against
+            return None
+        files = json.loads(text)["files"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return f"unreadable {MARKER} record"
+    for name, expected in files.items():
+        path = Path(folder) / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["size"]:
+            return f"{name} is {path.stat().st_size:,} bytes, {expected['size']:,} when saved"
+        if file_record(path)["sha256"] != expected["sha256"]:
+            return f"{name} changed since it was saved (sha256 differs)"
+    return None
+
+
+def newest_intact(root: Path, move_aside: bool = True) -> Path | None:
+    """The newest complete checkpoint whose files are as saved, saying on stderr which newer ones
+    are broken and (with move_aside, as a resume does) moving them to broken-step-NNNNNN, out of
+    the way of later saves and pruning. None if there is no complete checkpoint.
+    Raises UsageError when there are complete checkpoints but none is intact: starting from
+    scratch over them would silently throw the run away."""
+    root = Path(root)
+    candidates = complete_checkpoints(root)
+    pointed = latest(root)
+    if pointed is not None and pointed in candidates:  # the pointer first, then newest first
+        candidates.remove(pointed)
+        candidates.append(pointed)
+    broken = []
+    for folder in reversed(candidates):
+        problem = damage(folder)
+        if problem is None:
+            for name, why in broken:
+                moved = f"moved aside to broken-{name}; " if move_aside else ""
+                print(f"checkpoint {root / name} is broken ({why}): {moved}using {folder.name}",
+                      file=sys.stderr)
+                if move_aside:
+                    (root / name).rename(root / f"broken-{name}")
+            return folder
+        broken.append((folder.name, problem))
+    if broken:
+        raise UsageError(f"{root}: no intact checkpoint ({'; '.join(f'{n}: {w}' for n, w in broken)}); "
+                         "to start from scratch, move the checkpoints folder aside")
+    return None
 
 
 def latest(root: Path) -> Path | None:

@@ -22,9 +22,12 @@ def find_checkpoint(path) -> Path:
     """A checkpoint folder, a run's checkpoints/ folder or a run directory → a complete checkpoint."""
     path = Path(path)
     if (path / checkpoint.MARKER).is_file():
+        problem = checkpoint.damage(path)
+        if problem:
+            raise UsageError(f"{path}: broken checkpoint ({problem})")
         return path
     for root in (path / "checkpoints", path):
-        folder = checkpoint.latest(root) if root.is_dir() else None
+        folder = checkpoint.newest_intact(root, move_aside=False) if root.is_dir() else None
         if folder is not None:
             return folder
     raise UsageError(f"{path}: no complete checkpoint here (expected a run directory or a "

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from model import build_model
+from pipeline.format.errors import UsageError
 from pipeline.load.loader import TrainLoader, build_train_loader, build_validation_loader
 from pipeline.load.validation import ValidationLoader
 from train import checkpoint
@@ -99,7 +100,7 @@ def resume(out_dir: Path, parts: dict[str, checkpoint.Part], run_state: RunState
            rank: int, world_size: int) -> None:
     """Restore every part from the newest complete checkpoint, if there is one, and drop the
     metrics and trace records of the steps that will be redone."""
-    folder = checkpoint.latest(out_dir / "checkpoints")
+    folder = choose_checkpoint(out_dir / "checkpoints", rank)
     if folder is None:
         return
     checkpoint.load(folder, parts, rank, world_size)
@@ -107,6 +108,22 @@ def resume(out_dir: Path, parts: dict[str, checkpoint.Part], run_state: RunState
     if rank == 0:
         truncate_jsonl(out_dir / "metrics.jsonl", run_state.step)
         print(f"resuming from {folder} (step {run_state.step})", file=sys.stderr)
+
+
+def choose_checkpoint(root: Path, rank: int) -> Path | None:
+    """The newest intact checkpoint (checkpoint.newest_intact), chosen by rank 0 for every rank:
+    one reading of the files, and every rank resumes from the same one or fails the same way."""
+    choice = [None, None]  # folder name, error
+    if rank == 0:
+        try:
+            folder = checkpoint.newest_intact(root)
+            choice[0] = folder.name if folder else None
+        except UsageError as error:
+            choice[1] = str(error)
+    dist.broadcast_object_list(choice, src=0)
+    if choice[1] is not None:
+        raise UsageError(choice[1])
+    return root / choice[0] if choice[0] else None
 
 
 def build_trainer(config: TrainConfig, rank: int, world_size: int, device: torch.device) -> Trainer:
