@@ -1,6 +1,8 @@
 """The trainer stopped and resumed the unlucky way: a SIGTERM to the whole process group (as SLURM,
-Kubernetes and docker stop a job), with real processes; a corrupt newest checkpoint."""
+Kubernetes and docker stop a job), with real processes; a corrupt newest checkpoint; a
+checkpoint whose pickles would run code."""
 
+import json
 import os
 import signal
 import subprocess
@@ -8,11 +10,17 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import torch.distributed as dist
-from test_train import ENV, REPO, data, losses, run_training, train_command, write_config  # noqa: F401
+from test_train import (ENV, REPO, TINY_MODEL, data, losses, run_training,  # noqa: F401 (fixture)
+                        train_command, write_config)
 
+from model import build_model
+from model.weights import load_weights
 from pipeline.format.errors import UsageError
+from tools.cli import main as cli
 from train import checkpoint
+from train.config import load_config
 from train.state import RunState
 
 
@@ -143,3 +151,58 @@ def test_training_resumes_from_the_newest_intact_checkpoint(tmp_path, data):
                             timeout=300)
     assert failed.returncode == 2 and "no intact checkpoint" in failed.stderr
     assert "Traceback" not in failed.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# a checkpoint folder from elsewhere: DeepSpeed's pickles are read as plain data only
+
+
+class RunsCode:
+    """Unpickling this creates `marker`: what a hostile checkpoint would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def handmade_checkpoint(tmp_path: Path, module_states) -> Path:
+    """A ZeRO-0 checkpoint folder as training writes it, with `module_states` as DeepSpeed's
+    model file."""
+    folder = tmp_path / "checkpoints" / "step-000001"
+    config = load_config("tiny-cpu", [*TINY_MODEL, "deepspeed.zero_stage=0"])
+    config.data.datasets = [str(tmp_path / "elsewhere")]
+    folder.mkdir(parents=True)
+    torch.save(module_states, folder / "mp_rank_00_model_states.pt")
+    checkpoint.write_state(folder, 0, 1, {"run": RunState(step=1).state_dict()})
+    (folder / checkpoint.CONFIG).write_text(json.dumps(config.to_dict()))
+    checkpoint.write_marker(folder)
+    return folder
+
+
+@pytest.mark.parametrize("command", [["generate", "--model", "{ckpt}", "--bytes", "4", "--out", "{out}"],
+                                     ["eval", "{ckpt}", "--data", "{ckpt}"],
+                                     ["export", "{ckpt}", "--out", "{out}"]])
+def test_a_crafted_pickle_does_not_run_without_trust_checkpoint(tmp_path, capsys, command):
+    marker = tmp_path / "code-ran"
+    model = build_model(load_config("tiny-cpu", TINY_MODEL).model)
+    folder = handmade_checkpoint(tmp_path, {"module": model.state_dict(), "hostile": RunsCode(marker)})
+    argv = [a.format(ckpt=folder, out=tmp_path / "out.safetensors") for a in command]
+    assert cli(argv) == 2
+    error = capsys.readouterr().err
+    assert "--trust-checkpoint" in error and len(error.strip().splitlines()) == 1
+    assert not marker.exists() and not (tmp_path / "out.safetensors").exists()
+    cli([*argv[:1], "--trust-checkpoint", *argv[1:]])  # trusted, it is unpickled
+    assert marker.exists()
+
+
+def test_a_plain_checkpoint_loads_without_trust_and_with_it(tmp_path, capsys):
+    config = load_config("tiny-cpu", TINY_MODEL)
+    model = build_model(config.model)
+    folder = handmade_checkpoint(tmp_path, {"module": model.state_dict(), "ds_version": "0"})
+    for trust in ([], ["--trust-checkpoint"]):
+        out = tmp_path / f"model{len(trust)}.safetensors"
+        assert cli(["export", str(folder), "--out", str(out), *trust]) == 0
+        exported, _ = load_weights(out)
+        assert all(torch.equal(exported.state_dict()[k], v) for k, v in model.state_dict().items())

@@ -11,6 +11,8 @@ from pathlib import Path
 from pipeline.format.errors import UsageError
 
 MODEL_HELP = "an exported .safetensors file, a run directory, or a step-NNNNNN checkpoint folder"
+TRUST_HELP = ("read a checkpoint's DeepSpeed files even if they hold more than plain data (unpickling "
+              "them can run code): only for checkpoints you trust")
 
 
 def register(subparsers) -> None:
@@ -22,12 +24,14 @@ def register(subparsers) -> None:
                           help="stop after N batches; 0 = every byte of the dataset (default)")
     evaluate.add_argument("--image-order", choices=["raster", "patch"], default=None,
                           help="byte order of images (default: the order the model was trained on)")
+    evaluate.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     evaluate.set_defaults(func=cmd_eval)
 
     export = subparsers.add_parser("export", help="checkpoint (any ZeRO stage) → one safetensors file")
     export.add_argument("checkpoint", type=Path, metavar="CKPT",
                         help="a run directory or a step-NNNNNN checkpoint folder")
     export.add_argument("--out", required=True, type=Path, help="the .safetensors file to write")
+    export.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     export.set_defaults(func=cmd_export)
 
     generate = subparsers.add_parser("generate", help="generate text (stdout), a picture (PNG) or sound (WAV)")
@@ -49,13 +53,14 @@ def register(subparsers) -> None:
     generate.add_argument("--out", type=Path, default=None,
                           help="output file: required for image (.png) and audio (.wav) models; "
                                "text goes to stdout unless given")
+    generate.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     generate.set_defaults(func=cmd_generate)
 
 
-def load_model(path: Path):
+def load_model(path: Path, trust: bool):
     from train.export import load_any  # reads DeepSpeed checkpoints: imported on use
 
-    return load_any(path)
+    return load_any(path, trust)
 
 
 def cmd_eval(args) -> int:
@@ -64,7 +69,7 @@ def cmd_eval(args) -> int:
     from pipeline.load.loader import LoaderConfig, build_validation_loader
     from train.evaluate import evaluate
 
-    model, metadata = load_model(args.model)
+    model, metadata = load_model(args.model, args.trust_checkpoint)
     config = model.config
     order = args.image_order or metadata.get("image_order", "raster")
     try:
@@ -84,7 +89,7 @@ def cmd_eval(args) -> int:
 def cmd_export(args) -> int:
     from train.export import export
 
-    folder = export(args.checkpoint, args.out)
+    folder = export(args.checkpoint, args.out, args.trust_checkpoint)
     print(f"{args.out}: exported {folder}")
     return 0
 
@@ -92,7 +97,7 @@ def cmd_export(args) -> int:
 def cmd_generate(args) -> int:
     from model import generate
 
-    model, metadata = load_model(args.model)
+    model, metadata = load_model(args.model, args.trust_checkpoint)
     modality = metadata.get("modality", "text")
     data_arguments = json.loads(metadata.get("data_arguments", "{}"))
     if modality in ("image", "audio") and args.out is None:

@@ -2,12 +2,18 @@
 
 ZeRO shards of any stage are consolidated into full fp32 tensors with DeepSpeed's own
 zero_to_fp32 reader; stage 0 checkpoints hold the whole module already.
+
+DeepSpeed's files are pickles. Unless the user trusts the checkpoint (--trust-checkpoint), they are
+read with torch.load(weights_only=True): tensors, plain containers and the few DeepSpeed classes
+in SAFE_GLOBALS (data only), never arbitrary code.
 """
 
 import json
 import os
-from contextlib import redirect_stderr, redirect_stdout
+import pickle
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -34,16 +40,49 @@ def find_checkpoint(path) -> Path:
                      f"step-NNNNNN folder with a {checkpoint.MARKER} marker)")
 
 
-def consolidated_state_dict(folder: Path, zero_stage: int) -> dict:
-    if zero_stage == 0:
-        files = sorted(folder.glob("mp_rank_*_model_states.pt"))
-        return torch.load(files[0], map_location="cpu", weights_only=False)["module"]
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # consolidation runs on the CPU anyway
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+def safe_globals() -> list:
+    """The classes DeepSpeed's checkpoint pickles hold besides tensors: plain data holders."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
 
-    with open(os.devnull, "w") as quiet, redirect_stdout(quiet), redirect_stderr(quiet):
-        # its progress prints are noise here; errors still raise
-        return get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+@contextmanager
+def plain_torch_load(trust: bool):
+    """Within: every torch.load (DeepSpeed's own included) reads plain data only, unless `trust`;
+    a file that needs more is one UsageError naming --trust-checkpoint."""
+    if trust:
+        yield
+        return
+    original = torch.load
+
+    def load(file, *args, **kwargs):
+        kwargs["weights_only"] = True
+        with torch.serialization.safe_globals(safe_globals()):
+            try:
+                return original(file, *args, **kwargs)
+            except pickle.UnpicklingError as error:
+                reason = str(error).strip().splitlines()[-1][:200]
+                raise UsageError(f"{file}: holds more than plain data ({reason}); reading it could "
+                                 "run code: pass --trust-checkpoint if you trust where it came from") from None
+
+    with mock.patch.object(torch, "load", load):
+        yield
+
+
+def consolidated_state_dict(folder: Path, zero_stage: int, trust: bool = False) -> dict:
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # consolidation runs on the CPU anyway
+    with plain_torch_load(trust):
+        if zero_stage == 0:
+            files = sorted(folder.glob("mp_rank_*_model_states.pt"))
+            return torch.load(files[0], map_location="cpu", weights_only=not trust)["module"]
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        with open(os.devnull, "w") as quiet, redirect_stdout(quiet), redirect_stderr(quiet):
+            # its progress prints are noise here; errors still raise
+            return get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
 
 
 def data_metadata(datasets: list[str]) -> dict:
@@ -62,9 +101,9 @@ def data_metadata(datasets: list[str]) -> dict:
     return extra
 
 
-def model_from_checkpoint(path) -> tuple[torch.nn.Module, dict, Path]:
+def model_from_checkpoint(path, trust: bool = False) -> tuple[torch.nn.Module, dict, Path]:
     """(model with the consolidated weights, export metadata, checkpoint folder) — no DeepSpeed
-    engine, one process."""
+    engine, one process; `trust`: DeepSpeed's pickles may hold anything (see plain_torch_load)."""
     folder = find_checkpoint(path)
     config = checkpoint.read_config(folder)
     model_fields = {k: v for k, v in config["model"].items() if k != "preset"}
@@ -72,7 +111,7 @@ def model_from_checkpoint(path) -> tuple[torch.nn.Module, dict, Path]:
         model = build_model(MegaByteConfig.from_dict(model_fields))
     except ValueError as error:
         raise UsageError(f"{folder}: {error}") from None
-    weights = consolidated_state_dict(folder, config["deepspeed"]["zero_stage"])
+    weights = consolidated_state_dict(folder, config["deepspeed"]["zero_stage"], trust)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     tied = {name for name in missing if name.endswith("weight") and "head" in name}
     if unexpected or set(missing) - tied:
@@ -82,7 +121,7 @@ def model_from_checkpoint(path) -> tuple[torch.nn.Module, dict, Path]:
     return model.eval(), export_metadata(config, step), folder
 
 
-def load_any(path) -> tuple[torch.nn.Module, dict]:
+def load_any(path, trust: bool = False) -> tuple[torch.nn.Module, dict]:
     """An exported .safetensors file or a checkpoint → (model in eval mode, metadata)."""
     path = Path(path)
     if path.is_file():
@@ -90,7 +129,7 @@ def load_any(path) -> tuple[torch.nn.Module, dict]:
             return load_weights(path)
         except ValueError as error:
             raise UsageError(str(error)) from None
-    model, metadata, _ = model_from_checkpoint(path)
+    model, metadata, _ = model_from_checkpoint(path, trust)
     return model, metadata
 
 
@@ -99,10 +138,10 @@ def export_metadata(config: dict, step: int) -> dict:
             **data_metadata(config["data"]["datasets"])}
 
 
-def export(path, out: Path) -> Path:
+def export(path, out: Path, trust: bool = False) -> Path:
     """Write the newest complete checkpoint under `path` as one safetensors file; returns the
     checkpoint folder it came from."""
-    model, metadata, folder = model_from_checkpoint(path)
+    model, metadata, folder = model_from_checkpoint(path, trust)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
