@@ -2,6 +2,7 @@
 Kubernetes and docker stop a job), with real processes; a corrupt newest checkpoint; a
 checkpoint whose pickles would run code."""
 
+import errno
 import json
 import os
 import signal
@@ -206,3 +207,48 @@ def test_a_plain_checkpoint_loads_without_trust_and_with_it(tmp_path, capsys):
         assert cli(["export", str(folder), "--out", str(out), *trust]) == 0
         exported, _ = load_weights(out)
         assert all(torch.equal(exported.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+# ---------------------------------------------------------------------------------------------
+# a full disk and a bad --out: one line, the previous state intact, nothing half-written
+
+
+class DiskFull(Files):
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "model_states.pt").write_bytes(b"half a model")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, world_of_one):
+    root = tmp_path / "checkpoints"
+    save_two(root)
+    with pytest.raises(UsageError, match="step-000006: cannot save the checkpoint .*No space left.* "
+                                         "the newest is still step-000004"):
+        checkpoint.save(root, 6, {"engine": DiskFull(), "run": RunState(step=6)}, {}, keep_last=3)
+    assert not (root / "step-000006").exists() and checkpoint.newest_intact(root) == root / "step-000004"
+    assert (root / "latest").read_text().strip() == "step-000004"
+
+
+def test_export_out_errors_are_one_line_and_leave_no_tmp(tmp_path, capsys, monkeypatch):
+    model = build_model(load_config("tiny-cpu", TINY_MODEL).model)
+    folder = handmade_checkpoint(tmp_path, {"module": model.state_dict()})
+    out = tmp_path / "exports"
+    out.mkdir()
+    assert cli(["export", str(folder), "--out", str(out)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+    def full_disk(model, path, metadata):
+        Path(path).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("train.export.save_weights", full_disk)
+    assert cli(["export", str(folder), "--out", str(out / "model.safetensors")]) == 2
+    assert "No space left" in capsys.readouterr().err and list(out.iterdir()) == []
+    monkeypatch.undo()
+    truncate = folder / "mp_rank_00_model_states.pt"
+    truncate.write_bytes(truncate.read_bytes()[:500])
+    assert cli(["export", str(folder), "--out", str(out / "model.safetensors")]) == 2
+    error = capsys.readouterr().err
+    assert "broken checkpoint" in error and len(error.strip().splitlines()) == 1
+    assert list(out.iterdir()) == []

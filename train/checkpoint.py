@@ -70,20 +70,33 @@ def save(root: Path, step: int, parts: dict[str, Part], config: dict, keep_last:
     if rank == 0 and folder.exists():  # a leftover of an interrupted save
         shutil.rmtree(folder)
     dist.barrier()
+    try:
+        write_parts(folder, rank, parts, states)
+        dist.barrier()
+        if rank == 0:
+            (folder / CONFIG).write_text(json.dumps(config, indent=1) + "\n")
+            write_marker(folder)
+            tmp = root / f".{LATEST}.tmp"
+            tmp.write_text(folder.name + "\n")
+            tmp.replace(root / LATEST)
+    except OSError as error:  # e.g. the disk is full: the previous checkpoint stays the newest
+        shutil.rmtree(folder, ignore_errors=True)
+        (root / f".{LATEST}.tmp").unlink(missing_ok=True)
+        previous = latest(root)
+        raise UsageError(f"{folder}: cannot save the checkpoint ({error.strerror or error}); "
+                         f"removed it, the newest is still {previous.name if previous else 'none'}") from None
+    if rank == 0:
+        prune(root, keep_last)
+    dist.barrier()
+    return folder
+
+
+def write_parts(folder: Path, rank: int, parts: dict[str, Part], states: dict) -> None:
+    """Every part's files: those that save themselves, then the plain states (see save)."""
     for part in parts.values():
         if isinstance(part, SavesItself):
             part.save(folder)
     write_state(folder, rank, dist.get_world_size(), states)
-    dist.barrier()
-    if rank == 0:
-        (folder / CONFIG).write_text(json.dumps(config, indent=1) + "\n")
-        write_marker(folder)
-        tmp = root / f".{LATEST}.tmp"
-        tmp.write_text(folder.name + "\n")
-        tmp.replace(root / LATEST)
-        prune(root, keep_last)
-    dist.barrier()
-    return folder
 
 
 def load(folder: Path, parts: dict[str, Part], rank: int, world_size: int) -> None:

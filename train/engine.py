@@ -5,6 +5,7 @@ default. A plain `python -m train.main` is a world of one: the rendezvous variab
 would set are filled in here.
 """
 
+import errno
 import json
 import logging
 import math
@@ -142,7 +143,12 @@ class EngineState:
         self.engine = engine
 
     def save(self, folder: Path) -> None:
-        self.engine.save_checkpoint(str(folder.parent), tag=folder.name, save_latest=False)
+        try:
+            self.engine.save_checkpoint(str(folder.parent), tag=folder.name, save_latest=False)
+        except RuntimeError as error:  # torch.save's writer reports a failed write (disk full) so
+            if "write" not in str(error):
+                raise
+            raise OSError(errno.EIO, f"torch.save failed: {str(error).splitlines()[0]}") from None
 
     def load(self, folder: Path) -> None:
         load_path, _ = self.engine.load_checkpoint(str(folder.parent), tag=folder.name)

@@ -141,10 +141,17 @@ def export_metadata(config: dict, step: int) -> dict:
 def export(path, out: Path, trust: bool = False) -> Path:
     """Write the newest complete checkpoint under `path` as one safetensors file; returns the
     checkpoint folder it came from."""
-    model, metadata, folder = model_from_checkpoint(path, trust)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise UsageError(f"{out}: is a folder; give --out the .safetensors file to write")
+    model, metadata, folder = model_from_checkpoint(path, trust)
     tmp = out.with_name(f".{out.name}.tmp")
-    save_weights(model, tmp, metadata)
-    tmp.replace(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_weights(model, tmp, metadata)
+        tmp.replace(out)
+    except OSError as error:
+        raise UsageError(f"{out}: cannot write the export ({error.strerror or error})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
     return folder
