@@ -22,6 +22,7 @@ from pipeline.format.errors import UsageError
 from tools.cli import main as cli
 from train import checkpoint
 from train.config import load_config
+from train.loop import reachable_steps
 from train.state import RunState
 
 
@@ -145,6 +146,7 @@ def test_training_resumes_from_the_newest_intact_checkpoint(tmp_path, data):
     assert "step-000004 is broken" in result.stderr and "resuming from" in result.stderr
     assert "(step 2)" in result.stderr and (run_dir / "checkpoints" / "broken-step-000004").is_dir()
     assert checkpoint.damage(newest) is None  # saved again by the rerun
+    assert json.loads((newest / checkpoint.CONFIG).read_text())["media"]["modality"] == "text"
     # none intact: one line, exit 2
     for folder in (run_dir / "checkpoints").glob("step-*"):
         next(folder.glob("*model_states.pt")).unlink()
@@ -252,3 +254,28 @@ def test_export_out_errors_are_one_line_and_leave_no_tmp(tmp_path, capsys, monke
     error = capsys.readouterr().err
     assert "broken checkpoint" in error and len(error.strip().splitlines()) == 1
     assert list(out.iterdir()) == []
+
+
+def test_a_checkpoint_carries_its_modality_wherever_it_goes(tmp_path, capsys):
+    """An image model's checkpoint, its datasets gone: generate still writes a picture."""
+    model = build_model(load_config("tiny-cpu", TINY_MODEL).model)
+    folder = handmade_checkpoint(tmp_path, {"module": model.state_dict()})
+    config = json.loads((folder / checkpoint.CONFIG).read_text())
+    config["media"] = {"modality": "image", "data_arguments": json.dumps({"size": 4, "resize": "crop"})}
+    (folder / checkpoint.CONFIG).write_text(json.dumps(config))
+    checkpoint.write_marker(folder)
+    out = tmp_path / "sample.png"
+    assert cli(["generate", "--model", str(folder), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "4×4 image" in capsys.readouterr().out
+    exported = tmp_path / "image.safetensors"
+    assert cli(["export", str(folder), "--out", str(exported)]) == 0
+    assert load_weights(exported)[1]["modality"] == "image"
+
+
+def test_the_progress_bar_ends_where_max_minutes_stops_the_run():
+    config = load_config("tiny-cpu", ["run.max_minutes=2", "optim.total_steps=1000"])
+    minute_ago = time.perf_counter() - 60
+    assert 19 <= reachable_steps(config, 10, 0, minute_ago) <= 20  # 10 steps a minute, a minute left
+    assert reachable_steps(config, 10, 10, minute_ago) == 1000  # no pace yet
+    config.run.max_minutes = 0
+    assert reachable_steps(config, 10, 0, minute_ago) == 1000

@@ -64,12 +64,20 @@ def plain_torch_load(trust: bool):
             try:
                 return original(file, *args, **kwargs)
             except pickle.UnpicklingError as error:
-                reason = str(error).strip().splitlines()[-1][:200]
+                reason = unpickler_reason(str(error))
                 raise UsageError(f"{file}: holds more than plain data ({reason}); reading it could "
-                                 "run code: pass --trust-checkpoint if you trust where it came from") from None
+                                 "run code: pass --trust-checkpoint if you trust its source") from None
 
     with mock.patch.object(torch, "load", load):
         yield
+
+
+def unpickler_reason(message: str) -> str:
+    """The useful part of torch's weights-only refusal ("Unsupported global: GLOBAL x.y ...")."""
+    for line in message.splitlines():
+        if "WeightsUnpickler error:" in line:
+            return line.split("error:", 1)[1].split(". Please")[0].strip()
+    return message.strip().splitlines()[0] if message.strip() else "unreadable pickle"
 
 
 def consolidated_state_dict(folder: Path, zero_stage: int, trust: bool = False) -> dict:
@@ -83,6 +91,9 @@ def consolidated_state_dict(folder: Path, zero_stage: int, trust: bool = False) 
         with open(os.devnull, "w") as quiet, redirect_stdout(quiet), redirect_stderr(quiet):
             # its progress prints are noise here; errors still raise
             return get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
+
+
+MEDIA = "media"  # the key of data_metadata() in a checkpoint's config.json
 
 
 def data_metadata(datasets: list[str]) -> dict:
@@ -134,8 +145,10 @@ def load_any(path, trust: bool = False) -> tuple[torch.nn.Module, dict]:
 
 
 def export_metadata(config: dict, step: int) -> dict:
-    return {"step": step, "image_order": config["data"]["image_order"],
-            **data_metadata(config["data"]["datasets"])}
+    """The checkpoint's step, image order and its data's modality and converter arguments (as
+    recorded at training start; read from the datasets for checkpoints saved without them)."""
+    media = config.get(MEDIA) or data_metadata(config["data"]["datasets"])
+    return {"step": step, "image_order": config["data"]["image_order"], **media}
 
 
 def export(path, out: Path, trust: bool = False) -> Path:

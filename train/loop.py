@@ -17,6 +17,7 @@ from tqdm import tqdm
 from model import byte_loss
 from pipeline.format.vocab import PAD_ID
 from train import checkpoint
+from train.config import TrainConfig
 from train.evaluate import evaluate
 from train.metrics import flops_per_byte, peak_flops
 from train.trainer import Trainer
@@ -47,7 +48,7 @@ def train_loop(t: Trainer, stop: StopRequest) -> dict:
     model_flops = flops_per_byte(config.model) if peak else None
     bar = tqdm(total=total, initial=state.step, desc="train", unit="step",
                disable=t.rank != 0 or not config.run.progress, dynamic_ncols=True)
-    last = {}
+    last, first_step = {}, state.step
     while state.step < total:
         step_start = time.perf_counter()
         sums = torch.zeros(3, dtype=torch.float64, device=t.device)  # loss sum, bytes, stop votes
@@ -75,9 +76,10 @@ def train_loop(t: Trainer, stop: StopRequest) -> dict:
             last["mfu"] = model_flops * last["bytes_per_s"] / (peak * t.world_size)
         if state.step % config.run.log_every == 0 or state.step == total:
             t.metrics.log(state.step, "train", last)
-        bar.update(1)
         bar.set_postfix(loss=f"{loss_mean:.3f}", bpb=f"{last['bpb']:.3f}",
-                        B_s=f"{last['bytes_per_s']:.3g}", refresh=False)
+                        B_s=f"{last['bytes_per_s']:.3g}", refresh=False)  # update shows it: no lag
+        bar.total = reachable_steps(config, state.step, first_step, started)
+        bar.update(1)
         stopping = stop_votes > 0
         every = config.run.checkpoint_every
         if stopping or state.step == total or (every and state.step % every == 0):
@@ -91,8 +93,19 @@ def train_loop(t: Trainer, stop: StopRequest) -> dict:
     return last
 
 
+def reachable_steps(config: TrainConfig, step: int, first_step: int, started: float) -> int:
+    """The step the run will end at: optim.total_steps, or fewer when run.max_minutes stops it
+    first at the pace so far (so that the progress bar's time left counts both)."""
+    total = config.optim.total_steps
+    if not config.run.max_minutes or step == first_step:
+        return total
+    elapsed = time.perf_counter() - started
+    left = max(0.0, 60 * config.run.max_minutes - elapsed)
+    return min(total, step + int(left * (step - first_step) / elapsed))
+
+
 def save(t: Trainer) -> None:
-    checkpoint.save(t.checkpoint_dir, t.run_state.step, t.checkpoint_parts(), t.config.to_dict(),
+    checkpoint.save(t.checkpoint_dir, t.run_state.step, t.checkpoint_parts(), t.checkpoint_config(),
                     t.config.run.keep_last)
 
 

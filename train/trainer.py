@@ -24,6 +24,7 @@ from pipeline.load.validation import ValidationLoader
 from train import checkpoint
 from train.config import ConfigError, TrainConfig, dump_config
 from train.engine import EngineState, build_engine
+from train.export import MEDIA, data_metadata
 from train.metrics import BatchTrace, MetricsLogger, truncate_jsonl
 from train.state import RNGState, RunState
 
@@ -46,6 +47,7 @@ class Trainer:
     run_state: RunState  # step, bytes seen
     metrics: MetricsLogger
     trace: BatchTrace
+    media: dict  # the data's modality and converter arguments (train.export.data_metadata)
 
     @property
     def out_dir(self) -> Path:
@@ -54,6 +56,11 @@ class Trainer:
     @property
     def checkpoint_dir(self) -> Path:
         return self.out_dir / "checkpoints"
+
+    def checkpoint_config(self) -> dict:
+        """What a checkpoint's config.json holds: the resolved config and what the data is, so
+        that generate can turn bytes back into media wherever the checkpoint goes."""
+        return {**self.config.to_dict(), MEDIA: self.media}
 
     def checkpoint_parts(self) -> dict[str, checkpoint.Part]:
         return checkpoint_parts(self.engine, self.loader, self.run_state)
@@ -137,4 +144,4 @@ def build_trainer(config: TrainConfig, rank: int, world_size: int, device: torch
     resume(out_dir, checkpoint_parts(engine, loader, run_state), run_state, trace, rank, world_size)
     return Trainer(config, rank, world_size, device, engine, loader, iter(loader),
                    build_validation(config, rank, world_size), run_state,
-                   MetricsLogger(out_dir, rank == 0), trace)
+                   MetricsLogger(out_dir, rank == 0), trace, data_metadata(config.data.datasets))
