@@ -11,6 +11,8 @@ import logging
 import math
 import os
 import socket
+import sys
+from contextlib import redirect_stdout
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,7 +43,10 @@ def init_distributed() -> tuple[int, int, torch.device]:
     from deepspeed.utils import logger
 
     logger.setLevel(logging.WARNING)  # its INFO lines would drown the progress bar
-    deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo", verbose=False)
+    if not gpu:
+        prepare_cpu_comm_op(int(os.environ["WORLD_SIZE"]))
+    with open(os.devnull, "w") as quiet, redirect_stdout(quiet):  # "... built successfully", each run
+        deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo", verbose=False)
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if gpu:
         torch.cuda.set_device(local_rank)
@@ -49,6 +54,25 @@ def init_distributed() -> tuple[int, int, torch.device]:
     else:
         device = torch.device("cpu")
     return torch.distributed.get_rank(), torch.distributed.get_world_size(), device
+
+
+def prepare_cpu_comm_op(world_size: int) -> None:
+    """DeepSpeed's CPU communication op (a shared-memory all-reduce) is C++ compiled on first use,
+    about a minute without a word. A world of one has nothing to reduce: it goes without; more
+    ranks say once that they are waiting for the build."""
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+    from torch.utils.cpp_extension import _get_build_directory
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None:
+        return
+    if world_size == 1:
+        deepspeed.ops.__compatible_ops__[builder.NAME] = False  # build_shm_op then skips it
+        return
+    built = any(Path(_get_build_directory(builder.NAME, verbose=False)).glob("*.so"))
+    if not built and os.environ.get("LOCAL_RANK", "0") == "0":
+        print("building DeepSpeed's CPU communication op, once (about a minute)…", file=sys.stderr)
 
 
 def use_bf16(config: TrainConfig) -> bool:
