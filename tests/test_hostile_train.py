@@ -1,6 +1,6 @@
 """The trainer stopped and resumed the unlucky way: a SIGTERM to the whole process group (as SLURM,
 Kubernetes and docker stop a job), with real processes; a corrupt newest checkpoint; a
-checkpoint whose pickles would run code."""
+checkpoint whose pickles would run code; a full disk; a checkpoint far from its data."""
 
 import errno
 import json
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
+from test_checkpoint import world_of_one  # noqa: F401 (fixture)
 from test_train import (ENV, REPO, TINY_MODEL, data, losses, run_training,  # noqa: F401 (fixture)
                         train_command, write_config)
 
@@ -66,13 +66,6 @@ def test_group_sigterm_with_workers_saves_exits_0_and_resumes(tmp_path, data):
 
 # ---------------------------------------------------------------------------------------------
 # a corrupt newest checkpoint: verified against its COMPLETE record, the newest intact one is used
-
-
-@pytest.fixture
-def world_of_one(tmp_path):
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 class Files:
