@@ -1,20 +1,37 @@
-"""Model configuration: one dataclass for MegaByte and for the vanilla byte-transformer baseline.
+"""Model configuration: one dataclass for MegaByte, its ablations and the baselines it is compared with.
 
 Shapes named in model/: B batch, T bytes per sequence, P bytes per patch, K = T/P patches,
-D_G = global_dim/P global width per byte, D_L local width, V vocabulary (256 bytes + specials).
+D_G = global_dim/P global width per byte, D_L local width, V vocabulary (256 bytes + specials),
+N latents (PerceiverAR).
 
+Every architecture is made of a global model (the global_* fields) and/or a local model (local_*):
 architecture="megabyte": global model of width P·D_G over K patches, local model of width D_L over
-    the P bytes of each patch (paper §2).
+    the P bytes of each patch (paper §2). Options (§2.3): local_cross_patch=r lets every local
+    attention layer also see the last r positions of the previous patch; conv_encoder runs causal
+    convolutions over the byte embeddings before they are cut into patches.
 architecture="transformer": the paper's baseline, a single causal decoder over all T bytes,
-    described by the global_* fields (it is MegaByte with P=1 and no local model): patch_size
-    must be 1 and local_layers 0, so that a config never carries numbers that mean nothing.
+    described by the global_* fields (it is MegaByte with P=1 and no local model).
+architecture="perceiver_ar": the PerceiverAR baseline (Hawthorne et al. 2022): one causal
+    cross-attention from the last `latents` positions to all T, then a decoder over those latents
+    (global_* fields), P=1 and no local model; it predicts only the last `latents` bytes.
+architecture="no_local": the "w/o local model" ablation (Table 10): the global model alone, with P
+    output heads that predict the P bytes of the next patch at once (those heads read the whole
+    global output, so tie_embeddings has nothing to tie there).
+architecture="no_global": the "w/o global model" ablation: the local model alone, over patches of P
+    bytes that see nothing of each other.
+A field that an architecture does not use must keep its "off" value (patch_size=1, local_layers=0,
+global_layers=0, latents=0, local_cross_patch=0, conv_encoder=False, as the error says), so that a
+config never carries numbers that mean nothing.
 """
 
 import dataclasses
 import math
 from dataclasses import dataclass
 
-ARCHITECTURES = ("megabyte", "transformer")
+ARCHITECTURES = ("megabyte", "transformer", "perceiver_ar", "no_local", "no_global")
+WITH_GLOBAL = ("megabyte", "transformer", "perceiver_ar", "no_local")  # have a global model
+WITH_LOCAL = ("megabyte", "no_global")  # have a local model
+UNPATCHED = ("transformer", "perceiver_ar")  # read single bytes: patch_size=1
 ACTIVATIONS = ("gelu", "relu", "swiglu")
 NORMS = ("layernorm", "rmsnorm")
 POS_EMBEDDINGS = ("learned", "none")
@@ -45,6 +62,9 @@ class MegaByteConfig:
     init_std: float = 0.02  # truncated normal, cut at ±2 std
     tie_embeddings: bool = True  # output head shares the (local) byte embedding, as the paper
     activation_checkpointing: bool = False  # recompute each block in backward (saves memory)
+    latents: int = 0  # perceiver_ar only: N, the last N positions (queries of its cross-attention)
+    local_cross_patch: int = 0  # megabyte only: r ≤ P positions of the previous patch (0 = off)
+    conv_encoder: bool = False  # megabyte, no_local: causal convolutions (kernels 3, 5, 7)
 
     def __post_init__(self):
         def check(ok: bool, message: str):
@@ -66,21 +86,48 @@ class MegaByteConfig:
         check(self.seq_len % self.patch_size == 0,
               f"seq_len={self.seq_len} must be a multiple of patch_size={self.patch_size}; "
               f"try seq_len={math.ceil(self.seq_len / self.patch_size) * self.patch_size}")
-        check(self.global_layers >= 1, "global_layers must be at least 1")
-        check(self.global_dim % self.patch_size == 0,
-              f"global_dim={self.global_dim} must be a multiple of patch_size={self.patch_size} "
-              f"(the global model's width is P·D_G); try global_dim="
-              f"{max(1, round(self.global_dim / self.patch_size)) * self.patch_size}")
-        check(self.global_dim % self.global_heads == 0,
-              f"global_heads={self.global_heads} must divide global_dim={self.global_dim}")
-        if self.architecture == "transformer":
-            check(self.patch_size == 1 and self.local_layers == 0,
-                  "the transformer baseline has no patches and no local model: set patch_size=1 and local_layers=0 "
+        self.check_architecture(check)
+
+    def check_architecture(self, check):
+        arch, P = self.architecture, self.patch_size
+        if arch in UNPATCHED:
+            check(P == 1 and self.local_layers == 0,
+                  f"{arch} has no patches and no local model: set patch_size=1 and local_layers=0 "
                   "(its width, depth and heads are global_dim, global_layers, global_heads)")
-        else:
-            check(self.local_layers >= 1, "local_layers must be at least 1 for megabyte")
+        if arch == "no_local":
+            check(self.local_layers == 0, "no_local has no local model: set local_layers=0")
+        if arch == "no_global":
+            check(self.global_layers == 0, "no_global has no global model: set global_layers=0")
+        if arch in WITH_GLOBAL:
+            check(self.global_layers >= 1, f"global_layers must be at least 1 for {arch}")
+            check(self.global_dim % P == 0,
+                  f"global_dim={self.global_dim} must be a multiple of patch_size={P} "
+                  f"(the global model's width is P·D_G); try global_dim={max(1, round(self.global_dim / P)) * P}")
+            check(self.global_dim % self.global_heads == 0,
+                  f"global_heads={self.global_heads} must divide global_dim={self.global_dim}")
+        if arch in WITH_LOCAL:
+            check(self.local_layers >= 1, f"local_layers must be at least 1 for {arch}")
             check(self.local_dim % self.local_heads == 0,
                   f"local_heads={self.local_heads} must divide local_dim={self.local_dim}")
+        if arch == "perceiver_ar":
+            check(1 <= self.latents <= self.seq_len,
+                  f"perceiver_ar needs 1 <= latents <= seq_len={self.seq_len}, got latents={self.latents}")
+        else:
+            check(self.latents == 0, f"latents is a perceiver_ar field: set latents=0 for {arch}")
+        if arch == "megabyte":
+            check(0 <= self.local_cross_patch <= P,
+                  f"local_cross_patch must be in [0, patch_size={P}] (positions of the previous patch), "
+                  f"got {self.local_cross_patch}")
+            # rotary positions turn pairs of dimensions: the local head size must be even
+            check(self.local_cross_patch == 0 or (self.local_dim // self.local_heads) % 2 == 0,
+                  f"local_cross_patch needs an even local head size, got local_dim/local_heads="
+                  f"{self.local_dim // self.local_heads}")
+        else:
+            check(self.local_cross_patch == 0,
+                  f"local_cross_patch is a megabyte option: set local_cross_patch=0 for {arch}")
+        check(not self.conv_encoder or arch in ("megabyte", "no_local"),
+              f"conv_encoder is an option of megabyte and no_local (the patch embedder): set "
+              f"conv_encoder=false for {arch}")
 
     @property
     def num_patches(self) -> int:  # K

@@ -153,13 +153,15 @@ class Transformer(nn.Module):
 
 
 def byte_loss(logits: torch.Tensor, ids: torch.Tensor, pad_id: int = 256) -> torch.Tensor:
-    """Mean cross-entropy in nats over the positions whose target is not PAD.
+    """Mean cross-entropy in nats over the predicted positions whose target is not PAD.
 
-    logits (B, T, V) from model(ids), ids (B, T): logits[:, t] already predicts ids[:, t] (the
-    models shift internally), so no shift here. Every byte value, 0 included, is a target;
-    divide by ln 2 for bits per byte. A batch of nothing but PAD gives NaN (0/0)."""
-    # (B·T, V) against (B·T,); fp32 so that a bf16 forward still gets an exact softmax
-    return F.cross_entropy(logits.float().flatten(0, 1), ids.flatten(), ignore_index=pad_id)
+    logits (B, L, V) from model(ids), ids (B, T): logits[:, j] already predicts ids[:, T - L + j]
+    (the models shift internally, so no shift here). L = T for every model but PerceiverAR, which
+    predicts only its last L = latents bytes. Every byte value, 0 included, is a target; divide by
+    ln 2 for bits per byte. A batch of nothing but PAD gives NaN (0/0)."""
+    targets = ids[:, ids.shape[1] - logits.shape[1]:]  # (B, L): the bytes the logits predict
+    # (B·L, V) against (B·L,); fp32 so that a bf16 forward still gets an exact softmax
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=pad_id)
 
 
 def bits_per_byte(loss_nats: torch.Tensor | float) -> torch.Tensor | float:
