@@ -11,10 +11,11 @@ Pure PyTorch; imports nothing else of this project.
 import torch.nn as nn
 
 from model.baseline import ByteTransformer
-from model.config import PRESET_SIZES, PRESETS, MegaByteConfig
+from model.config import MegaByteConfig
 from model.generate import generate, generate_ids, sample
 from model.layers import KVCache, bits_per_byte, byte_loss
 from model.megabyte import MegaByte
+from model.presets import PRESET_SIZES, PRESETS
 
 
 def build_model(config: MegaByteConfig) -> nn.Module:
