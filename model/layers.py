@@ -244,6 +244,8 @@ class ConvEncoder(nn.Module):
                 nn.init.zeros_(conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 0:  # a prompt without a complete patch: nothing to convolve
+            return x
         x = x.transpose(1, 2)  # (B, D, T): channels first for Conv1d
         for conv in self.convs:
             # left padding k-1: the output at t sees inputs t-k+1..t only (zeros before byte 0)
