@@ -107,18 +107,20 @@ class CausalSelfAttention(nn.Module):
             k, v = F.linear(x, w_kv, b_kv).split(C, dim=-1)  # (..., T, C) each
         return self.split_heads(q), self.split_heads(k), self.split_heads(v)  # (N, nh, n|T, hs)
 
-    def with_previous_patch(self, k: torch.Tensor, v: torch.Tensor, K: int):
+    def with_previous_patch(self, k: torch.Tensor, v: torch.Tensor, B: int, K: int):
         """k, v (B·K, nh, P, hs) → keys and values of the previous patch's last r positions and
-        this patch's P, (B·K, nh, r+P, hs), and the mask (K, 1, P, r+P) that lets slot p see those r
-        (none for patch 0) and slots ≤ p. Gradients flow into the previous patch."""
+        this patch's P, (B·K, nh, r+P, hs), and the mask (B·K, 1, P, r+P) that lets slot p see
+        those r (none for patch 0) and slots ≤ p. Gradients flow into the previous patch."""
         r, P = self.cross_patch, k.shape[2]
+
         def prepend(t):
-            t = t.unflatten(0, (-1, K))  # (B, K, nh, P, hs)
-            prev = F.pad(t[:, :-1, :, P - r:], (0, 0, 0, 0, 0, 0, 1, 0))  # (B, K, nh, r, hs), zeros before patch 0
+            t = t.view(B, K, *t.shape[1:])  # (B, K, nh, P, hs)
+            prev = F.pad(t[:, :-1, :, P - r:], (0, 0, 0, 0, 0, 0, 1, 0))  # (B, K, nh, r, hs): zeros before patch 0
             return torch.cat([prev, t], dim=3).flatten(0, 1)  # (B·K, nh, r+P, hs)
+
         mask = torch.ones(K, 1, P, r + P, dtype=torch.bool, device=k.device).tril(diagonal=r)
         mask[0, :, :, :r] = False  # patch 0 has no previous patch
-        return prepend(k), prepend(v), mask
+        return prepend(k), prepend(v), mask.expand(B, -1, -1, -1, -1).flatten(0, 1)  # mask (B·K, 1, P, r+P)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, queries: int | None = None) -> torch.Tensor:
         """x (..., T, C) → (..., n, C) for the last n = queries (default T) positions."""
@@ -128,9 +130,8 @@ class CausalSelfAttention(nn.Module):
         mask = None
         if cache is not None:
             k, v = cache.update(k, v)  # (N, nh, S, hs)
-        elif self.cross_patch:
-            k, v, mask = self.with_previous_patch(k, v, lead[1])  # (N, nh, r+P, hs); x is (B, K, P, C)
-            mask = mask.expand(lead[0], -1, -1, -1, -1).flatten(0, 1)  # (B·K, 1, P, r+P)
+        elif self.cross_patch:  # x is (B, K, P, C)
+            k, v, mask = self.with_previous_patch(k, v, *lead)  # (B·K, nh, r+P, hs) twice, (B·K, 1, P, r+P)
         S = k.shape[2]
         if mask is None and 1 < n < S:  # queries sit at the end of the keys: bottom-right causal mask
             mask = torch.ones(n, S, dtype=torch.bool, device=x.device).tril(diagonal=S - n)

@@ -208,3 +208,15 @@ def test_a_window_that_keeps_the_whole_context_is_refused():
     model = family_model("megabyte")
     with pytest.raises(ValueError, match="keep=32 must leave room in the context"):
         generate_ids(model, torch.zeros(1, 3, dtype=torch.long), 40, keep=32)
+
+
+@pytest.mark.parametrize("name", ["cross-patch", "conv", "perceiver_ar", "no_local", "no_global"])
+def test_every_architecture_round_trips_through_a_weights_file(tmp_path, name):
+    from model.weights import load_weights, save_weights
+
+    model = family_model(name).float()
+    save_weights(model, tmp_path / "model.safetensors")
+    loaded, _ = load_weights(tmp_path / "model.safetensors")
+    assert type(loaded) is type(model) and loaded.config == model.config
+    ids = torch.randint(0, 256, (1, model.config.seq_len))
+    torch.testing.assert_close(loaded(ids), model(ids), rtol=0, atol=0)
