@@ -179,6 +179,34 @@ def test_every_architecture_trains(name):
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.parametrize("name", sorted(FAMILY))
+def test_bf16_autocast_forward_backward_and_cached_decoding(name):
+    torch.manual_seed(0)
+    model = build_model(MegaByteConfig(**{**SMALL, **FAMILY[name]}))
+    ids = torch.randint(0, 256, (2, model.config.seq_len))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(ids)
+        loss = byte_loss(logits, ids)
+        assert logits.dtype == torch.bfloat16 and torch.isfinite(loss)
+        loss.backward()
+        out = generate_ids(model.eval(), ids[:, :5], 40, generator=torch.Generator().manual_seed(0))
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    assert out.shape[1] > 5
+
+
+def test_activation_checkpointing_gives_the_same_gradients_with_both_options():
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = build_model(MegaByteConfig(**{**SMALL, **FAMILY["conv+cross-patch"],
+                                              "activation_checkpointing": checkpointing})).double()
+        ids = torch.randint(0, 256, (2, T), generator=torch.Generator().manual_seed(0))
+        byte_loss(model(ids), ids).backward()
+        grads.append([p.grad for p in model.parameters()])
+    for with_, without in zip(*grads):
+        torch.testing.assert_close(with_, without, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("fields, message", [
     (dict(architecture="perceiver"), "architecture must be one of ('megabyte', 'transformer', 'perceiver_ar'"),
     (dict(architecture="perceiver_ar", patch_size=1, local_layers=0), "perceiver_ar needs 1 <= latents <= seq_len"),
