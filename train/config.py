@@ -2,7 +2,8 @@
 
     [data]       datasets, weights, validation set, batch sizes, loader options
     [model]      preset = "<name in model.PRESETS>", plus any MegaByteConfig field to override
-    [optim]      AdamW and the learning-rate schedule
+    [optim]      AdamW and the learning-rate schedule; `recipe = "paper"` starts from the paper's
+                 (App. A.1), the keys given in the section override it
     [deepspeed]  ZeRO stage, precision, offload (or a raw DeepSpeed JSON)
     [run]        output directory, checkpoint / eval / log intervals, seed, limits
 
@@ -46,8 +47,20 @@ class DataConfig:
     on_error: str = "raise"  # bad shard or member: "raise" or "skip" (counted and logged)
 
 
+# Training recipes: defaults for [optim] that the keys written in the section override.
+# "paper" is App. A.1 of the paper: Adam β = (0.9, 0.98), gradient-norm clip 1.0, weight decay 0.1,
+# 500 warm-up updates, then metaseq's polynomial decay with power 1 (linear) to an end lr of 0. The
+# model half of that recipe (pre-norm, ReLU, dropout 0.1 but none on embeddings, truncated-normal
+# init with std 0.006) belongs to the model: the paper presets in model/presets.py carry it.
+RECIPES = {
+    "paper": {"betas": [0.9, 0.98], "grad_clip": 1.0, "weight_decay": 0.1, "warmup_steps": 500,
+              "schedule": "linear", "min_lr_ratio": 0.0},
+}
+
+
 @dataclass
 class OptimConfig:
+    recipe: str = ""  # "paper": start from RECIPES["paper"]; "" = the defaults below
     lr: float = 2e-3  # peak learning rate
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-8
@@ -109,7 +122,9 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown section(s) {unknown}; sections are "
                               f"{sorted([*SECTIONS, 'model'])}")
-        sections = {name: build_section(name, kind, raw.get(name, {})) for name, kind in SECTIONS.items()}
+        values = {name: dict(raw.get(name, {})) for name in SECTIONS}
+        values["optim"] = with_recipe(values["optim"])
+        sections = {name: build_section(name, kind, values[name]) for name, kind in SECTIONS.items()}
         model_fields = dict(raw.get("model", {}))
         preset = model_fields.pop("preset", "tiny")
         if preset not in PRESETS:
@@ -161,6 +176,14 @@ class TrainConfig:
                               f"data.micro_batch_size × world size = {self.data.micro_batch_size} × "
                               f"{world_size}; change one of them")
         return self.data.batch_size // per_step
+
+
+def with_recipe(optim: dict) -> dict:
+    """[optim] keys over the defaults of the recipe they name (if any)."""
+    recipe = optim.get("recipe", "")
+    if recipe and recipe not in RECIPES:
+        raise ConfigError(f"optim.recipe = {recipe!r}: choose one of {sorted(RECIPES)} (or leave it out)")
+    return {**RECIPES.get(recipe, {}), **optim}
 
 
 def build_section(name: str, kind, values: dict):
