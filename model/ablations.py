@@ -76,7 +76,7 @@ class NoGlobal(MegaByte):
         P, D_L = self.config.patch_size, self.config.local_dim
         if self.slot_embed is None:
             return self.local_pad.new_zeros(B, n, P, D_L)
-        return self.slot_embed.expand(B, n, P, D_L)
+        return self.slot_embed.expand(B, n, P, D_L)  # (P, D_L) → (B, n, P, D_L), no copy
 
     def patch_contexts(self, ids: torch.Tensor) -> torch.Tensor:
         return self.contexts(ids.shape[0], ids.shape[1] // self.config.patch_size)  # (B, K, P, D_L)

@@ -51,7 +51,7 @@ class MegaByte(nn.Module):
     def build_local(self, config: MegaByteConfig):
         """E_local-embed (V × D_L), the trainable local pad before the first byte, local model, head.
         No local position embedding: slot p already gets its own slice of the global output (with
-        cross-patch attention the local attention turns its keys by rotary positions instead)."""
+        cross-patch attention, rotary positions tell the previous patch's keys from this one's)."""
         D_L = config.local_dim
         self.local_embed = nn.Embedding(config.vocab_size, D_L)
         self.local_pad = nn.Parameter(torch.empty(D_L))
@@ -79,7 +79,8 @@ class MegaByte(nn.Module):
         """ids (B, n·P) from position 0 → patch embeddings (B, n, P·D_G)."""
         B, L = ids.shape
         P = self.config.patch_size
-        return self.embed_bytes(ids).view(B, L // P, P * self.config.global_byte_dim)  # (B, n, P·D_G): P bytes side by side
+        x = self.embed_bytes(ids)  # (B, n·P, D_G)
+        return x.view(B, L // P, P * x.shape[-1])  # (B, n, P·D_G): P bytes side by side
 
     def global_forward(self, ids: torch.Tensor, caches=None) -> torch.Tensor:
         """ids (B, n·P) → global output (B, n+1, P·D_G); position k sees patches < k (the pad first).
@@ -129,8 +130,9 @@ class MegaByte(nn.Module):
     def pad_to_patches(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, T') with 0 < T' ≤ T → (B, K·P): a T' that is not a multiple of P is padded with
         PAD up to one (causality makes the logits before it exact; the caller cuts them back)."""
-        if not 0 < ids.shape[1] <= self.config.seq_len:
-            raise ValueError(f"sequence of {ids.shape[1]} bytes: the model reads 1 to seq_len={self.config.seq_len} bytes")
+        T = ids.shape[1]
+        if not 0 < T <= self.config.seq_len:
+            raise ValueError(f"sequence of {T} bytes: the model reads 1 to seq_len={self.config.seq_len} bytes")
         return nn.functional.pad(ids, (0, -ids.shape[1] % self.config.patch_size), value=self.config.pad_id)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

@@ -16,8 +16,8 @@ decoder's layers and the cross-attention block comes on top.
 
 import torch
 
-from model.config import MegaByteConfig
 from model.baseline import ByteTransformer
+from model.config import MegaByteConfig
 from model.layers import Block, KVCache, init_block
 
 

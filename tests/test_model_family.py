@@ -126,7 +126,8 @@ def test_cached_greedy_generation_equals_recomputation(name, prompt_len):
 
 
 @pytest.mark.parametrize("name, prompt_len, keep", [
-    *[(name, 3, None) for name in ("megabyte", "conv+cross-patch", "transformer", "perceiver_ar", "no_local", "no_global")],
+    *[(name, 3, None) for name in
+      ("megabyte", "conv+cross-patch", "transformer", "perceiver_ar", "no_local", "no_global")],
     ("megabyte", 45, None), ("conv+cross-patch", 45, None), ("perceiver_ar", 45, None), ("no_global", 45, None),
     ("conv+cross-patch", 10, 9), ("no_local", 10, 9), ("megabyte", 10, 0), ("transformer", 10, 0),
 ])
@@ -221,7 +222,8 @@ def test_activation_checkpointing_gives_the_same_gradients_with_both_options():
     (dict(architecture="no_global", global_layers=0, local_cross_patch=1), "local_cross_patch is a megabyte option"),
     (dict(architecture="transformer", patch_size=1, local_layers=0, conv_encoder=True),
      "conv_encoder is an option of megabyte and no_local"),
-    (dict(architecture="no_global", global_layers=0, conv_encoder=True), "conv_encoder is an option of megabyte and no_local"),
+    (dict(architecture="no_global", global_layers=0, conv_encoder=True),
+     "conv_encoder is an option of megabyte and no_local"),
     (dict(architecture="no_local"), "no_local has no local model: set local_layers=0"),
     (dict(architecture="no_global"), "no_global has no global model: set global_layers=0"),
     (dict(architecture="no_global", global_layers=0, local_layers=0), "local_layers must be at least 1 for no_global"),
