@@ -281,13 +281,14 @@ def test_export_generate_eval_and_plot(tmp_path, data, capsys):
     out = capsys.readouterr().out
     from pipeline.format.shards import load_manifest
 
-    payload = load_manifest(data["val"]).totals["payload_bytes"]
-    assert f"over {payload:,} bytes" in out  # every byte of the validation set, once
-    bpb = float(out.split(":")[1].split()[0])
+    totals = load_manifest(data["val"]).totals
+    targets = totals["payload_bytes"] + totals["samples"]  # every byte and document end, once
+    assert out.startswith(f"{data['val']}: {targets:,} targets")
+    bpb = float(out.splitlines()[2].split()[1])  # the "plain" row
     assert 0 < bpb < 8
 
     evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
              if json.loads(line)["kind"] == "eval"]
-    assert [e["step"] for e in evals] == [2, 4] and evals[-1]["bytes"] == payload
+    assert [e["step"] for e in evals] == [2, 4] and evals[-1]["targets"] == targets
     assert cli(["plot", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "curves.png").read_bytes()[:4] == b"\x89PNG"

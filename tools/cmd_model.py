@@ -14,14 +14,23 @@ MODEL_HELP = "an exported .safetensors file, a run directory, or a step-NNNNNN c
 
 
 def register(subparsers) -> None:
-    evaluate = subparsers.add_parser("eval", help="bits per byte over a whole dataset, per modality")
+    evaluate = subparsers.add_parser("eval", help="bits per byte over every byte of a dataset: plain, "
+                                                  "strided, sliding window")
     evaluate.add_argument("model", type=Path, metavar="MODEL", help=MODEL_HELP)
     evaluate.add_argument("--data", required=True, type=Path, help="a converted dataset directory")
-    evaluate.add_argument("--batch-size", type=int, default=8, help="sequences per batch (default: 8)")
-    evaluate.add_argument("--max-batches", type=int, default=0,
-                          help="stop after N batches; 0 = every byte of the dataset (default)")
+    evaluate.add_argument("--strided", action="store_true",
+                          help="also strided inference (MegaByte §2.3): a second pass shifted by half a "
+                               "patch, each byte scored where it sits in the first half of its patch")
+    evaluate.add_argument("--sliding", type=int, default=None, metavar="STRIDE",
+                          help="also sliding windows advancing by STRIDE bytes (≤ the context; "
+                               "PerceiverAR: ≤ its latents, and latents/2 unless given)")
+    evaluate.add_argument("--batch-size", type=int, default=8, help="windows per forward (default: 8)")
+    evaluate.add_argument("--max-bytes", type=int, default=0,
+                          help="score only the first N ids of the dataset; 0 = all of it (default)")
     evaluate.add_argument("--image-order", choices=["raster", "patch"], default=None,
                           help="byte order of images (default: the order the model was trained on)")
+    evaluate.add_argument("--device", default=None,
+                          help="torch device, e.g. cpu or cuda:0 (default: cuda when there is one)")
     evaluate.set_defaults(func=cmd_eval)
 
     export = subparsers.add_parser("export", help="checkpoint (any ZeRO stage) → one safetensors file")
@@ -61,19 +70,24 @@ def load_model(path: Path):
 def cmd_eval(args) -> int:
     import torch
 
-    from pipeline.load.loader import build_validation_loader
-    from train.evaluate import evaluate
+    from train.windows import dataset_streams, eval_modes, evaluate_streams
 
+    if args.batch_size < 1 or args.max_bytes < 0:
+        raise UsageError("--batch-size must be at least 1 and --max-bytes at least 0")
     model, metadata = load_model(args.model)
     config = model.config
+    modes = eval_modes(config, args.strided, args.sliding)
     order = args.image_order or metadata.get("image_order", "raster")
-    batches = build_validation_loader(str(args.data), config.seq_len, config.patch_size,
-                                      args.batch_size, 0, 1, image_order=order)
-    result = evaluate(model, batches, torch.device("cpu"), args.max_batches)
-    print(f"{args.data}: {result['bpb']:.4f} bits per byte over {result['bytes']:,} bytes")
-    for key, value in result.items():
-        if key.startswith("bpb/"):
-            print(f"  {key[4:]:<6} {value:.4f} bits per byte")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    results = evaluate_streams(model.to(device),
+                               lambda: dataset_streams(args.data, config, order, max_ids=args.max_bytes),
+                               modes, device, args.batch_size)
+    plain = results["plain"]
+    print(f"{args.data}: {plain['targets']:,} targets (every byte and document end once), "
+          f"{config.architecture}, context {config.seq_len:,}")
+    print(f"  {'mode':<24} {'bits/byte':>9} {'cost':>6}")
+    for name, result in results.items():
+        print(f"  {name:<24} {result['bpb']:>9.4f} {result['positions'] / plain['positions']:>5.2f}×")
     return 0
 
 
