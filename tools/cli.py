@@ -9,9 +9,9 @@ import argparse
 import sys
 
 from pipeline.format.errors import report_errors
-from tools import cmd_convert, cmd_demo, cmd_inspect, cmd_model, cmd_plot, cmd_train
+from tools import cmd_convert, cmd_demo, cmd_flops, cmd_inspect, cmd_model, cmd_plot, cmd_train
 
-COMMAND_MODULES = [cmd_convert, cmd_inspect, cmd_train, cmd_model, cmd_plot, cmd_demo]
+COMMAND_MODULES = [cmd_convert, cmd_inspect, cmd_train, cmd_model, cmd_flops, cmd_plot, cmd_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
