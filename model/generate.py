@@ -15,10 +15,31 @@ patches keeps every byte in the slot of its patch that it had. A prompt longer t
 keeps its last window in the same way.
 """
 
+import math
 from collections import defaultdict
 
 import torch
 import torch.nn as nn
+
+
+def check_generation(max_new_bytes: int, temperature: float = 1.0, top_k: int | None = None,
+                     top_p: float | None = None, seed: int | None = None, keep: int | None = None,
+                     context: int | None = None) -> None:
+    """ValueError, saying what to change, for arguments that make no sense: the one check of
+    generation arguments, for `generate` and for `megabyte generate` before it loads a model.
+    keep is checked against the context when both are given."""
+    if max_new_bytes < 1:
+        raise ValueError(f"cannot generate {max_new_bytes} bytes: ask for at least 1")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature {temperature}: must be 0 (greedy) or above, and finite")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top-k {top_k}: must be at least 1 (the k likeliest bytes are kept)")
+    if top_p is not None and not 0 < top_p <= 1:  # also refuses nan
+        raise ValueError(f"top-p {top_p}: must be above 0 and at most 1 (the probability mass kept)")
+    if seed is not None and not 0 <= seed < 2**64:
+        raise ValueError(f"seed {seed}: must be 0 to 2**64 - 1")
+    if keep is not None and context is not None and not 0 <= keep < context:
+        raise ValueError(f"keep={keep} must leave room in the context: 0 <= keep < seq_len={context}")
 
 
 def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -59,12 +80,9 @@ def generate_ids(model: nn.Module, prompt: torch.Tensor, max_new_bytes: int, tem
     whole patches (default: half the context)."""
     config = model.config
     B, L = prompt.shape
-    if max_new_bytes <= 0:
-        return prompt
     context, P = config.seq_len, config.patch_size
     keep = context // 2 if keep is None else keep
-    if not 0 <= keep < context:
-        raise ValueError(f"keep={keep} must leave room in the context: 0 <= keep < seq_len={context}")
+    check_generation(max_new_bytes, temperature, top_k, top_p, keep=keep, context=context)
     # only bytes may be sampled (and the boundary when it means stop): PAD is never a target
     banned = torch.ones(config.vocab_size, dtype=torch.bool, device=prompt.device)
     banned[:256] = False
@@ -101,6 +119,7 @@ def generate(model: nn.Module, prompt: torch.Tensor | list[bytes], max_new_bytes
     seed makes sampling repeatable (ignored when a generator is given); temperature 0 is greedy.
     The model runs in eval mode (no dropout) and is put back in its former mode afterwards."""
     device = next(model.parameters()).device
+    check_generation(max_new_bytes, temperature, top_k, top_p, seed)  # before the seed is used
     if generator is None and seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training

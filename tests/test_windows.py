@@ -190,7 +190,7 @@ def test_eval_prints_plain_strided_and_sliding_side_by_side(weights, text_datase
     assert lines[0].startswith(f"{text_dataset}: {payload + 40:,} targets")
     rows = {line[:26].strip(): line[26:].split() for line in lines[2:]}
     assert list(rows) == ["plain", "strided", "sliding 32", "sliding 32 + strided"]
-    assert rows["plain"][1] == "1.00×" and all(0 < float(bpb) < 9 for bpb, _ in rows.values())
+    assert rows["plain"][1] == "1.00×" and all(0 < float(bpb) < 9 for bpb, *_ in rows.values())
     assert cli(["eval", str(weights["tiny-perceiver-ar"]), "--data", str(text_dataset)]) == 0
     assert "sliding 8" in capsys.readouterr().out  # PerceiverAR: latents/2 unless told
 
@@ -201,7 +201,7 @@ def test_eval_prints_plain_strided_and_sliding_side_by_side(weights, text_datase
     ("tiny", ["--sliding", "0"], "--sliding 0: the stride must be 1 to 64"),
     ("tiny", ["--sliding", "65"], "--sliding 65: the stride must be 1 to 64"),
     ("tiny-perceiver-ar", ["--sliding", "17"], "the stride must be 1 to 16, the positions one window predicts (latents"),
-    ("tiny", ["--batch-size", "0"], "--batch-size must be at least 1"),
+    ("tiny", ["--batch-size", "0"], "--batch-size 0: must be at least 1"),
 ])
 def test_eval_options_the_paper_does_not_define_are_one_error_line(weights, text_dataset, capsys, name, flags,
                                                                     message):

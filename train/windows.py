@@ -23,6 +23,7 @@ windows still need, so a dataset of concatenated documents is never held whole.
 """
 
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ import torch
 
 from model.config import MegaByteConfig
 from pipeline.format.errors import UsageError
+from pipeline.format.shards import load_manifest
 from pipeline.load.reading import ErrorPolicy, read_tokens
 from pipeline.load.streams import Source
 from train.evaluate import bpb, target_nats
@@ -137,9 +139,10 @@ def stream_jobs(stream: Stream, config: MegaByteConfig, mode: Mode) -> Iterator[
 
 
 @torch.no_grad()
-def score_jobs(model, jobs: Iterable[Job], device: torch.device, batch_size: int) -> dict:
+def score_jobs(model, jobs: Iterable[Job], device: torch.device, batch_size: int, progress=None) -> dict:
     """{"nats", "targets", "positions"}: sums over the scored positions that are not PAD, and the
-    ids read by all forwards (the cost). Jobs of one length share a forward."""
+    ids read by all forwards (the cost). Jobs of one length share a forward. progress (a tqdm
+    bar, or None) advances by the positions each forward scores."""
     sums = {"nats": 0.0, "targets": 0, "positions": 0}
     waiting: dict[int, list[Job]] = {}
 
@@ -153,6 +156,8 @@ def score_jobs(model, jobs: Iterable[Job], device: torch.device, batch_size: int
         sums["nats"] += nats[keep].double().sum().item()
         sums["targets"] += int(keep.sum())
         sums["positions"] += ids.numel()
+        if progress is not None:
+            progress.update(int(scored.sum()))
 
     for job in jobs:
         batch = waiting.setdefault(len(job.ids), [])
@@ -165,18 +170,32 @@ def score_jobs(model, jobs: Iterable[Job], device: torch.device, batch_size: int
 
 
 def evaluate_streams(model, make_streams: Callable[[], Iterable[Iterable[np.ndarray]]], modes: list[Mode],
-                     device: torch.device, batch_size: int = 8) -> dict[str, dict]:
-    """mode name → {"bpb", "targets", "positions"}; make_streams() gives the streams (each an
-    iterable of id arrays) afresh for every mode."""
+                     device: torch.device, batch_size: int = 8, progress=None) -> dict[str, dict]:
+    """mode name → {"bpb", "targets", "positions", "seconds"}; make_streams() gives the streams
+    (each an iterable of id arrays) afresh for every mode. progress: a tqdm bar (or None) that
+    advances by every id scored, in all modes: dataset_ids × len(modes) in all."""
     was_training = model.training
     model.eval()
     results = {}
     for mode in modes:
+        if progress is not None:
+            progress.set_postfix_str(mode.name, refresh=False)
+        started = time.perf_counter()
         jobs = (job for pieces in make_streams() for job in stream_jobs(Stream(pieces), model.config, mode))
-        sums = score_jobs(model, jobs, device, batch_size)
-        results[mode.name] = {**sums, "bpb": bpb(sums["nats"], sums["targets"])}
+        sums = score_jobs(model, jobs, device, batch_size, progress)
+        results[mode.name] = {**sums, "bpb": bpb(sums["nats"], sums["targets"]),
+                              "seconds": time.perf_counter() - started}  # score_jobs waits for the device
     model.train(was_training)
     return results
+
+
+def dataset_ids(directory, max_ids: int = 0) -> int:
+    """How many ids dataset_streams gives, from the manifest alone: every byte of every sample,
+    and each text document's end (the boundary id the text transform appends)."""
+    manifest = load_manifest(directory)
+    totals = manifest.totals
+    ids = totals["payload_bytes"] + (totals["samples"] if manifest.modality == "text" else 0)
+    return min(ids, max_ids) if max_ids else ids
 
 
 def dataset_streams(directory, config: MegaByteConfig, image_order: str = "raster",
