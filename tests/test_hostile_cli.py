@@ -191,6 +191,56 @@ def test_the_eval_progress_bar_counts_every_byte_of_every_mode(files):
 
 
 # ---------------------------------------------------------------------------------------------
+# megabyte train / config: every field of the config is type- and range-checked
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("optim.lr=abc", "optim.lr = 'abc': expected float, not str"),
+    ("optim.lr=true", "optim.lr = True: expected float, not bool"),
+    ('data.batch_size="8"', "data.batch_size = '8': expected int, not str"),
+    ("data.batch_size=8.0", "data.batch_size = 8.0: expected int, not float"),
+    ("data.datasets='x'", "data.datasets = 'x': expected list[str], not str"),
+    ("data.weights=[1, 'a']", "data.weights = [1, 'a']: expected list[float], not list"),
+    ("run.progress=1", "run.progress = 1: expected bool, not int"),
+    ('model.seq_len="64"', "model.seq_len = '64': expected int, not str"),
+    ("optim.lr=-1", "optim.lr = -1: must be above 0"),
+    ("optim.lr=nan", "optim.lr = nan: must be above 0"),
+    ("optim.eps=0", "optim.eps = 0: must be above 0"),
+    ("optim.warmup_steps=-1", "optim.warmup_steps = -1: must be at least 0"),
+    ("optim.min_lr_ratio=2", "optim.min_lr_ratio = 2: must be 0 to 1"),
+    ("optim.betas=[0.9]", "optim.betas = [0.9]: two numbers from 0 to below 1"),
+    ("optim.betas=[0.9, 1.5]", "optim.betas = [0.9, 1.5]: two numbers from 0 to below 1"),
+    ("optim.weight_decay=-0.1", "optim.weight_decay = -0.1: must be at least 0"),
+    ("run.log_every=0", "run.log_every = 0: must be at least 1"),
+    ("run.checkpoint_every=-1", "run.checkpoint_every = -1: must be at least 0"),
+    ("run.eval_every=-5", "run.eval_every = -5: must be at least 0"),
+    ("run.eval_batches=-1", "run.eval_batches = -1: must be at least 0"),
+    ("run.keep_last=0", "run.keep_last = 0: must be at least 1"),
+    ("run.max_minutes=-1", "run.max_minutes = -1: must be at least 0"),
+    ("run.max_minutes=inf", "run.max_minutes = inf: must be at least 0"),
+    ("data.num_workers=-1", "data.num_workers = -1: must be at least 0"),
+    ("data.shuffle_buffer=-1", "data.shuffle_buffer = -1: must be at least 0"),
+    ("data.weights=[-1]", "data.weights = [-1]: at least 0 each, and not all 0"),
+    ("data.weights=[0]", "data.weights = [0]: at least 0 each, and not all 0"),
+])
+def test_config_values_of_the_wrong_type_or_range_are_one_line(capsys, setting, message):
+    assert cli(["config", "--config", "tiny-cpu", "--set", setting]) == 2
+    line = error_line(capsys)
+    assert line.startswith("megabyte config: error: ") and message in line, line
+
+
+def test_an_output_directory_that_is_a_file_is_refused_before_training(files, tmp_path, capsys):
+    out_file = tmp_path / "out"
+    out_file.write_text("not a folder\n")
+    for out_dir in (out_file, out_file / "run"):
+        assert cli(["train", "--config", "tiny-cpu", "--set", f"data.datasets=['{files['data']}']",
+                    "--set", f"data.validation='{files['data']}'", "--set", f"run.out_dir='{out_dir}'"]) == 2
+        line = error_line(capsys)
+        assert f"run.out_dir = '{out_dir}': {out_file} is a file, not a folder" in line, line
+    assert listing(tmp_path) == ["out"] and out_file.read_text() == "not a folder\n"
+
+
+# ---------------------------------------------------------------------------------------------
 # megabyte plot
 
 

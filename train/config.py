@@ -9,12 +9,16 @@
 
 `--set section.key=value` overrides one key; the value is read as a TOML value (`3`, `1e-3`,
 `true`, `"text"`, `["a", "b"]`), and a bare word is taken as a string. Unknown sections or keys,
-missing datasets and batch sizes that do not divide are ConfigError: one line saying what to change.
+a value of another type than its field's, numbers out of range, missing datasets, an output
+directory that is a file and batch sizes that do not divide are ConfigError: one line naming the
+key and saying what to change.
 """
 
 import dataclasses
 import json
+import math
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,6 +102,13 @@ class RunConfig:
 
 SECTIONS = {"data": DataConfig, "optim": OptimConfig, "deepspeed": DeepSpeedSection, "run": RunConfig}
 
+# The least value of each numeric setting; POSITIVE ones must be above 0. Every one is finite.
+LEAST = {"data.batch_size": 1, "data.micro_batch_size": 1, "data.num_workers": 0, "data.shuffle_buffer": 0,
+         "optim.weight_decay": 0, "optim.grad_clip": 0, "optim.warmup_steps": 0, "optim.total_steps": 1,
+         "run.checkpoint_every": 0, "run.keep_last": 1, "run.eval_every": 0, "run.eval_batches": 0,
+         "run.log_every": 1, "run.max_minutes": 0}
+POSITIVE = ("optim.lr", "optim.eps")
+
 
 @dataclass
 class TrainConfig:
@@ -127,6 +138,7 @@ class TrainConfig:
         sections = {name: build_section(name, kind, values[name]) for name, kind in SECTIONS.items()}
         model_fields = dict(raw.get("model", {}))
         preset = model_fields.pop("preset", "tiny")
+        check_types("model", MegaByteConfig, model_fields)
         if preset not in PRESETS:
             raise ConfigError(f"model.preset {preset!r} is not a preset; choose one of {sorted(PRESETS)}")
         try:
@@ -137,13 +149,32 @@ class TrainConfig:
         config.check()
         return config
 
+    def setting(self, name: str):
+        """The value of "section.key"."""
+        section, key = name.split(".")
+        return getattr(getattr(self, section), key)
+
     def check(self) -> None:
+        """Ranges and combinations (the types are checked when the sections are built)."""
         data, optim = self.data, self.optim
-        for name, value in [("data.batch_size", data.batch_size),
-                            ("data.micro_batch_size", data.micro_batch_size),
-                            ("optim.total_steps", optim.total_steps)]:
-            if value < 1:
-                raise ConfigError(f"{name} = {value}: must be at least 1")
+        for name, least in LEAST.items():
+            value = self.setting(name)
+            if not (math.isfinite(value) and value >= least):
+                raise ConfigError(f"{name} = {value}: must be at least {least}")
+        for name in POSITIVE:
+            value = self.setting(name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} = {value}: must be above 0")
+        if not 0 <= optim.min_lr_ratio <= 1:
+            raise ConfigError(f"optim.min_lr_ratio = {optim.min_lr_ratio}: must be 0 to 1 "
+                              "(a fraction of optim.lr)")
+        if len(optim.betas) != 2 or not all(0 <= beta < 1 for beta in optim.betas):
+            raise ConfigError(f"optim.betas = {optim.betas}: two numbers from 0 to below 1, "
+                              "e.g. [0.9, 0.98]")
+        weights = data.weights
+        if not all(math.isfinite(w) and w >= 0 for w in weights) or (weights and not sum(weights)):
+            raise ConfigError(f"data.weights = {weights}: at least 0 each, and not all 0 "
+                              "(or [] for equal weights)")
         if not data.datasets:
             raise ConfigError("data.datasets is empty: list at least one converted dataset directory")
         if data.weights and len(data.weights) != len(data.datasets):
@@ -162,11 +193,17 @@ class TrainConfig:
             raise ConfigError("deepspeed.offload_param needs deepspeed.zero_stage = 3")
 
     def check_paths(self) -> None:
-        """The datasets exist (checked at start-up, not when a checkpoint's config is read)."""
+        """The datasets exist and the output directory can be one (checked at start-up, not when a
+        checkpoint's config is read)."""
         for path in [*self.data.datasets, *([self.data.validation] if self.data.validation else [])]:
             if not (Path(path) / "index.json").is_file():
                 raise ConfigError(f"{path}: not a converted dataset (no index.json); convert it with "
                                   "`megabyte convert` or fix the path in [data]")
+        out_dir = Path(self.run.out_dir)
+        existing = next(path for path in [out_dir, *out_dir.parents] if path.exists())
+        if not existing.is_dir():
+            raise ConfigError(f"run.out_dir = '{out_dir}': {existing} is a file, not a folder; "
+                              "choose another run.out_dir")
 
     def accumulation_steps(self, world_size: int) -> int:
         """Gradient accumulation so that micro_batch_size × world_size × steps = batch_size."""
@@ -191,10 +228,30 @@ def build_section(name: str, kind, values: dict):
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in [{name}]; known keys are {sorted(known)}")
-    try:
-        return kind(**values)
-    except TypeError as error:
-        raise ConfigError(f"[{name}]: {error}") from None
+    check_types(name, kind, values)
+    return kind(**values)
+
+
+def check_types(section: str, kind, values: dict) -> None:
+    """Each known key of `values` holds a value of its dataclass field's type (an int will do for
+    a float, a bool will not do for a number); ConfigError naming the key, the value and the type."""
+    for f in dataclasses.fields(kind):
+        value = values.get(f.name)
+        if f.name in values and not has_type(value, f.type):
+            expected = str(f.type) if typing.get_origin(f.type) else f.type.__name__  # list[str], int
+            raise ConfigError(f"{section}.{f.name} = {value!r}: expected {expected}, "
+                              f"not {type(value).__name__}")
+
+
+def has_type(value, kind) -> bool:
+    if typing.get_origin(kind) is list:
+        [item] = typing.get_args(kind)
+        return isinstance(value, list) and all(has_type(v, item) for v in value)
+    if isinstance(value, bool):
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
 
 
 def parse_override(text: str) -> tuple[str, str, object]:
