@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from loader_datasets import text_docs, write_text
+from loader_datasets import images, text_docs, write_shards, write_text
 from model import PRESETS, build_model, generate
 from model.weights import save_weights
 from tools.cli import main as cli
@@ -164,6 +164,12 @@ def test_eval_refuses_data_that_is_missing_or_has_nothing_to_score(files, tmp_pa
     assert f"{files['empty']}: the dataset has no bytes to score" in line, line
 
 
+def test_eval_of_images_larger_than_the_context_is_one_line(files, tmp_path, capsys):
+    images_dir = write_shards(tmp_path / "images", "image", images(3, 8), per_shard=2)  # 192 > 64 bytes
+    assert cli(["eval", str(files["model"]), "--data", str(images_dir), "--no-progress"]) == 2
+    assert "an image of 192 bytes does not fit in seq_len 64" in error_line(capsys)
+
+
 def test_eval_prints_the_parameters_and_bytes_per_second(files, capsys):
     assert cli(["eval", str(files["model"]), "--data", str(files["data"]), "--sliding", "32",
                 "--no-progress"]) == 0
@@ -227,6 +233,13 @@ def test_config_values_of_the_wrong_type_or_range_are_one_line(capsys, setting, 
     assert cli(["config", "--config", "tiny-cpu", "--set", setting]) == 2
     line = error_line(capsys)
     assert line.startswith("megabyte config: error: ") and message in line, line
+
+
+def test_a_config_file_that_is_not_text_is_one_line(tmp_path, capsys):
+    config = tmp_path / "binary.toml"
+    config.write_bytes(b'lr = "\xff\xfe"\n')
+    assert cli(["config", "--config", str(config)]) == 2
+    assert f"{config}: not valid TOML" in error_line(capsys)
 
 
 def test_an_output_directory_that_is_a_file_is_refused_before_training(files, tmp_path, capsys):

@@ -6,6 +6,7 @@ step-NNNNNN checkpoint folder.
 
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 from pipeline.format.errors import DataError, UsageError
@@ -92,9 +93,11 @@ def cmd_eval(args) -> int:
     order = args.image_order or metadata.get("image_order", "raster")
     with tqdm(total=ids * len(modes), desc="eval", unit="B", unit_scale=True, leave=False,
               disable=True if args.no_progress else None) as bar:  # None: only on a terminal
-        results = evaluate_streams(model.to(device),
-                                   lambda: dataset_streams(args.data, config, order, max_ids=args.max_bytes),
-                                   modes, device, args.batch_size, progress=bar)
+        streams = partial(dataset_streams, args.data, config, order, max_ids=args.max_bytes)
+        try:
+            results = evaluate_streams(model.to(device), streams, modes, device, args.batch_size, progress=bar)
+        except ValueError as error:  # samples this model cannot read, e.g. images larger than its context
+            raise UsageError(f"{args.data}: {error}") from None
     print_eval(args.data, model, results)
     return 0
 

@@ -283,8 +283,10 @@ def load_config(path: str, overrides: list[str] = ()) -> TrainConfig:
     config_path = resolve_config_path(path)
     try:
         raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as error:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"{config_path}: not valid TOML ({error})") from None
+    except OSError as error:
+        raise ConfigError(f"{config_path}: cannot read it ({error.strerror or error})") from None
     for override in overrides:
         section, key, value = parse_override(override)
         raw.setdefault(section, {})[key] = value
