@@ -224,10 +224,10 @@ def test_the_eval_progress_bar_counts_every_byte_of_every_mode(files):
     ("run.keep_last=0", "run.keep_last = 0: must be at least 1"),
     ("run.max_minutes=-1", "run.max_minutes = -1: must be at least 0"),
     ("run.max_minutes=inf", "run.max_minutes = inf: must be at least 0"),
-    ("data.num_workers=-1", "data.num_workers = -1: must be at least 0"),
-    ("data.shuffle_buffer=-1", "data.shuffle_buffer = -1: must be at least 0"),
-    ("data.weights=[-1]", "data.weights = [-1]: at least 0 each, and not all 0"),
-    ("data.weights=[0]", "data.weights = [0]: at least 0 each, and not all 0"),
+    ("data.num_workers=-1", "data.num_workers must be a non-negative integer, got -1"),
+    ("data.shuffle_buffer=-1", "data.shuffle_buffer must be a non-negative integer, got -1"),
+    ("data.weights=[-1]", "data.weights [-1.0] must be positive numbers"),
+    ("data.weights=[0]", "data.weights [0.0] must be positive numbers"),
 ])
 def test_config_values_of_the_wrong_type_or_range_are_one_line(capsys, setting, message):
     assert cli(["config", "--config", "tiny-cpu", "--set", setting]) == 2

@@ -13,7 +13,7 @@ from loader_datasets import clips, images, text_docs, write_shards, write_text
 from model import PRESETS, build_model
 from model.weights import save_weights
 from pipeline.format.errors import UsageError
-from pipeline.load.loader import build_validation_loader
+from pipeline.load.loader import LoaderConfig, build_validation_loader
 from tools.cli import main as cli
 from train.evaluate import evaluate
 from train.windows import Mode, Stream, dataset_streams, eval_modes, evaluate_streams, stream_jobs
@@ -143,7 +143,9 @@ def test_plain_windows_and_the_validation_loader_give_one_bpb(text_dataset, name
     torch.manual_seed(0)
     config = small(name)
     model = build_model(config).eval()
-    loader = build_validation_loader(str(text_dataset), config.seq_len, config.patch_size, 64)
+    loader = build_validation_loader(LoaderConfig(validation=str(text_dataset), seq_len=config.seq_len,
+                                                  patch_size=config.patch_size, micro_batch_size=64,
+                                                  num_workers=0))
     by_loader = evaluate(model, loader, CPU)
     by_windows = evaluate_streams(model, lambda: dataset_streams(text_dataset, config), eval_modes(config, False, 64
                                   if config.architecture != "perceiver_ar" else 16), CPU, batch_size=5)

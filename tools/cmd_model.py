@@ -159,7 +159,9 @@ def cmd_generate(args) -> int:
     if modality == "audio":
         from pipeline.format.audio_codec import bytes_per_sample
 
-        count += -(len(prompt) + count) % bytes_per_sample(data_arguments.get("encoding", "pcm16"))  # whole samples
+        width = bytes_per_sample(data_arguments.get("encoding", "pcm16"))
+        whole = (len(prompt) + count) // width * width - len(prompt)  # down to whole samples,
+        count = whole if whole > 0 else whole + width  # or up to one when that leaves nothing
     [new] = generate(model, [prompt], count, temperature=args.temperature, top_k=args.top_k,
                      top_p=args.top_p, seed=args.seed, stop_at_boundary=modality == "text")
     write_output(args, modality, data_arguments, metadata, model, prompt + new)

@@ -40,7 +40,6 @@ class ConfigError(UsageError):
     """A training configuration that cannot run, with what to change."""
 
 
-@dataclass
 # Training recipes: defaults for [optim] that the keys written in the section override.
 # "paper" is App. A.1 of the paper: Adam β = (0.9, 0.98), gradient-norm clip 1.0, weight decay 0.1,
 # 500 warm-up updates, then metaseq's polynomial decay with power 1 (linear) to an end lr of 0. The
