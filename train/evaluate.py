@@ -5,9 +5,10 @@
           is not PAD. Targets are the 256 byte values and the document boundary (ending a
           document is predicted like a byte, and trained on), so bpb = byte_loss / ln 2.
 
-`evaluate` scores the validation loader's batches, every target of the set once (PAD fills the
-rest); sums are all-reduced, so every rank returns the same numbers. Windowed evaluation (sliding
-and strided) is in train/windows.py and uses the same `target_nats`.
+`evaluate` scores the validation loader's batches, in which every target of the set stands once
+(PAD fills the rest; a PerceiverAR scores only the last `latents` of each row, `megabyte eval`
+every byte); sums are all-reduced, so every rank returns the same numbers. Windowed evaluation
+(plain, sliding and strided over whole streams) is in train/windows.py, with the same `target_nats`.
 """
 
 import math
