@@ -1,14 +1,18 @@
-"""Benchmark: MegaByte against megabyte-pytorch (the peer package) and the byte-transformer baseline.
+"""Benchmark: MegaByte against megabyte-pytorch (the peer package) and the byte-transformer and
+PerceiverAR baselines.
 
     python bench/model.py                       # defaults: a few minutes on a 2-core CPU
     python bench/model.py --seq-lens 2048 8192 --global-dim 1024 --global-layers 8 --steps 5
     python bench/model.py --profile             # where the training step spends its time
 
 (a) training bytes/s (forward + backward + AdamW step) at each T: ours, megabyte-pytorch with the
-    same widths, depths, heads, P and T, and our baseline at an equal parameter count;
+    same widths, depths, heads, P and T, and our two baselines at an equal parameter count (the
+    byte transformer over all T bytes, PerceiverAR with --latents latents);
 (b) generation bytes/s, N new bytes after an L-byte prompt, prefill included: ours with KV caches,
     megabyte-pytorch's generate (it reruns the full forward per byte, so it is timed on fewer
-    bytes, --peer-new-bytes, and its per-byte rate reported) and the baseline with its KV cache;
+    bytes, --peer-new-bytes, and its per-byte rate reported) and the baselines with their caches
+    (PerceiverAR's decoder runs again over all latents for every byte once the prompt is longer
+    than its latents: the window of latents slides);
 (c) peak memory of each run: the rise of the process's peak RSS (CPU) or max allocated (CUDA).
 Each run is a fresh subprocess, so peak memory is its own. Needs `pip install megabyte-pytorch`
 (the `bench` extra) for the peer columns; without it they are skipped.
@@ -37,10 +41,10 @@ def megabyte_config(args, seq_len: int) -> MegaByteConfig:
                           local_layers=args.local_layers, local_heads=args.local_heads, dropout=0.0)
 
 
-def equal_size_baseline(config: MegaByteConfig) -> MegaByteConfig:
-    """The baseline at MegaByte's global width and heads, with the depth whose parameter count is
-    nearest. Position tables are left out of the match: they are lookups, not compute, and at long
-    T the baseline's T × D table would otherwise cost it a layer."""
+def equal_size_baseline(config: MegaByteConfig, architecture: str = "transformer", latents: int = 0) -> MegaByteConfig:
+    """The baseline (transformer or perceiver_ar) at MegaByte's global width and heads, with the
+    depth whose parameter count is nearest. Position tables are left out of the match: they are
+    lookups, not compute, and at long T the baseline's T × D table would otherwise cost it a layer."""
     def size(cfg):
         model = build_model(cfg)
         return model.num_parameters() - (model.pos_embed.weight.numel() if model.pos_embed is not None else 0)
@@ -49,9 +53,10 @@ def equal_size_baseline(config: MegaByteConfig) -> MegaByteConfig:
         target = size(config)
         candidates = []
         for layers in range(1, 65):
-            baseline = MegaByteConfig(architecture="transformer", patch_size=1, local_layers=0, seq_len=config.seq_len,
+            baseline = MegaByteConfig(architecture=architecture, patch_size=1, local_layers=0, seq_len=config.seq_len,
                                       global_dim=config.global_dim, global_layers=layers,
-                                      global_heads=config.global_heads, dropout=0.0)
+                                      global_heads=config.global_heads, dropout=0.0,
+                                      latents=min(latents, config.seq_len))
             candidates.append((abs(size(baseline) - target), layers, baseline))
     return min(candidates, key=lambda c: c[:2])[2]
 
@@ -79,6 +84,18 @@ def memory_now_mb(device: str) -> float:
         return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
 
 
+def baseline_or_megabyte(args, impl: str, seq_len: int) -> MegaByteConfig:
+    config = megabyte_config(args, seq_len)
+    if impl == "baseline":
+        return equal_size_baseline(config)
+    if impl == "perceiver_ar":
+        return equal_size_baseline(config, "perceiver_ar", args.latents)
+    return config  # ours, and the peer's widths
+
+
+BASELINES = ("baseline", "perceiver_ar")
+
+
 def run_one(job: dict) -> dict:
     """One measurement in this (fresh) process."""
     args = argparse.Namespace(**job["args"])
@@ -86,9 +103,7 @@ def run_one(job: dict) -> dict:
     torch.manual_seed(0)
     memory_before = memory_now_mb(device)
     if job["kind"] == "train":
-        config = megabyte_config(args, job["seq_len"])
-        if job["impl"] == "baseline":
-            config = equal_size_baseline(config)
+        config = baseline_or_megabyte(args, job["impl"], job["seq_len"])
         model = peer_model(config, job["seq_len"]) if job["impl"] == "peer" else build_model(config)
         model.to(device).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -103,7 +118,7 @@ def run_one(job: dict) -> dict:
 
         step()  # warm-up: allocations, kernel choice
         profile = ""
-        if args.profile and job["impl"] != "baseline":
+        if args.profile and job["impl"] not in BASELINES:
             with torch.profiler.profile() as prof:
                 step()
             profile = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8)
@@ -122,9 +137,7 @@ def run_one(job: dict) -> dict:
     new_bytes = args.peer_new_bytes if job["impl"] == "peer" else args.new_bytes
     total = args.prompt + new_bytes
     total += -total % args.patch_size
-    config = megabyte_config(args, total)
-    if job["impl"] == "baseline":
-        config = equal_size_baseline(config)
+    config = baseline_or_megabyte(args, job["impl"], total)
     model = peer_model(config, total) if job["impl"] == "peer" else build_model(config)
     model.to(device).eval()
     prompt = torch.randint(0, 256, (1, args.prompt), device=device)
@@ -191,6 +204,8 @@ def main():
                         help="timed training steps per run, after one warm-up; the fastest is reported")
     parser.add_argument("--prompt", type=int, default=8000, help="prompt bytes for the generation runs")
     parser.add_argument("--new-bytes", type=int, default=512)
+    parser.add_argument("--latents", type=int, default=1024,
+                        help="PerceiverAR's latents (the paper's text runs: 1024), at most T")
     parser.add_argument("--peer-new-bytes", type=int, default=8, help="bytes timed for megabyte-pytorch's generate")
     parser.add_argument("--repeats", type=int, default=1,
                         help="run every measurement this many times, interleaved, and keep each one's best")
@@ -205,26 +220,27 @@ def main():
         print(json.dumps(run_one(json.loads(args.worker))))
         return
     job_args = {k: v for k, v in vars(args).items() if k != "worker"}
-    impls = ["megabyte", "baseline"]
+    impls = ["megabyte", "baseline", "perceiver_ar"]
     if not args.skip_peer:
         try:
             import MEGABYTE_pytorch  # noqa: F401
             impls.insert(1, "peer")
         except ImportError:
             print("megabyte-pytorch is not installed (pip install megabyte-pytorch): peer columns skipped")
-    names = {"megabyte": "ours", "peer": "megabyte-pytorch", "baseline": "baseline (equal size)"}
+    names = {"megabyte": "ours", "peer": "megabyte-pytorch", "baseline": "baseline (equal size)",
+             "perceiver_ar": f"PerceiverAR N={args.latents} (equal size)"}
     print(f"machine: {machine()}")
     print(f"MegaByte: P={args.patch_size} global {args.global_dim}×{args.global_layers} ({args.global_heads} heads), "
           f"local {args.local_dim}×{args.local_layers} ({args.local_heads} heads), batch {args.batch}, "
           f"{'bf16 autocast' if args.bf16 else 'fp32'}, {args.device}")
-    print(f"\n{'run':<46}{'params':>9}{'bytes/s':>11}{'s/step':>9}{'peak MB':>9}{'ours ×':>9}")
+    print(f"\n{'run':<52}{'params':>9}{'bytes/s':>11}{'s/step':>9}{'peak MB':>9}{'ours ×':>9}")
     profiles = []
     for seq_len in args.seq_lens:
         results = best_of(args.repeats, impls, dict(kind="train", seq_len=seq_len, args=job_args))
         for impl, r in results.items():
-            label = f"train T={seq_len} {names[impl]}" + (f" L={r['layers']}" if impl == "baseline" else "")
+            label = f"train T={seq_len} {names[impl]}" + (f" L={r['layers']}" if impl in BASELINES else "")
             ratio = results["megabyte"]["rate"] / r["rate"]
-            print(f"{label:<46}{r['params'] / 1e6:>8.2f}M{r['rate']:>11.0f}{r['seconds']:>9.2f}"
+            print(f"{label:<52}{r['params'] / 1e6:>8.2f}M{r['rate']:>11.0f}{r['seconds']:>9.2f}"
                   f"{r['memory']:>9.0f}{ratio:>9.2f}")
             if r["profile"]:
                 profiles.append((f"train T={seq_len} {names[impl]}", r["profile"]))
@@ -232,7 +248,7 @@ def main():
     for impl, r in results.items():
         label = f"generate {r['new_bytes']} after {args.prompt} {names[impl]}"
         ratio = results["megabyte"]["rate"] / r["rate"]
-        print(f"{label:<46}{r['params'] / 1e6:>8.2f}M{r['rate']:>11.1f}{r['seconds']:>9.2f}"
+        print(f"{label:<52}{r['params'] / 1e6:>8.2f}M{r['rate']:>11.1f}{r['seconds']:>9.2f}"
               f"{r['memory']:>9.0f}{ratio:>9.2f}")
     print("\nbytes/s: training bytes per second (forward + backward + AdamW), or new bytes per second with\n"
           "the prompt's prefill included; s/step: seconds per training step, or for the whole generate call;\n"

@@ -1,4 +1,5 @@
-"""Byte-level models: MegaByte (Yu et al. 2023) and the vanilla byte-transformer baseline.
+"""Byte-level models: MegaByte (Yu et al. 2023), its ablations, and the byte-transformer and
+PerceiverAR baselines, all called the same way.
 
     from model import PRESETS, build_model, byte_loss, generate
     model = build_model(PRESETS["tiny"])
@@ -10,19 +11,28 @@ Pure PyTorch; imports nothing else of this project.
 
 import torch.nn as nn
 
+from model.ablations import NoGlobal, NoLocal
 from model.baseline import ByteTransformer
-from model.config import PRESET_SIZES, PRESETS, MegaByteConfig
+from model.config import MegaByteConfig
 from model.generate import generate, generate_ids, sample
 from model.layers import KVCache, bits_per_byte, byte_loss
 from model.megabyte import MegaByte
+from model.perceiver_ar import PerceiverAR
+from model.presets import PRESET_SIZES, PRESETS
+
+
+MODELS = {"megabyte": MegaByte, "transformer": ByteTransformer, "perceiver_ar": PerceiverAR,
+          "no_local": NoLocal, "no_global": NoGlobal}
 
 
 def build_model(config: MegaByteConfig) -> nn.Module:
-    """MegaByte or ByteTransformer, as config.architecture says."""
-    return MegaByte(config) if config.architecture == "megabyte" else ByteTransformer(config)
+    """The model config.architecture names. Every one maps ids (B, T) to logits (B, L, V) for the
+    last L bytes (L = T, or min(latents, T) for PerceiverAR) and decodes with prefill/decode_step."""
+    return MODELS[config.architecture](config)
 
 
 __all__ = [
-    "MegaByteConfig", "PRESETS", "PRESET_SIZES", "MegaByte", "ByteTransformer", "build_model",
+    "MegaByteConfig", "PRESETS", "PRESET_SIZES", "MegaByte", "ByteTransformer", "PerceiverAR", "NoLocal",
+    "NoGlobal", "build_model",
     "byte_loss", "bits_per_byte", "generate", "generate_ids", "sample", "KVCache",
 ]

@@ -17,7 +17,7 @@ from model.layers import Transformer, trunc_normal_
 class ByteTransformer(nn.Module):
     def __init__(self, config: MegaByteConfig):
         super().__init__()
-        assert config.architecture == "transformer", "use MegaByte for architecture='megabyte'"
+        assert config.architecture in ("transformer", "perceiver_ar"), "build_model picks the class for a config"
         self.config = config
         D = config.global_dim
         self.embed = nn.Embedding(config.vocab_size, D)

@@ -1,13 +1,27 @@
-"""Model configuration: one dataclass for MegaByte and for the vanilla byte-transformer baseline.
+"""Model configuration: one dataclass for MegaByte, its ablations and the baselines it is compared with.
 
 Shapes named in model/: B batch, T bytes per sequence, P bytes per patch, K = T/P patches,
-D_G = global_dim/P global width per byte, D_L local width, V vocabulary (256 bytes + specials).
+D_G = global_dim/P global width per byte, D_L local width, V vocabulary (256 bytes + specials),
+N latents (PerceiverAR).
 
+Every architecture is made of a global model (the global_* fields) and/or a local model (local_*):
 architecture="megabyte": global model of width P·D_G over K patches, local model of width D_L over
-    the P bytes of each patch (paper §2).
+    the P bytes of each patch (paper §2). Options (§2.3): local_cross_patch=r lets every local
+    attention layer also see the last r positions of the previous patch; conv_encoder runs causal
+    convolutions over the byte embeddings before they are cut into patches.
 architecture="transformer": the paper's baseline, a single causal decoder over all T bytes,
-    described by the global_* fields (it is MegaByte with P=1 and no local model): patch_size
-    must be 1 and local_layers 0, so that a config never carries numbers that mean nothing.
+    described by the global_* fields (it is MegaByte with P=1 and no local model).
+architecture="perceiver_ar": the PerceiverAR baseline (Hawthorne et al. 2022): one causal
+    cross-attention from the last `latents` positions to all T, then a decoder over those latents
+    (global_* fields), P=1 and no local model; it predicts only the last `latents` bytes.
+architecture="no_local": the "w/o local model" ablation (Table 10): the global model alone, with P
+    output heads that predict the P bytes of the next patch at once (those heads read the whole
+    global output, so tie_embeddings has nothing to tie there).
+architecture="no_global": the "w/o global model" ablation: the local model alone, over patches of P
+    bytes that see nothing of each other.
+A field that an architecture does not use must keep its "off" value (patch_size=1, local_layers=0,
+global_layers=0, latents=0, local_cross_patch=0, conv_encoder=False, as the error says), so that a
+config never carries numbers that mean nothing.
 """
 
 import dataclasses
@@ -25,7 +39,10 @@ PAD_ID = 256
 BOUNDARY_ID = 257
 VOCABULARY = {"vocab_size": VOCAB_SIZE, "pad_id": PAD_ID, "boundary_id": BOUNDARY_ID}
 
-ARCHITECTURES = ("megabyte", "transformer")
+ARCHITECTURES = ("megabyte", "transformer", "perceiver_ar", "no_local", "no_global")
+WITH_GLOBAL = ("megabyte", "transformer", "perceiver_ar", "no_local")  # have a global model
+WITH_LOCAL = ("megabyte", "no_global")  # have a local model
+UNPATCHED = ("transformer", "perceiver_ar")  # read single bytes: patch_size=1
 ACTIVATIONS = ("gelu", "relu", "swiglu")
 NORMS = ("layernorm", "rmsnorm")
 POS_EMBEDDINGS = ("learned", "none")
@@ -51,6 +68,9 @@ class MegaByteConfig:
     init_std: float = 0.02  # truncated normal, cut at ±2 std
     tie_embeddings: bool = True  # output head shares the (local) byte embedding, as the paper
     activation_checkpointing: bool = False  # recompute each block in backward (saves memory)
+    latents: int = 0  # perceiver_ar only: N, the last N positions (queries of its cross-attention)
+    local_cross_patch: int = 0  # megabyte only: r ≤ P positions of the previous patch (0 = off)
+    conv_encoder: bool = False  # megabyte, no_local: causal convolutions (kernels 3, 5, 7)
 
     def __post_init__(self):
         def check(ok: bool, message: str):
@@ -67,21 +87,48 @@ class MegaByteConfig:
         check(self.seq_len % self.patch_size == 0,
               f"seq_len={self.seq_len} must be a multiple of patch_size={self.patch_size}; "
               f"try seq_len={math.ceil(self.seq_len / self.patch_size) * self.patch_size}")
-        check(self.global_layers >= 1, "global_layers must be at least 1")
-        check(self.global_dim % self.patch_size == 0,
-              f"global_dim={self.global_dim} must be a multiple of patch_size={self.patch_size} "
-              f"(the global model's width is P·D_G); try global_dim="
-              f"{max(1, round(self.global_dim / self.patch_size)) * self.patch_size}")
-        check(self.global_dim % self.global_heads == 0,
-              f"global_heads={self.global_heads} must divide global_dim={self.global_dim}")
-        if self.architecture == "transformer":
-            check(self.patch_size == 1 and self.local_layers == 0,
-                  "the transformer baseline has no patches and no local model: set patch_size=1 and local_layers=0 "
+        self.check_architecture(check)
+
+    def check_architecture(self, check):
+        arch, P = self.architecture, self.patch_size
+        if arch in UNPATCHED:
+            check(P == 1 and self.local_layers == 0,
+                  f"{arch} has no patches and no local model: set patch_size=1 and local_layers=0 "
                   "(its width, depth and heads are global_dim, global_layers, global_heads)")
-        else:
-            check(self.local_layers >= 1, "local_layers must be at least 1 for megabyte")
+        if arch == "no_local":
+            check(self.local_layers == 0, "no_local has no local model: set local_layers=0")
+        if arch == "no_global":
+            check(self.global_layers == 0, "no_global has no global model: set global_layers=0")
+        if arch in WITH_GLOBAL:
+            check(self.global_layers >= 1, f"global_layers must be at least 1 for {arch}")
+            check(self.global_dim % P == 0,
+                  f"global_dim={self.global_dim} must be a multiple of patch_size={P} "
+                  f"(the global model's width is P·D_G); try global_dim={max(1, round(self.global_dim / P)) * P}")
+            check(self.global_dim % self.global_heads == 0,
+                  f"global_heads={self.global_heads} must divide global_dim={self.global_dim}")
+        if arch in WITH_LOCAL:
+            check(self.local_layers >= 1, f"local_layers must be at least 1 for {arch}")
             check(self.local_dim % self.local_heads == 0,
                   f"local_heads={self.local_heads} must divide local_dim={self.local_dim}")
+        if arch == "perceiver_ar":
+            check(1 <= self.latents <= self.seq_len,
+                  f"perceiver_ar needs 1 <= latents <= seq_len={self.seq_len}, got latents={self.latents}")
+        else:
+            check(self.latents == 0, f"latents is a perceiver_ar field: set latents=0 for {arch}")
+        if arch == "megabyte":
+            check(0 <= self.local_cross_patch <= P,
+                  f"local_cross_patch must be in [0, patch_size={P}] (positions of the previous patch), "
+                  f"got {self.local_cross_patch}")
+            # rotary positions turn pairs of dimensions: the local head size must be even
+            check(self.local_cross_patch == 0 or (self.local_dim // self.local_heads) % 2 == 0,
+                  f"local_cross_patch needs an even local head size, got local_dim/local_heads="
+                  f"{self.local_dim // self.local_heads}")
+        else:
+            check(self.local_cross_patch == 0,
+                  f"local_cross_patch is a megabyte option: set local_cross_patch=0 for {arch}")
+        check(not self.conv_encoder or arch in ("megabyte", "no_local"),
+              f"conv_encoder is an option of megabyte and no_local (the patch embedder): set "
+              f"conv_encoder=false for {arch}")
 
     @property
     def vocab_size(self) -> int:  # V; the vocabulary is fixed (see VOCABULARY), not a setting
@@ -122,59 +169,3 @@ class MegaByteConfig:
             raise ValueError(f"MegaByteConfig: unknown field(s) {unknown}; known fields are "
                              f"{sorted(known | set(VOCABULARY))}")
         return cls(**fields)
-
-
-def _transformer(**fields) -> MegaByteConfig:
-    return MegaByteConfig(architecture="transformer", patch_size=1, local_layers=0, **fields)
-
-
-# Presets after the paper's model tables (Table 14/15: width D, layers L, patch size, context).
-# The paper gives no head counts: we use 128-wide heads (96 for imagenet64, 64 below width 1024).
-# Every preset's parameter count is in PRESET_SIZES beside the size the paper states; where they
-# differ by more than 5% the reason is the same: the paper's size names follow GPT-3's, whose counts
-# include a 50257-token embedding table (103M at D=2048, 51M at 1024, 39M at 768) where ours has 258
-# rows, and for MegaByte the global table is only D_G wide.
-PRESETS: dict[str, MegaByteConfig] = {
-    # text (PG-19, Books, arXiv...): 8192 bytes, P=8, global 758M (2048 × 14) + local 262M (1024 × 18)
-    "text": MegaByteConfig(seq_len=8192, patch_size=8, global_dim=2048, global_layers=14, global_heads=16,
-                           local_dim=1024, local_layers=18, local_heads=8),
-    # its compute-matched baseline: 320M, D=1024, L=22, 1024-byte context
-    "text-transformer": _transformer(seq_len=1024, global_dim=1024, global_layers=22, global_heads=8),
-    # ImageNet 64×64 (12288 bytes), P=12: global 2.7B (2560 × 32) + local 350M (1024 × 24). 2560 is
-    # not a multiple of P=12 as §2 requires (global width = P·D_G): we take D_G=216, width 2592
-    # (+1.25%), 27 heads of 96. No vanilla baseline: the paper compares with published results there.
-    "imagenet64": MegaByteConfig(seq_len=12288, patch_size=12, global_dim=2592, global_layers=32, global_heads=27,
-                                 local_dim=1024, local_layers=24, local_heads=8),
-    # image 256×256 (196608 bytes), P=192 (8×8×3 patch scan): global 125M (768 × 12) + local 125M
-    # (768 × 12), so D_G = 768/192 = 4
-    "image256": MegaByteConfig(seq_len=196608, patch_size=192, global_dim=768, global_layers=12, global_heads=12,
-                               local_dim=768, local_layers=12, local_heads=12),
-    # its compute-controlled baseline: 62M, D=768, L=6, 1024-byte context
-    "image256-transformer": _transformer(seq_len=1024, global_dim=768, global_layers=6, global_heads=12),
-    # raw audio, 524288 bytes (16 s of 16 kHz 16-bit PCM), P=32: global 350M (1024 × 24) + local
-    # 125M (768 × 12); the byte position table alone is 524288 × 32 = 16.8M
-    "audio": MegaByteConfig(seq_len=524288, patch_size=32, global_dim=1024, global_layers=24, global_heads=8,
-                            local_dim=768, local_layers=12, local_heads=12),
-    # its baseline: 135M, D=768, L=13, 2048-byte context
-    "audio-transformer": _transformer(seq_len=2048, global_dim=768, global_layers=13, global_heads=12),
-    # small CPU presets shared by tests, benchmarks and the demo (train in minutes on 2 cores)
-    "tiny": MegaByteConfig(seq_len=512, patch_size=8, global_dim=256, global_layers=4, global_heads=4,
-                           local_dim=128, local_layers=2, local_heads=4),
-    # the baseline from the same blocks at about the same parameter count
-    "tiny-transformer": _transformer(seq_len=512, global_dim=256, global_layers=4, global_heads=4),
-}
-
-# name: (our parameter count, the paper's stated size or None); tests check ours against the modules.
-PRESET_SIZES: dict[str, tuple[int, int | None]] = {
-    "text": (934_447_616, 1_020_000_000),  # -8.4%: 758M + 262M are GPT-3-style names (with 50k tables: 1089M)
-    "text-transformer": (278_432_768, 320_000_000),  # -13%: 278M + 50257·1024 = 330M
-    "imagenet64": (2_886_485_008, 3_050_000_000),  # -5.4%: 2.7B + 350M are GPT-3 names (+129M + 51M tables)
-    "image256": (171_102_984, 250_000_000),  # -32%: with two 50257·768 tables it would be 248M
-    # -30%: the stated 62M follows from D=768, L=6 under neither counting (42.5M blocks, 81M with a
-    # GPT-3 table); we keep the stated D and L
-    "image256-transformer": (43_514_112, 62_000_000),
-    "audio": (404_378_176, 475_000_000),  # -15%: with 50k tables (51M + 39M) it would be 494M
-    "audio-transformer": (93_915_648, 135_000_000),  # -30%: 93.9M + 50257·768 = 132.5M
-    "tiny": (3_618_624, None),
-    "tiny-transformer": (3_356_928, None),
-}

@@ -1,18 +1,45 @@
-"""Sampling bytes from MegaByte or the baseline with their KV caches.
+"""Sampling bytes from any model of the family with their KV caches.
 
-Shapes: B prompts, L prompt bytes, N new bytes, V vocabulary.
+Shapes: B prompts, L prompt bytes, N new bytes, V vocabulary, W bytes in the window.
 
-Both models expose the same two decoding calls, so this loop knows nothing of patches:
-    prefill(ids (B, L), max_len) -> (logits (B, V) for byte L, state)
+Every model exposes the same two decoding calls, so this loop knows nothing of patches:
+    prefill(ids (B, W), max_len) -> (logits (B, V) for byte W, state)
     decode_step(next_ids (B,), state) -> logits (B, V) for the byte after next_ids
 MegaByte runs one global step per completed patch and one local step per byte; the baseline one
-step of its whole stack per byte. Caches are allocated once for L + N positions.
+step of its whole stack per byte. Caches are allocated once per window.
+
+A model reads at most seq_len bytes. Past that, generation goes on in a sliding window: when the
+window is full, its oldest whole patches are dropped until `keep` bytes (half the context by
+default) are left, and the caches are filled again from those (one prefill). Dropping whole
+patches keeps every byte in the slot of its patch that it had. A prompt longer than the context
+keeps its last window in the same way.
 """
 
+import math
 from collections import defaultdict
 
 import torch
 import torch.nn as nn
+
+
+def check_generation(max_new_bytes: int, temperature: float = 1.0, top_k: int | None = None,
+                     top_p: float | None = None, seed: int | None = None, keep: int | None = None,
+                     context: int | None = None) -> None:
+    """ValueError, saying what to change, for arguments that make no sense: the one check of
+    generation arguments, for `generate` and for `megabyte generate` before it loads a model.
+    keep is checked against the context when both are given."""
+    if max_new_bytes < 1:
+        raise ValueError(f"cannot generate {max_new_bytes} bytes: ask for at least 1")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature {temperature}: must be 0 (greedy) or above, and finite")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top-k {top_k}: must be at least 1 (the k likeliest bytes are kept)")
+    if top_p is not None and not 0 < top_p <= 1:  # also refuses nan
+        raise ValueError(f"top-p {top_p}: must be above 0 and at most 1 (the probability mass kept)")
+    if seed is not None and not 0 <= seed < 2**64:
+        raise ValueError(f"seed {seed}: must be 0 to 2**64 - 1")
+    if keep is not None and context is not None and not 0 <= keep < context:
+        raise ValueError(f"keep={keep} must leave room in the context: 0 <= keep < seq_len={context}")
 
 
 def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -36,40 +63,55 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = N
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
 
 
+def window_start(length: int, patch_size: int, room: int) -> int:
+    """The first byte of the last window of at most `room` bytes out of `length` that starts on a
+    patch boundary (a multiple of patch_size)."""
+    return max(0, -(-(length - room) // patch_size) * patch_size)
+
+
 @torch.no_grad()
 def generate_ids(model: nn.Module, prompt: torch.Tensor, max_new_bytes: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
-                 generator: torch.Generator | None = None, stop_at_boundary: bool = True) -> torch.Tensor:
+                 generator: torch.Generator | None = None, stop_at_boundary: bool = True,
+                 keep: int | None = None) -> torch.Tensor:
     """prompt (B, L) of byte ids → (B, L + n) with n ≤ max_new_bytes. A row that produced the
-    boundary id has PAD after it; generation ends when every row has stopped or after N bytes."""
+    boundary id has PAD after it; generation ends when every row has stopped or after N bytes.
+    keep: at most how many bytes the window keeps when it slides past the context, rounded down to
+    whole patches (default: half the context)."""
     config = model.config
     B, L = prompt.shape
-    if max_new_bytes <= 0:
-        return prompt
+    context, P = config.seq_len, config.patch_size
+    keep = context // 2 if keep is None else keep
+    check_generation(max_new_bytes, temperature, top_k, top_p, keep=keep, context=context)
     # only bytes may be sampled (and the boundary when it means stop): PAD is never a target
     banned = torch.ones(config.vocab_size, dtype=torch.bool, device=prompt.device)
     banned[:256] = False
     if stop_at_boundary:
         banned[config.boundary_id] = False
-    new = prompt.new_full((B, max_new_bytes), config.pad_id)  # (B, N)
+    ids = torch.cat([prompt, prompt.new_full((B, max_new_bytes), config.pad_id)], dim=1)  # (B, L + N)
     stopped = torch.zeros(B, dtype=torch.bool, device=prompt.device)
-    logits, state = model.prefill(prompt, L + max_new_bytes)
-    for i in range(max_new_bytes):
+    start = window_start(L, P, context - 1)  # room for the next byte
+    logits, state = model.prefill(ids[:, start:L], min(context, L + max_new_bytes - start))
+    for end in range(L + 1, L + max_new_bytes + 1):  # ids[:, :end] once this byte is sampled
         next_ids = sample(logits.masked_fill(banned, float("-inf")), temperature, top_k, top_p, generator)
         next_ids = next_ids.masked_fill(stopped, config.pad_id)  # (B,)
-        new[:, i] = next_ids
+        ids[:, end - 1] = next_ids
         stopped |= next_ids == config.boundary_id
-        if i == max_new_bytes - 1 or (stop_at_boundary and bool(stopped.all())):
+        if end == L + max_new_bytes or (stop_at_boundary and bool(stopped.all())):
             break
-        logits = model.decode_step(next_ids, state)  # the rows that stopped decode PAD, unread
-    return torch.cat([prompt, new[:, : i + 1]], dim=1)
+        if end - start == context:  # the window is full: slide it and read it again
+            start = window_start(end, P, keep)
+            logits, state = model.prefill(ids[:, start:end], min(context, L + max_new_bytes - start))
+        else:
+            logits = model.decode_step(next_ids, state)  # the rows that stopped decode PAD, unread
+    return ids[:, :end]
 
 
 def generate(model: nn.Module, prompt: torch.Tensor | list[bytes], max_new_bytes: int,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              seed: int | None = None, generator: torch.Generator | None = None,
-             stop_at_boundary: bool = True) -> torch.Tensor | list[bytes]:
-    """Continue prompts with MegaByte or ByteTransformer.
+             stop_at_boundary: bool = True, keep: int | None = None) -> torch.Tensor | list[bytes]:
+    """Continue prompts with any model of the family, past its context if asked (see generate_ids).
 
     prompt: a LongTensor (B, L) of ids → a LongTensor (B, L + n) (see generate_ids); or a list of
     byte strings of any lengths → a list with each one's new bytes (the boundary not included).
@@ -77,13 +119,14 @@ def generate(model: nn.Module, prompt: torch.Tensor | list[bytes], max_new_bytes
     seed makes sampling repeatable (ignored when a generator is given); temperature 0 is greedy.
     The model runs in eval mode (no dropout) and is put back in its former mode afterwards."""
     device = next(model.parameters()).device
+    check_generation(max_new_bytes, temperature, top_k, top_p, seed)  # before the seed is used
     if generator is None and seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
     model.eval()
     try:
         kwargs = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
-                      stop_at_boundary=stop_at_boundary)
+                      stop_at_boundary=stop_at_boundary, keep=keep)
         if isinstance(prompt, torch.Tensor):
             return generate_ids(model, prompt.to(device), max_new_bytes, **kwargs)
         by_length = defaultdict(list)  # prompt length → indices of the prompts of that length

@@ -1,8 +1,10 @@
-"""The transformer pieces both models are built from: attention, MLP, pre-norm block, causal stack,
-a KV cache for generation, and the byte loss.
+"""The transformer pieces every model is built from: attention (with MegaByte's cross-patch
+option and PerceiverAR's last-n queries), MLP, pre-norm block, causal stack, a KV cache for
+generation, the convolutional patch encoder, and the byte loss.
 
-Shapes: B batch (for the local model: batch × patches), T positions in this call, S positions in
-the KV cache including this call, C width, nh heads, hs = C/nh head size, V vocabulary.
+Shapes: B batch, K patches (the local model's input is (B, K, P, C)), T positions in this call,
+S positions in the KV cache including this call (keys), n ≤ T positions that ask (queries),
+C width, nh heads, hs = C/nh head size, r positions of the previous patch, V vocabulary.
 """
 
 import math
@@ -24,6 +26,23 @@ def make_norm(config: MegaByteConfig, dim: int) -> nn.Module:
     if config.norm == "rmsnorm":
         return nn.RMSNorm(dim, eps=1e-5)
     return nn.LayerNorm(dim, bias=config.bias)
+
+
+def make_activation(config: MegaByteConfig) -> nn.Module:
+    # swiglu gates inside the MLP; wherever no gate fits (the conv encoder) it means GELU
+    return nn.ReLU() if config.activation == "relu" else nn.GELU()
+
+
+def rotate(x: torch.Tensor, start: int) -> torch.Tensor:
+    """Rotary position embedding (Su et al. 2021) of x (..., S, hs) at positions start..start+S-1:
+    each pair of dimensions (i, i + hs/2) turns by position · 10000^(-2i/hs), so that the score of a
+    query and a key depends only on how far apart they are."""
+    S, hs = x.shape[-2:]
+    freq = 10000.0 ** (-torch.arange(0, hs, 2, device=x.device, dtype=torch.float32) / hs)  # (hs/2,)
+    angle = torch.arange(start, start + S, device=x.device, dtype=torch.float32)[:, None] * freq  # (S, hs/2)
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)  # (..., S, hs/2) each
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (..., S, hs)
 
 
 class KVCache:
@@ -48,37 +67,82 @@ class KVCache:
         self.length += T
         return self.k[:, :, :self.length], self.v[:, :, :self.length]  # (B, nh, S, hs)
 
-    def reset(self):
-        self.length = 0  # keep the buffers: the local model reuses its caches for every patch
+    def keep_last(self, n: int):
+        """Keep only the last n positions (0: empty it), moved to the front; the buffers stay, as
+        the local model reuses its caches for every patch (n = r with cross-patch attention)."""
+        if n:
+            self.k[:, :, :n] = self.k[:, :, self.length - n:self.length].clone()
+            self.v[:, :, :n] = self.v[:, :, self.length - n:self.length].clone()
+        self.length = n
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: MegaByteConfig, dim: int, heads: int):
+    """Causal multi-head attention. x is (B, T, C), or (B, K, P, C) for the local model, whose
+    patches attend within themselves (folded into the batch) and, with cross_patch = r > 0, also
+    to the last r positions of the previous patch (MegaByte §2.3), with rotary positions."""
+
+    def __init__(self, config: MegaByteConfig, dim: int, heads: int, cross_patch: int = 0):
         super().__init__()
         self.heads = heads
+        self.cross_patch = cross_patch
         self.dropout = config.dropout
         self.qkv = nn.Linear(dim, 3 * dim, bias=config.bias)
         self.proj = nn.Linear(dim, dim, bias=config.bias)
         self.resid_drop = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q = q.view(B, T, self.heads, C // self.heads).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.heads, C // self.heads).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.heads, C // self.heads).transpose(1, 2)  # (B, nh, T, hs)
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., T, C) → (N, nh, T, hs), every leading dimension folded into N."""
+        T, C = x.shape[-2:]
+        return x.reshape(-1, T, self.heads, C // self.heads).transpose(1, 2)  # (N, nh, T, hs)
+
+    def project(self, x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q for the last n positions only (PerceiverAR's latents), k and v for all T."""
+        C = x.shape[-1]
+        if n == x.shape[-2]:
+            q, k, v = self.qkv(x).split(C, dim=-1)  # (..., T, C) each
+        else:  # the same weights, without computing queries nobody asks
+            w_q, w_kv = self.qkv.weight.split([C, 2 * C])
+            b_q, b_kv = self.qkv.bias.split([C, 2 * C]) if self.qkv.bias is not None else (None, None)
+            q = F.linear(x[..., x.shape[-2] - n:, :], w_q, b_q)  # (..., n, C)
+            k, v = F.linear(x, w_kv, b_kv).split(C, dim=-1)  # (..., T, C) each
+        return self.split_heads(q), self.split_heads(k), self.split_heads(v)  # (N, nh, n|T, hs)
+
+    def with_previous_patch(self, k: torch.Tensor, v: torch.Tensor, B: int, K: int):
+        """k, v (B·K, nh, P, hs) → keys and values of the previous patch's last r positions and
+        this patch's P, (B·K, nh, r+P, hs), and the mask (B·K, 1, P, r+P) that lets slot p see
+        those r (none for patch 0) and slots ≤ p. Gradients flow into the previous patch."""
+        r, P = self.cross_patch, k.shape[2]
+
+        def prepend(t):
+            t = t.view(B, K, *t.shape[1:])  # (B, K, nh, P, hs)
+            prev = F.pad(t[:, :-1, :, P - r:], (0, 0, 0, 0, 0, 0, 1, 0))  # (B, K, nh, r, hs): zeros before patch 0
+            return torch.cat([prev, t], dim=3).flatten(0, 1)  # (B·K, nh, r+P, hs)
+
+        mask = torch.ones(K, 1, P, r + P, dtype=torch.bool, device=k.device).tril(diagonal=r)
+        mask[0, :, :, :r] = False  # patch 0 has no previous patch
+        return prepend(k), prepend(v), mask.expand(B, -1, -1, -1, -1).flatten(0, 1)  # mask (B·K, 1, P, r+P)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, queries: int | None = None) -> torch.Tensor:
+        """x (..., T, C) → (..., n, C) for the last n = queries (default T) positions."""
+        *lead, T, C = x.shape
+        n = queries or T
+        q, k, v = self.project(x, n)  # (N, nh, n, hs), (N, nh, T, hs) twice
         mask = None
         if cache is not None:
-            k, v = cache.update(k, v)  # (B, nh, S, hs)
-            S = k.shape[2]
-            if 1 < T < S:  # new queries sit at the end of the keys: bottom-right causal mask
-                mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
+            k, v = cache.update(k, v)  # (N, nh, S, hs)
+        elif self.cross_patch:  # x is (B, K, P, C)
+            k, v, mask = self.with_previous_patch(k, v, *lead)  # (B·K, nh, r+P, hs) twice, (B·K, 1, P, r+P)
+        S = k.shape[2]
+        if mask is None and 1 < n < S:  # queries sit at the end of the keys: bottom-right causal mask
+            mask = torch.ones(n, S, dtype=torch.bool, device=x.device).tril(diagonal=S - n)
+        if self.cross_patch:  # keys at positions 0..S-1 (the cache holds them unrotated), queries the last n
+            q, k = rotate(q, S - n), rotate(k, 0)
         # is_causal only when queries and keys start together (training, or prefill into an empty
         # cache): that is the case the flash / memory-efficient kernels serve
-        is_causal = mask is None and T > 1 and k.shape[2] == T
+        is_causal = mask is None and n > 1 and S == n
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
                                            dropout_p=self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
+        y = y.transpose(1, 2).reshape(*lead, n, C)  # (..., n, C): heads side by side again
         return self.resid_drop(self.proj(y))
 
 
@@ -89,7 +153,7 @@ class MLP(nn.Module):
         self.gated = config.activation == "swiglu"
         # swiglu's gate and value come out of one matmul
         self.fc = nn.Linear(dim, 2 * hidden if self.gated else hidden, bias=config.bias)
-        self.act = nn.ReLU() if config.activation == "relu" else nn.GELU()
+        self.act = make_activation(config)
         self.proj = nn.Linear(hidden, dim, bias=config.bias)
         self.drop = nn.Dropout(config.dropout)
 
@@ -106,37 +170,43 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, config: MegaByteConfig, dim: int, heads: int):
+    def __init__(self, config: MegaByteConfig, dim: int, heads: int, cross_patch: int = 0):
         super().__init__()
         self.norm1 = make_norm(config, dim)
-        self.attn = CausalSelfAttention(config, dim, heads)
+        self.attn = CausalSelfAttention(config, dim, heads, cross_patch)
         self.norm2 = make_norm(config, dim)
         self.mlp = MLP(config, dim)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), cache)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, queries: int | None = None) -> torch.Tensor:
+        """x (..., T, C) → (..., n, C): with `queries`, only the last n positions go on."""
+        h = self.attn(self.norm1(x), cache, queries)  # (..., n, C)
+        x = x[..., x.shape[-2] - h.shape[-2]:, :] + h  # (..., n, C)
         return x + self.mlp(self.norm2(x))
+
+
+def init_block(block: Block, config: MegaByteConfig, layers: int):
+    for module in block.modules():
+        if isinstance(module, nn.Linear):
+            trunc_normal_(module.weight, config.init_std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    # GPT-2: scale the projections that write into the residual stream by 1/sqrt(2·layers) so that
+    # its variance does not grow with depth
+    for proj in (block.attn.proj, block.mlp.proj):
+        trunc_normal_(proj.weight, config.init_std / math.sqrt(2 * layers))
 
 
 class Transformer(nn.Module):
     """A causal decoder stack without embeddings or head: blocks, then a final norm.
     MegaByte's global and local models and the whole baseline are each one of these."""
 
-    def __init__(self, config: MegaByteConfig, dim: int, layers: int, heads: int):
+    def __init__(self, config: MegaByteConfig, dim: int, layers: int, heads: int, cross_patch: int = 0):
         super().__init__()
-        self.blocks = nn.ModuleList(Block(config, dim, heads) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(config, dim, heads, cross_patch) for _ in range(layers))
         self.norm = make_norm(config, dim)
         self.checkpointing = config.activation_checkpointing
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                trunc_normal_(module.weight, config.init_std)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
         for block in self.blocks:
-            # GPT-2: scale the projections that write into the residual stream by 1/sqrt(2·layers)
-            # so that its variance does not grow with depth
-            for proj in (block.attn.proj, block.mlp.proj):
-                trunc_normal_(proj.weight, config.init_std / math.sqrt(2 * layers))
+            init_block(block, config, layers)
 
     def forward(self, x: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
         for i, block in enumerate(self.blocks):
@@ -152,14 +222,48 @@ class Transformer(nn.Module):
         return [KVCache(max_len) for _ in self.blocks]
 
 
-def byte_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy in nats over the positions whose target is not PAD.
+class ConvEncoder(nn.Module):
+    """MegaByte's convolutional patch encoder (§2.3): causal 1-D convolutions with kernels 3, 5, 7
+    over the byte embeddings (B, T, D) → (B, T, D), before they are cut into patches.
 
-    logits (B, T, V) from model(ids), ids (B, T): logits[:, t] already predicts ids[:, t] (the
-    models shift internally), so no shift here. Every byte value, 0 included, is a target;
-    divide by ln 2 for bits per byte. A batch of nothing but PAD gives NaN (0/0)."""
-    # (B·T, V) against (B·T,); fp32 so that a bf16 forward still gets an exact softmax
-    return F.cross_entropy(logits.float().flatten(0, 1), ids.flatten(), ignore_index=PAD_ID)
+    The paper gives neither channels, activation, norm nor residuals. We keep D channels (the
+    patch layout P·D stays as it is), use the config's activation, and add each convolution as a
+    residual, x + act(conv(x)): at init (std init_std) the stack is close to the identity, so the
+    byte embedding and its position reach the global model unchanged and the encoder learns only
+    what helps on top of them. No norm and no dropout: the paper has none on embeddings."""
+
+    KERNELS = (3, 5, 7)
+
+    def __init__(self, config: MegaByteConfig, dim: int):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv1d(dim, dim, k, bias=config.bias) for k in self.KERNELS)
+        self.act = make_activation(config)
+        self.reach = sum(k - 1 for k in self.KERNELS)  # 12: how many earlier bytes an output sees
+        for conv in self.convs:
+            trunc_normal_(conv.weight, config.init_std)
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 0:  # a prompt without a complete patch: nothing to convolve
+            return x
+        x = x.transpose(1, 2)  # (B, D, T): channels first for Conv1d
+        for conv in self.convs:
+            # left padding k-1: the output at t sees inputs t-k+1..t only (zeros before byte 0)
+            x = x + self.act(conv(F.pad(x, (conv.kernel_size[0] - 1, 0))))  # (B, D, T)
+        return x.transpose(1, 2)  # (B, T, D)
+
+
+def byte_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy in nats over the predicted positions whose target is not PAD.
+
+    logits (B, L, V) from model(ids), ids (B, T): logits[:, j] already predicts ids[:, T - L + j]
+    (the models shift internally, so no shift here). L = T for every model but PerceiverAR, which
+    predicts only its last L = latents bytes. Every byte value, 0 included, is a target; divide by
+    ln 2 for bits per byte. A batch of nothing but PAD gives NaN (0/0)."""
+    targets = ids[:, ids.shape[1] - logits.shape[1]:]  # (B, L): the bytes the logits predict
+    # (B·L, V) against (B·L,); fp32 so that a bf16 forward still gets an exact softmax
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=PAD_ID)
 
 
 def bits_per_byte(loss_nats: torch.Tensor | float) -> torch.Tensor | float:

@@ -4,13 +4,16 @@
     model, metadata = load_weights("model.safetensors")
 
 Tied tensors (the output head sharing the byte embedding) are stored once; safetensors'
-save_model / load_model handle that.
+save_model / load_model handle that. A file that is not one of these (another format, cut short,
+tensors that do not fit its config) is a ValueError naming it: "not a megabyte model file".
 """
 
 import json
+import os
+import textwrap
 
 import torch.nn as nn
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
 from model.config import MegaByteConfig
@@ -23,20 +26,35 @@ def save_weights(model: nn.Module, path, extra: dict | None = None) -> None:
     metadata = {"format": FORMAT, "config": json.dumps(model.config.to_dict())}
     metadata.update({key: str(value) for key, value in (extra or {}).items()})
     save_model(model, str(path), metadata=metadata)
+    # safetensors creates the file 0600: give it the mode any other output gets, 0666 less the
+    # umask (which os.umask can only read by setting it, so it is put straight back)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def load_weights(path, device: str = "cpu") -> tuple[nn.Module, dict]:
     """(model in eval mode, metadata); the model class follows the stored config."""
     from model import build_model  # model/__init__ imports this module
 
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
+    def refuse(reason) -> ValueError:
+        return ValueError(f"{path}: not a megabyte model file ({reason})")
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read it ({error.strerror or error})") from None
+    except SafetensorError as error:
+        raise refuse(f"not a whole safetensors file: {error}") from None
     if metadata.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a megabyte weights file (no {FORMAT!r} metadata)")
-    try:  # files from before the vocabulary was fixed hold its ids too: checked against ours
-        config = MegaByteConfig.from_dict(json.loads(metadata["config"]))
-    except ValueError as error:
-        raise ValueError(f"{path}: {error}") from None
-    model = build_model(config)
-    load_model(model, str(path), device=device)
+        raise refuse(f"no {FORMAT!r} metadata")
+    try:
+        model = build_model(MegaByteConfig.from_dict(json.loads(metadata["config"])))
+    except (KeyError, ValueError, TypeError) as error:
+        raise refuse(f"its model config is unusable: {error}") from None
+    try:
+        load_model(model, str(path), device=device)
+    except (SafetensorError, RuntimeError) as error:  # missing, unexpected or misshapen tensors
+        raise refuse(f"its tensors do not fit its config: {textwrap.shorten(str(error), 200)}") from None
     return model.eval(), metadata

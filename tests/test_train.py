@@ -126,6 +126,9 @@ def test_config_errors_are_one_line(tmp_path, data, capsys):
         (["--set", "model.seq_len=100"], "seq_len=100 must be a multiple of patch_size=8"),
         (["--set", "data.weights=[1, 2]"], "data.weights has 2 entries for 1 datasets"),
         (["--set", "optim"], "expected section.key=value"),
+        (["--set", "optim.recipe=papers"], "optim.recipe = 'papers': choose one of ['paper']"),
+        (["--set", "model.preset=text-large"], "'text-large' is not a preset; choose one of"),
+        (["--set", "model.architecture=perceiver_ar"], "perceiver_ar has no patches and no local model"),
     ]
     for flags, message in cases:
         assert cli(["train", "--config", str(config), *flags]) == 2, flags
@@ -167,6 +170,26 @@ def test_validation_reads_the_data_as_training_does(tmp_path):
         return any(BOUNDARY_ID in row[:-1] for row in rows)
 
     assert boundary_inside_a_row("concat") and not boundary_inside_a_row("document")
+
+
+def test_the_paper_recipe_fills_what_the_optim_section_does_not_set():
+    from train.config import TrainConfig, load_config
+    from train.engine import lr_factor
+
+    for name in ("text", "imagenet64", "audio"):
+        config = load_config(name)
+        optim, model = config.optim, config.model
+        assert optim.recipe == "paper" and model.activation == "relu" and model.init_std == 0.006
+        assert (optim.betas, optim.warmup_steps, optim.schedule, optim.min_lr_ratio, optim.weight_decay,
+                optim.grad_clip) == ([0.9, 0.98], 500, "linear", 0.0, 0.1, 1.0)
+        factors = [lr_factor(step, config) for step in (0, 499, 500, (500 + optim.total_steps) // 2,
+                                                        optim.total_steps)]
+        assert factors[:3] == [1 / 500, 1.0, 1.0] and factors[3] == pytest.approx(0.5, abs=1e-4)
+        assert factors[4] == 0.0  # linear (polynomial power 1) decay to an end lr of 0
+        assert TrainConfig.from_dict(config.to_dict()) == config
+    assert load_config("text", ["optim.warmup_steps=100"]).optim.warmup_steps == 100  # the section wins
+    tiny = load_config("tiny-cpu").optim  # the demo keeps its own schedule
+    assert (tiny.recipe, tiny.schedule, tiny.warmup_steps) == ("", "cosine", 50)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,13 +319,14 @@ def test_export_generate_eval_and_plot(tmp_path, data, capsys):
     out = capsys.readouterr().out
     from pipeline.format.shards import load_manifest
 
-    payload = load_manifest(data["val"]).totals["payload_bytes"]
-    assert f"over {payload:,} bytes" in out  # every byte of the validation set, once
-    bpb = float(out.split(":")[1].split()[0])
+    totals = load_manifest(data["val"]).totals
+    targets = totals["payload_bytes"] + totals["samples"]  # every byte and document end, once
+    assert out.startswith(f"{data['val']}: {targets:,} targets")
+    bpb = float(out.splitlines()[2].split()[1])  # the "plain" row
     assert 0 < bpb < 8
 
     evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
              if json.loads(line)["kind"] == "eval"]
-    assert [e["step"] for e in evals] == [2, 4] and evals[-1]["bytes"] == payload
+    assert [e["step"] for e in evals] == [2, 4] and evals[-1]["targets"] == targets
     assert cli(["plot", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "curves.png").read_bytes()[:4] == b"\x89PNG"

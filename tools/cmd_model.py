@@ -6,9 +6,11 @@ step-NNNNNN checkpoint folder.
 
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
-from pipeline.format.errors import UsageError
+from pipeline.format.errors import DataError, UsageError
+from tools.outputs import check_output_file, write_atomically
 
 MODEL_HELP = "an exported .safetensors file, a run directory, or a step-NNNNNN checkpoint folder"
 TRUST_HELP = ("read a checkpoint's DeepSpeed files even if they hold more than plain data (unpickling "
@@ -16,15 +18,26 @@ TRUST_HELP = ("read a checkpoint's DeepSpeed files even if they hold more than p
 
 
 def register(subparsers) -> None:
-    evaluate = subparsers.add_parser("eval", help="bits per byte over a whole dataset, per modality")
+    evaluate = subparsers.add_parser("eval", help="bits per byte over every byte of a dataset: plain, "
+                                                  "strided, sliding window")
     evaluate.add_argument("model", type=Path, metavar="MODEL", help=MODEL_HELP)
     evaluate.add_argument("--data", required=True, type=Path, help="a converted dataset directory")
-    evaluate.add_argument("--batch-size", type=int, default=8, help="sequences per batch (default: 8)")
-    evaluate.add_argument("--max-batches", type=int, default=0,
-                          help="stop after N batches; 0 = every byte of the dataset (default)")
+    evaluate.add_argument("--strided", action="store_true",
+                          help="also strided inference (MegaByte §2.3): a second pass shifted by half a "
+                               "patch, each byte scored where it sits in the first half of its patch")
+    evaluate.add_argument("--sliding", type=int, default=None, metavar="STRIDE",
+                          help="also sliding windows advancing by STRIDE bytes (≤ the context; "
+                               "PerceiverAR: ≤ its latents, and latents/2 unless given)")
+    evaluate.add_argument("--batch-size", type=int, default=8, help="windows per forward (default: 8)")
+    evaluate.add_argument("--max-bytes", type=int, default=0,
+                          help="score only the first N ids of the dataset; 0 = all of it (default)")
     evaluate.add_argument("--image-order", choices=["raster", "patch"], default=None,
                           help="byte order of images (default: the order the model was trained on)")
     evaluate.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+    evaluate.add_argument("--device", default=None,
+                          help="torch device, e.g. cpu or cuda:0 (default: cuda when there is one)")
+    evaluate.add_argument("--no-progress", action="store_true",
+                          help="hide the progress bar (it shows only on a terminal anyway)")
     evaluate.set_defaults(func=cmd_eval)
 
     export = subparsers.add_parser("export", help="checkpoint (any ZeRO stage) → one safetensors file")
@@ -42,14 +55,17 @@ def register(subparsers) -> None:
                         help="raw bytes to continue, as the model reads them")
     prompt.add_argument("--prompt-image", type=Path, default=None,
                         help="image models: a picture whose first --keep fraction of bytes is the prompt")
-    generate.add_argument("--keep", type=float, default=0.5,
-                          help="with --prompt-image: fraction of the picture's bytes kept (default: 0.5)")
+    generate.add_argument("--keep", type=float, default=None,
+                          help="with --prompt-image: fraction of the picture's bytes kept, at least 0 "
+                               "and below 1 (default: 0.5)")
     generate.add_argument("--bytes", type=int, default=512,
-                          help="bytes to generate for text and audio (images: the rest of the picture)")
+                          help="bytes to generate for text and audio, at least 1 (images: the rest of "
+                               "the picture)")
     generate.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default: 1.0)")
-    generate.add_argument("--top-k", type=int, default=None, help="sample from the k likeliest bytes")
-    generate.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass, e.g. 0.95")
-    generate.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    generate.add_argument("--top-k", type=int, default=None, help="sample from the k ≥ 1 likeliest bytes")
+    generate.add_argument("--top-p", type=float, default=None,
+                          help="nucleus sampling mass, above 0 and at most 1, e.g. 0.95")
+    generate.add_argument("--seed", type=int, default=0, help="sampling seed, 0 to 2**64 - 1 (default: 0)")
     generate.add_argument("--out", type=Path, default=None,
                           help="output file: required for image (.png) and audio (.wav) models; "
                                "text goes to stdout unless given")
@@ -64,26 +80,59 @@ def load_model(path: Path, trust: bool):
 
 
 def cmd_eval(args) -> int:
-    import torch
+    from tqdm import tqdm
 
-    from pipeline.load.loader import LoaderConfig, build_validation_loader
-    from train.evaluate import evaluate
+    from train.windows import dataset_ids, dataset_streams, eval_modes, evaluate_streams
 
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.max_bytes < 0:
+        raise UsageError(f"--max-bytes {args.max_bytes}: must be at least 0 (0 = all of it)")
+    device = pick_device(args.device)
+    ids = dataset_ids(args.data, max_ids=args.max_bytes)
+    if ids == 0:
+        raise DataError(f"{args.data}: the dataset has no bytes to score")
+    # the arguments and the data are fine: now the model
     model, metadata = load_model(args.model, args.trust_checkpoint)
     config = model.config
+    modes = eval_modes(config, args.strided, args.sliding)
     order = args.image_order or metadata.get("image_order", "raster")
-    try:
-        data = LoaderConfig(validation=args.data, seq_len=config.seq_len, patch_size=config.patch_size,
-                            micro_batch_size=args.batch_size, image_order=order)
-    except ValueError as error:  # e.g. --batch-size 0, or a patch order the model's P cannot scan
-        raise UsageError(f"eval: {error}") from None
-    batches = build_validation_loader(data)
-    result = evaluate(model, batches, torch.device("cpu"), args.max_batches)
-    print(f"{args.data}: {result['bpb']:.4f} bits per byte over {result['bytes']:,} bytes")
-    for key, value in result.items():
-        if key.startswith("bpb/"):
-            print(f"  {key[4:]:<6} {value:.4f} bits per byte")
+    with tqdm(total=ids * len(modes), desc="eval", unit="B", unit_scale=True, leave=False,
+              disable=True if args.no_progress else None) as bar:  # None: only on a terminal
+        streams = partial(dataset_streams, args.data, config, order, max_ids=args.max_bytes)
+        try:
+            results = evaluate_streams(model.to(device), streams, modes, device, args.batch_size, progress=bar)
+        except ValueError as error:  # samples this model cannot read, e.g. images larger than its context
+            raise UsageError(f"{args.data}: {error}") from None
+    print_eval(args.data, model, results)
     return 0
+
+
+def print_eval(data: Path, model, results: dict[str, dict]) -> None:
+    """The model and the data in one line, then a row per mode: bits per byte, cost, speed."""
+    plain, config = results["plain"], model.config
+    parameters = sum(p.numel() for p in model.parameters())  # tied weights once
+    print(f"{data}: {plain['targets']:,} targets (every byte and document end once), "
+          f"{config.architecture}, context {config.seq_len:,}, {parameters:,} parameters")
+    print(f"  {'mode':<24} {'bits/byte':>9} {'cost':>6} {'bytes/s':>10}")
+    for name, result in results.items():
+        print(f"  {name:<24} {result['bpb']:>9.4f} {result['positions'] / plain['positions']:>5.2f}× "
+              f"{result['targets'] / result['seconds']:>10,.0f}")
+
+
+def pick_device(name: str | None):
+    """--device → a torch device that exists here (default: cuda when there is one)."""
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name}: not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def cmd_export(args) -> int:
@@ -95,6 +144,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    check_generate_args(args)
     from model import generate
 
     model, metadata = load_model(args.model, args.trust_checkpoint)
@@ -115,11 +165,30 @@ def cmd_generate(args) -> int:
     if modality == "audio":
         from pipeline.format.audio_codec import bytes_per_sample
 
-        count -= (len(prompt) + count) % bytes_per_sample(data_arguments.get("encoding", "pcm16"))
+        width = bytes_per_sample(data_arguments.get("encoding", "pcm16"))
+        whole = (len(prompt) + count) // width * width - len(prompt)  # down to whole samples,
+        count = whole if whole > 0 else whole + width  # or up to one when that leaves nothing
     [new] = generate(model, [prompt], count, temperature=args.temperature, top_k=args.top_k,
                      top_p=args.top_p, seed=args.seed, stop_at_boundary=modality == "text")
     write_output(args, modality, data_arguments, metadata, model, prompt + new)
     return 0
+
+
+def check_generate_args(args) -> None:
+    """What can be refused without the model, refused before it is loaded."""
+    from model.generate import check_generation
+
+    try:
+        check_generation(args.bytes, args.temperature, args.top_k, args.top_p, args.seed)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if args.keep is not None and args.prompt_image is None:
+        raise UsageError("--keep is the fraction of --prompt-image kept as the prompt: give --prompt-image")
+    if args.keep is not None and not 0 <= args.keep < 1:
+        raise UsageError(f"--keep {args.keep}: the fraction of the picture kept must be at least 0 and "
+                         "below 1 (1 would leave nothing to generate)")
+    if args.out is not None:
+        check_output_file(args.out, "--out")
 
 
 def read_prompt(args, model, modality: str, data_arguments: dict, metadata: dict) -> bytes:
@@ -146,7 +215,7 @@ def read_prompt(args, model, modality: str, data_arguments: dict, metadata: dict
         raw = np.asarray(picture, dtype=np.uint8).tobytes()
         if metadata.get("image_order") == "patch":
             raw = to_patch_order(raw, size, model.config.patch_size).tobytes()
-        return raw[: int(len(raw) * args.keep)]
+        return raw[: int(len(raw) * (0.5 if args.keep is None else args.keep))]
     return args.prompt.encode("utf-8")
 
 
@@ -156,18 +225,17 @@ def write_output(args, modality: str, data_arguments: dict, metadata: dict, mode
 
         size = data_arguments["size"]
         pixels = bytes_to_image(data, size, metadata.get("image_order", "raster"), model.config.patch_size)
-        image_grid([pixels], padding=0).save(args.out, format="PNG")
+        write_atomically(args.out, lambda tmp: image_grid([pixels], padding=0).save(tmp, format="PNG"))
         print(f"{args.out}: {size}×{size} image ({len(data):,} bytes)")
     elif modality == "audio":
         from tools.render import write_wav
 
         rate, encoding = data_arguments.get("sample_rate", 16000), data_arguments.get("encoding", "pcm16")
-        write_wav(args.out, data, encoding, rate)
+        write_atomically(args.out, lambda tmp: write_wav(tmp, data, encoding, rate))
         print(f"{args.out}: {encoding} at {rate} Hz ({len(data):,} bytes)")
     elif args.out is not None:
-        args.out.write_bytes(data)
+        write_atomically(args.out, lambda tmp: tmp.write_bytes(data))
         print(f"{args.out}: {len(data):,} bytes")
     else:
         sys.stdout.buffer.write(data + b"\n")
         sys.stdout.flush()
-

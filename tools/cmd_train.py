@@ -16,9 +16,12 @@ def register(subparsers) -> None:
 
 def cmd_train(args) -> int:
     from train.config import load_config
+
+    config = load_config(args.config, args.set)
+    config.check_paths()  # run() checks again, but only after DeepSpeed is imported and started
     from train.main import run  # imports torch and DeepSpeed: only when training
 
-    result = run(load_config(args.config, args.set))
+    result = run(config)
     if result:
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
     return 0

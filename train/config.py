@@ -4,18 +4,23 @@
                  validation set, batch sizes, loader options; seq_len and patch_size are the
                  model's, the seed is run.seed
     [model]      preset = "<name in model.PRESETS>", plus any MegaByteConfig field to override
-    [optim]      AdamW and the learning-rate schedule
+    [optim]      AdamW and the learning-rate schedule; `recipe = "paper"` starts from the paper's
+                 (App. A.1), the keys given in the section override it
     [deepspeed]  ZeRO stage, precision, offload (or a raw DeepSpeed JSON)
     [run]        output directory, checkpoint / eval / log intervals, seed, limits
 
 `--set section.key=value` overrides one key; the value is read as a TOML value (`3`, `1e-3`,
 `true`, `"text"`, `["a", "b"]`), and a bare word is taken as a string. Unknown sections or keys,
-missing datasets and batch sizes that do not divide are ConfigError: one line saying what to change.
+a value of another type than its field's, numbers out of range, missing datasets, an output
+directory that is a file and batch sizes that do not divide are ConfigError: one line naming the
+key and saying what to change.
 """
 
 import dataclasses
 import json
+import math
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,8 +40,20 @@ class ConfigError(UsageError):
     """A training configuration that cannot run, with what to change."""
 
 
+# Training recipes: defaults for [optim] that the keys written in the section override.
+# "paper" is App. A.1 of the paper: Adam β = (0.9, 0.98), gradient-norm clip 1.0, weight decay 0.1,
+# 500 warm-up updates, then metaseq's polynomial decay with power 1 (linear) to an end lr of 0. The
+# model half of that recipe (pre-norm, ReLU, dropout 0.1 but none on embeddings, truncated-normal
+# init with std 0.006) belongs to the model: the paper presets in model/presets.py carry it.
+RECIPES = {
+    "paper": {"betas": [0.9, 0.98], "grad_clip": 1.0, "weight_decay": 0.1, "warmup_steps": 500,
+              "schedule": "linear", "min_lr_ratio": 0.0},
+}
+
+
 @dataclass
 class OptimConfig:
+    recipe: str = ""  # "paper": start from RECIPES["paper"]; "" = the defaults below
     lr: float = 2e-3  # peak learning rate
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-8
@@ -76,6 +93,13 @@ SECTIONS = {"optim": OptimConfig, "deepspeed": DeepSpeedSection, "run": RunConfi
 # [data] is the loader's config, less these settings: each is stated once, in the section named
 DATA_FROM = {"seq_len": "model.seq_len", "patch_size": "model.patch_size", "seed": "run.seed"}
 
+# The least value of each numeric setting; POSITIVE ones must be above 0. Every one is finite.
+# ([data]'s ranges are checked by the LoaderConfig itself.)
+LEAST = {"optim.weight_decay": 0, "optim.grad_clip": 0, "optim.warmup_steps": 0, "optim.total_steps": 1,
+         "run.checkpoint_every": 0, "run.keep_last": 1, "run.eval_every": 0, "run.eval_batches": 0,
+         "run.log_every": 1, "run.max_minutes": 0}
+POSITIVE = ("optim.lr", "optim.eps")
+
 
 @dataclass
 class TrainConfig:
@@ -101,9 +125,12 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown section(s) {unknown}; sections are "
                               f"{sorted([*SECTIONS, 'data', 'model'])}")
-        sections = {name: build_section(name, kind, raw.get(name, {})) for name, kind in SECTIONS.items()}
+        values = {name: dict(raw.get(name, {})) for name in SECTIONS}
+        values["optim"] = with_recipe(values["optim"])
+        sections = {name: build_section(name, kind, values[name]) for name, kind in SECTIONS.items()}
         model_fields = dict(raw.get("model", {}))
         preset = model_fields.pop("preset", "tiny")
+        check_types("model", MegaByteConfig, model_fields)
         if preset not in PRESETS:
             raise ConfigError(f"model.preset {preset!r} is not a preset; choose one of {sorted(PRESETS)}")
         try:
@@ -115,10 +142,29 @@ class TrainConfig:
         config.check()
         return config
 
+    def setting(self, name: str):
+        """The value of "section.key"."""
+        section, key = name.split(".")
+        return getattr(getattr(self, section), key)
+
     def check(self) -> None:
-        if self.optim.total_steps < 1:
-            raise ConfigError(f"optim.total_steps = {self.optim.total_steps}: must be at least 1")
-        if not self.data.datasets:
+        """Ranges and combinations (the types are checked when the sections are built)."""
+        data, optim = self.data, self.optim
+        for name, least in LEAST.items():
+            value = self.setting(name)
+            if not (math.isfinite(value) and value >= least):
+                raise ConfigError(f"{name} = {value}: must be at least {least}")
+        for name in POSITIVE:
+            value = self.setting(name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} = {value}: must be above 0")
+        if not 0 <= optim.min_lr_ratio <= 1:
+            raise ConfigError(f"optim.min_lr_ratio = {optim.min_lr_ratio}: must be 0 to 1 "
+                              "(a fraction of optim.lr)")
+        if len(optim.betas) != 2 or not all(0 <= beta < 1 for beta in optim.betas):
+            raise ConfigError(f"optim.betas = {optim.betas}: two numbers from 0 to below 1, "
+                              "e.g. [0.9, 0.98]")
+        if not data.datasets:
             raise ConfigError("data.datasets is empty: list at least one converted dataset directory")
         choices = {"optim.schedule": (self.optim.schedule, ("cosine", "linear", "constant")),
                    "deepspeed.precision": (self.deepspeed.precision, ("auto", "bf16", "fp32")),
@@ -130,11 +176,17 @@ class TrainConfig:
             raise ConfigError("deepspeed.offload_param needs deepspeed.zero_stage = 3")
 
     def check_paths(self) -> None:
-        """The datasets exist (checked at start-up, not when a checkpoint's config is read)."""
+        """The datasets exist and the output directory can be one (checked at start-up, not when a
+        checkpoint's config is read)."""
         for path in [*self.data.datasets, *([self.data.validation] if self.data.validation else [])]:
             if not (Path(path) / "index.json").is_file():
                 raise ConfigError(f"{path}: not a converted dataset (no index.json); convert it with "
                                   "`megabyte convert` or fix the path in [data]")
+        out_dir = Path(self.run.out_dir)
+        existing = next(path for path in [out_dir, *out_dir.parents] if path.exists())
+        if not existing.is_dir():
+            raise ConfigError(f"run.out_dir = '{out_dir}': {existing} is a file, not a folder; "
+                              "choose another run.out_dir")
 
     def accumulation_steps(self, world_size: int) -> int:
         """Micro-batches per optimizer step on each rank (see LoaderConfig.accumulation_steps)."""
@@ -152,6 +204,7 @@ def build_data_section(values: dict, model: MegaByteConfig, run: RunConfig) -> L
         raise ConfigError(f"data.{stated[0]} is {DATA_FROM[stated[0]]}: set it there (one value "
                           "for the model and the loader)")
     check_keys("data", LoaderConfig, values, exclude=set(DATA_FROM))
+    check_types("data", LoaderConfig, values)
     try:
         return LoaderConfig(**values, seq_len=model.seq_len, patch_size=model.patch_size, seed=run.seed)
     except (ValueError, TypeError) as error:
@@ -165,12 +218,40 @@ def check_keys(name: str, kind, values: dict, exclude: set = frozenset()) -> Non
         raise ConfigError(f"unknown key(s) {unknown} in [{name}]; known keys are {sorted(known)}")
 
 
+def with_recipe(optim: dict) -> dict:
+    """[optim] keys over the defaults of the recipe they name (if any)."""
+    recipe = optim.get("recipe", "")
+    if recipe and recipe not in RECIPES:
+        raise ConfigError(f"optim.recipe = {recipe!r}: choose one of {sorted(RECIPES)} (or leave it out)")
+    return {**RECIPES.get(recipe, {}), **optim}
+
+
 def build_section(name: str, kind, values: dict):
     check_keys(name, kind, values)
-    try:
-        return kind(**values)
-    except TypeError as error:
-        raise ConfigError(f"[{name}]: {error}") from None
+    check_types(name, kind, values)
+    return kind(**values)
+
+
+def check_types(section: str, kind, values: dict) -> None:
+    """Each known key of `values` holds a value of its dataclass field's type (an int will do for
+    a float, a bool will not do for a number); ConfigError naming the key, the value and the type."""
+    for f in dataclasses.fields(kind):
+        value = values.get(f.name)
+        if f.name in values and not has_type(value, f.type):
+            expected = str(f.type) if typing.get_origin(f.type) else f.type.__name__  # list[str], int
+            raise ConfigError(f"{section}.{f.name} = {value!r}: expected {expected}, "
+                              f"not {type(value).__name__}")
+
+
+def has_type(value, kind) -> bool:
+    if typing.get_origin(kind) is list:
+        [item] = typing.get_args(kind)
+        return isinstance(value, list) and all(has_type(v, item) for v in value)
+    if isinstance(value, bool):
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
 
 
 def parse_override(text: str) -> tuple[str, str, object]:
@@ -202,8 +283,10 @@ def load_config(path: str, overrides: list[str] = ()) -> TrainConfig:
     config_path = resolve_config_path(path)
     try:
         raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as error:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"{config_path}: not valid TOML ({error})") from None
+    except OSError as error:
+        raise ConfigError(f"{config_path}: cannot read it ({error.strerror or error})") from None
     for override in overrides:
         section, key, value = parse_override(override)
         raw.setdefault(section, {})[key] = value

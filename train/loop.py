@@ -1,8 +1,9 @@
 """The training loop: one function, from the current step to optim.total_steps.
 
 Per optimizer step: `accumulation` micro-batches of forward + backward (DeepSpeed accumulates and
-steps on the last), then one all-reduce of [loss sum, bytes, stop request] that gives every rank
-the same view for logging and for stopping. Checkpoints are taken at step boundaries only, so a
+steps on the last), then one all-reduce of [nats, targets, stop request] that gives every rank
+the same view for logging and for stopping; the step's loss and bits per byte are nats / targets
+over all of them (train/evaluate.py has the definition). Checkpoints are taken at step boundaries only, so a
 resumed run continues exactly where the saved one stood.
 """
 
@@ -15,11 +16,12 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from model import byte_loss
+from model.flops import training_flops_per_byte
 from pipeline.format.vocab import PAD_ID
 from train import checkpoint
 from train.config import TrainConfig
-from train.evaluate import evaluate
-from train.metrics import flops_per_byte, peak_flops
+from train.evaluate import evaluate, predicted_targets
+from train.metrics import peak_flops
 from train.trainer import Trainer
 
 
@@ -45,28 +47,30 @@ def train_loop(t: Trainer, stop: StopRequest) -> dict:
     accumulation = engine.gradient_accumulation_steps()
     started = time.perf_counter()
     peak = peak_flops()
-    model_flops = flops_per_byte(config.model) if peak else None
+    model_flops = training_flops_per_byte(config.model) if peak else None
     bar = tqdm(total=total, initial=state.step, desc="train", unit="step",
                disable=t.rank != 0 or not config.run.progress, dynamic_ncols=True)
     last, first_step = {}, state.step
     while state.step < total:
         step_start = time.perf_counter()
-        sums = torch.zeros(3, dtype=torch.float64, device=t.device)  # loss sum, bytes, stop votes
+        sums = torch.zeros(3, dtype=torch.float64, device=t.device)  # nats, targets, stop votes
         for _ in range(accumulation):
             ids = next(t.batches)["ids"].to(t.device, non_blocking=True)  # (B, T)
-            loss = byte_loss(engine(ids), ids)
+            logits = engine(ids)  # (B, L, V)
+            loss = byte_loss(logits, ids)  # the mean over the targets counted here
             engine.backward(loss)
             engine.step()
-            sums[0] += loss.detach().double()  # stays on the device: no sync per micro-batch
-            sums[1] += (ids != PAD_ID).sum()
+            targets = (predicted_targets(logits, ids) != PAD_ID).sum()
+            sums[0] += loss.detach().double() * targets  # stays on the device: no sync per micro-batch
+            sums[1] += targets
             t.trace.add(ids)
         state.step += 1
         t.trace.end_step(state.step)
         out_of_time = config.run.max_minutes and time.perf_counter() - started > 60 * config.run.max_minutes
         sums[2] = float(stop.requested or out_of_time)
         dist.all_reduce(sums)  # on the device: NCCL reduces device tensors only
-        loss_sum, step_bytes, stop_votes = sums.tolist()
-        loss_mean = loss_sum / (accumulation * t.world_size)
+        step_nats, step_bytes, stop_votes = sums.tolist()
+        loss_mean = step_nats / max(step_bytes, 1)
         state.bytes_seen += int(step_bytes)
         seconds = time.perf_counter() - step_start
         last = {"loss": loss_mean, "bpb": loss_mean / math.log(2), "lr": engine.get_lr()[0],
@@ -114,5 +118,5 @@ def run_eval(t: Trainer) -> dict:
     t.metrics.log(t.run_state.step, "eval", result)
     if t.rank == 0:
         tqdm.write(f"step {t.run_state.step}: validation {result['bpb']:.4f} bits/byte over "
-                   f"{result['bytes']:,} bytes")
+                   f"{result['targets']:,} targets")
     return result

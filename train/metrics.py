@@ -1,9 +1,7 @@
 """Training metrics on rank 0: one JSON line per record in OUT/metrics.jsonl, and TensorBoard.
 
-Model FLOPs utilisation (GPU only) counts the matrix products of one forward + backward (the
-usual 6 FLOPs per parameter per position, plus attention), with the MegaByte split: the global
-model runs once per patch (K positions), the local model once per byte (T positions) in windows of
-P bytes.
+Model FLOPs utilisation (GPU only) = training FLOPs per byte (model/flops.py, the count that
+`megabyte flops` prints) × bytes trained on per second / the devices' peak.
 """
 
 import hashlib
@@ -15,27 +13,6 @@ import torch
 
 # dense bf16 tensor-core peak by device name; MFU is reported only for devices listed here
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
-
-
-def flops_per_byte(model_config) -> float:
-    """Training FLOPs (forward + backward) per input byte."""
-    c = model_config
-    mlp = 3 if c.activation == "swiglu" else 2
-
-    def stack(width: int, layers: int, context: int) -> float:
-        # per position: attention projections 4·w², MLP mlp·ratio·w², and 2·context·w for the
-        # scores and the weighted sum (causal: half the context on average); ×2 multiply-add,
-        # ×3 forward + backward
-        matmul = (4 + mlp * c.mlp_ratio) * width * width + context * width
-        return 6 * layers * matmul
-
-    if c.architecture == "transformer":
-        return stack(c.global_dim, c.global_layers, c.seq_len) + 6 * c.global_dim * c.vocab_size
-    global_per_patch = stack(c.global_dim, c.global_layers, c.seq_len // c.patch_size)
-    local_per_byte = stack(c.local_dim, c.local_layers, c.patch_size)
-    to_local = 6 * (c.global_dim // c.patch_size) * c.local_dim  # D_G → D_L projection
-    head = 6 * c.local_dim * c.vocab_size
-    return global_per_patch / c.patch_size + local_per_byte + to_local + head
 
 
 def peak_flops() -> float | None:

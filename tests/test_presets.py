@@ -1,0 +1,84 @@
+"""Presets: every Table 15 run, built on the meta device with its counted parameters, the paper's
+model recipe and Table 14's head widths; unknown names are one error line."""
+
+import json
+
+import pytest
+import torch
+
+from model import PRESET_SIZES, PRESETS, MegaByteConfig, build_model
+from train.config import ConfigError, TrainConfig
+
+# Table 15, row by row (task, model) → preset
+TABLE_15 = {
+    ("arXiv", "Transformer"): "text-transformer", ("arXiv", "PerceiverAR"): "text-perceiver-ar",
+    ("arXiv", "MEGABYTE"): "text", ("arXiv", "w/o local"): "text-no-local",
+    ("arXiv", "w/o global"): "text-no-global", ("arXiv", "w/o cross-patch"): "text-no-cross-patch",
+    ("arXiv", "w/ CNN"): "text-cnn",
+    ("Img64 SOTA", "MEGABYTE"): "imagenet64", ("Img64", "Transformer"): "imagenet64-transformer",
+    ("Img64", "PerceiverAR"): "imagenet64-perceiver-ar", ("Img64", "MEGABYTE"): "imagenet64-controlled",
+    ("Img256", "Transformer"): "image256-transformer", ("Img256", "PerceiverAR"): "image256-perceiver-ar",
+    ("Img256", "MEGABYTE"): "image256", ("Img256", "w/o local"): "image256-no-local",
+    ("Img256", "w/o global"): "image256-no-global", ("Img256", "w/o cross-patch"): "image256-no-cross-patch",
+    ("Img256", "w/ CNN"): "image256-cnn",
+    ("Img640", "Transformer"): "image640-transformer", ("Img640", "PerceiverAR"): "image640-perceiver-ar",
+    ("Img640", "MEGABYTE"): "image640",
+    ("Audio", "Transformer"): "audio-transformer", ("Audio", "PerceiverAR"): "audio-perceiver-ar",
+    ("Audio", "MEGABYTE"): "audio", ("Audio", "w/o local"): "audio-no-local",
+    ("Audio", "w/o global"): "audio-no-global", ("Audio", "w/o cross-patch"): "audio-no-cross-patch",
+    ("Audio", "w/ CNN"): "audio-cnn",
+}
+PAPER_PRESETS = sorted(TABLE_15.values())
+TABLE_14_HEAD_WIDTH = {768: 64, 1024: 64, 1536: 96, 2048: 64, 2560: 80, 4096: 128}
+CLASS_OF = {"megabyte": "MegaByte", "transformer": "ByteTransformer", "perceiver_ar": "PerceiverAR",
+            "no_local": "NoLocal", "no_global": "NoGlobal"}
+
+
+def test_every_table_15_row_has_a_preset_and_every_preset_a_size():
+    assert len(TABLE_15) == 28 and len(set(PAPER_PRESETS)) == 28
+    assert set(PAPER_PRESETS) <= set(PRESETS)
+    assert set(PRESET_SIZES) == set(PRESETS)
+    assert all(PRESET_SIZES[name][1] for name in PAPER_PRESETS)  # the paper's stated size beside ours
+    tiny = {name for name in PRESETS if name.startswith("tiny")}
+    assert set(PRESETS) == set(PAPER_PRESETS) | tiny
+    assert {PRESETS[name].architecture for name in tiny} == set(CLASS_OF)  # a tiny twin of each
+    assert any(PRESETS[name].local_cross_patch for name in tiny)
+    assert any(PRESETS[name].conv_encoder for name in tiny)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_build_on_the_meta_device_and_count_their_parameters(name):
+    config = PRESETS[name]
+    with torch.device("meta"):  # no memory: the paper-sized presets are billions of parameters
+        model = build_model(config)
+    assert model.num_parameters() == PRESET_SIZES[name][0]
+    assert type(model).__name__ == CLASS_OF[config.architecture]
+    assert MegaByteConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+@pytest.mark.parametrize("name", PAPER_PRESETS)
+def test_paper_presets_follow_the_recipe_and_table_14_heads(name):
+    config = PRESETS[name]
+    assert (config.activation, config.dropout, config.init_std, config.norm) == ("relu", 0.1, 0.006, "layernorm")
+    stacks = []
+    if config.global_layers:
+        stacks.append((config.global_dim, config.global_heads))
+    if config.local_layers:
+        stacks.append((config.local_dim, config.local_heads))
+    for width, heads in stacks:
+        # a width Table 14 prints keeps its head width; one adjusted to a multiple of P keeps one of them
+        assert width // heads == TABLE_14_HEAD_WIDTH.get(width, width // heads)
+        assert width // heads in TABLE_14_HEAD_WIDTH.values()
+    if config.architecture == "megabyte":  # cross-patch attention, but in the ablation without it
+        assert config.local_cross_patch == (0 if name.endswith("no-cross-patch") else config.patch_size)
+
+
+def test_tiny_presets_are_comparable_in_size():
+    with torch.device("meta"):
+        sizes = [build_model(PRESETS[name]).num_parameters() for name in ("tiny", "tiny-transformer")]
+    assert abs(sizes[0] - sizes[1]) / sizes[1] < 0.15
+
+
+def test_an_unknown_preset_is_one_error_naming_the_valid_ones():
+    with pytest.raises(ConfigError, match="'text-large' is not a preset; choose one of .*'text-no-local'"):
+        TrainConfig.from_dict({"data": {"datasets": ["d"]}, "model": {"preset": "text-large"}})
