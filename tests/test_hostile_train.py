@@ -64,6 +64,19 @@ def test_group_sigterm_with_workers_saves_exits_0_and_resumes(tmp_path, data):
             pass
 
 
+def test_group_sigterm_during_validation_saves_and_exits_0(tmp_path, data):
+    """Validation runs after every step here, so most of the run is spent in it: its loader's
+    workers leave the group's SIGTERM to the trainer too."""
+    config = write_config(tmp_path, data["text"], validation=data["text"], data={"num_workers": 2},
+                          optim={"total_steps": 100000}, run={"checkpoint_every": 0, "eval_every": 1})
+    process = start_in_own_session(config)
+    wait_for_steps(process, tmp_path / "run", 2)
+    os.killpg(process.pid, signal.SIGTERM)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 0, stderr[-2000:]
+    assert (tmp_path / "run" / "checkpoints" / "latest").is_file()
+
+
 # ---------------------------------------------------------------------------------------------
 # a corrupt newest checkpoint: verified against its COMPLETE record, the newest intact one is used
 

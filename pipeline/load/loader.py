@@ -33,8 +33,6 @@ rank or data order.
 
 import math
 import os
-import signal
-import threading
 import warnings
 from dataclasses import KW_ONLY, dataclass, field
 from functools import partial
@@ -47,6 +45,7 @@ from pipeline.load.packing import decode_rows, keep, rows_to_yield
 from pipeline.load.reading import errors_as_items, raise_error_item
 from pipeline.load.streams import DatasetStream, Source
 from pipeline.load.validation import ValidationDataset, ValidationLoader, make_layout
+from pipeline.load.workers import leave_group_sigterm_to_trainer
 
 STATE_FORMAT = "megabyte-loader"
 STATE_VERSION = 1
@@ -237,22 +236,6 @@ class TrainDataset(IterableDataset):
             self.batches += config.fetch  # the state now says "after these", as they are handed out
             yield {**rows_to_yield(rows, config.seq_len), "modality": modality, "dataset": dataset,
                    "epoch": epoch}
-
-
-def leave_group_sigterm_to_trainer(trainer: int, worker_id: int) -> None:
-    """worker_init_fn: a SIGTERM from the trainer (pid `trainer`) ends this worker at once, as
-    multiprocessing and torch expect when they shut workers down; one from anyone else (a
-    scheduler, shell or launcher signalling the whole process group) is ignored, since the
-    trainer got it too and will save its state (the workers' included) and then close the loader.
-    SIGTERM is blocked and a daemon thread waits for it, so that it learns who sent it."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-
-    def wait_for_sigterm():
-        while True:
-            if signal.sigwaitinfo({signal.SIGTERM}).si_pid == trainer:
-                os._exit(0)
-
-    threading.Thread(target=wait_for_sigterm, name="sigterm", daemon=True).start()
 
 
 class TrainLoader:

@@ -22,7 +22,9 @@ becomes PAD ids of its length, so the split does not shift.
 import bisect
 import itertools
 import math
+import os
 from dataclasses import dataclass
+from functools import partial
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -30,6 +32,7 @@ from pipeline.format.errors import DataError
 from pipeline.load.packing import ConcatPacker, decode_rows, keep, rows_to_yield
 from pipeline.load.reading import ErrorPolicy, errors_as_items, raise_error_item, scan_metas
 from pipeline.load.streams import END, PIECE_END, Cursor, Piece, Source, StreamReader
+from pipeline.load.workers import leave_group_sigterm_to_trainer
 
 
 @dataclass
@@ -158,8 +161,10 @@ class ValidationLoader:
     def __init__(self, dataset: ValidationDataset, num_workers: int = 0,
                  multiprocessing_context: str | None = None):
         self.dataset = dataset
-        self.dataloader = DataLoader(dataset, batch_size=None, num_workers=num_workers,
-                                     multiprocessing_context=multiprocessing_context, collate_fn=keep)
+        self.dataloader = DataLoader(
+            dataset, batch_size=None, num_workers=num_workers, collate_fn=keep,
+            multiprocessing_context=multiprocessing_context,
+            worker_init_fn=partial(leave_group_sigterm_to_trainer, os.getpid()) if num_workers else None)
 
     def __len__(self) -> int:
         return self.dataset.num_batches

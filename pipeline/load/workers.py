@@ -1,0 +1,27 @@
+"""Loader workers and a SIGTERM sent to the whole process group.
+
+Schedulers (SLURM, Kubernetes, docker) and the deepspeed launcher stop a job by signalling every
+process in it, DataLoader workers included. A worker that died of it would make torch raise in the
+trainer before it could save; so each worker leaves such a signal to the trainer, which saves its
+state (the workers' included) and then closes the loaders, ending the workers itself.
+"""
+
+import os
+import signal
+import threading
+
+
+def leave_group_sigterm_to_trainer(trainer: int, worker_id: int) -> None:
+    """worker_init_fn: a SIGTERM from the trainer (pid `trainer`) ends this worker at once, as
+    multiprocessing and torch expect when they shut workers down; one from anyone else (a
+    scheduler, shell or launcher signalling the whole process group) is ignored, since the
+    trainer got it too and will save its state (the workers' included) and then close the loader.
+    SIGTERM is blocked and a daemon thread waits for it, so that it learns who sent it."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def wait_for_sigterm():
+        while True:
+            if signal.sigwaitinfo({signal.SIGTERM}).si_pid == trainer:
+                os._exit(0)
+
+    threading.Thread(target=wait_for_sigterm, name="sigterm", daemon=True).start()
