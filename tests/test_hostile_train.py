@@ -191,13 +191,13 @@ def handmade_checkpoint(tmp_path: Path, module_states) -> Path:
 
 
 @pytest.mark.parametrize("command", [["generate", "--model", "{ckpt}", "--bytes", "4", "--out", "{out}"],
-                                     ["eval", "{ckpt}", "--data", "{ckpt}"],
+                                     ["eval", "{ckpt}", "--data", "{data}"],
                                      ["export", "{ckpt}", "--out", "{out}"]])
-def test_a_crafted_pickle_does_not_run_without_trust_checkpoint(tmp_path, capsys, command):
+def test_a_crafted_pickle_does_not_run_without_trust_checkpoint(tmp_path, capsys, data, command):
     marker = tmp_path / "code-ran"
     model = build_model(load_config("tiny-cpu", TINY_MODEL).model)
     folder = handmade_checkpoint(tmp_path, {"module": model.state_dict(), "hostile": RunsCode(marker)})
-    argv = [a.format(ckpt=folder, out=tmp_path / "out.safetensors") for a in command]
+    argv = [a.format(ckpt=folder, out=tmp_path / "out.safetensors", data=data["text"]) for a in command]
     assert cli(argv) == 2
     error = capsys.readouterr().err
     assert "--trust-checkpoint" in error and len(error.strip().splitlines()) == 1
