@@ -45,7 +45,7 @@ from pipeline.load.packing import decode_rows, keep, rows_to_yield
 from pipeline.load.reading import errors_as_items, raise_error_item
 from pipeline.load.streams import DatasetStream, Source
 from pipeline.load.validation import ValidationDataset, ValidationLoader, make_layout
-from pipeline.load.workers import leave_group_sigterm_to_trainer
+from pipeline.load.workers import leave_group_sigterm_to_trainer, sigterm_blocked
 
 STATE_FORMAT = "megabyte-loader"
 STATE_VERSION = 1
@@ -286,7 +286,9 @@ class TrainLoader:
     def _batches(self):
         """Batches in round-robin order over the workers (worker k % W makes batch k), whatever
         the fetch size: a round is one fetch from each worker, handed out interleaved."""
-        fetches, size = iter(self.dataloader), self.config.micro_batch_size
+        with sigterm_blocked():
+            fetches = iter(self.dataloader)  # starts the workers
+        size = self.config.micro_batch_size
         workers, per_fetch = max(1, self.config.num_workers), self.config.fetch
         while True:
             # where to come back to if a checkpoint falls inside this round (none can when a

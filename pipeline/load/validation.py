@@ -32,7 +32,7 @@ from pipeline.format.errors import DataError
 from pipeline.load.packing import ConcatPacker, decode_rows, keep, rows_to_yield
 from pipeline.load.reading import ErrorPolicy, errors_as_items, raise_error_item, scan_metas
 from pipeline.load.streams import END, PIECE_END, Cursor, Piece, Source, StreamReader
-from pipeline.load.workers import leave_group_sigterm_to_trainer
+from pipeline.load.workers import leave_group_sigterm_to_trainer, sigterm_blocked
 
 
 @dataclass
@@ -170,5 +170,7 @@ class ValidationLoader:
         return self.dataset.num_batches
 
     def __iter__(self):
-        for batch in map(raise_error_item, self.dataloader):
+        with sigterm_blocked():
+            batches = iter(self.dataloader)  # starts the workers
+        for batch in map(raise_error_item, batches):
             yield {"ids": decode_rows(batch), "modality": batch["modality"]}

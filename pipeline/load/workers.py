@@ -9,6 +9,7 @@ state (the workers' included) and then closes the loaders, ending the workers it
 import os
 import signal
 import threading
+from contextlib import contextmanager
 
 
 def leave_group_sigterm_to_trainer(trainer: int, worker_id: int) -> None:
@@ -25,3 +26,16 @@ def leave_group_sigterm_to_trainer(trainer: int, worker_id: int) -> None:
                 os._exit(0)
 
     threading.Thread(target=wait_for_sigterm, name="sigterm", daemon=True).start()
+
+
+@contextmanager
+def sigterm_blocked():
+    """Start DataLoader workers inside this: they inherit a blocked SIGTERM (the signal mask
+    survives fork and exec), so that a group SIGTERM that lands before their worker_init_fn runs
+    waits for it instead of killing them. A SIGTERM to this process meanwhile is held until the
+    block ends, then handled as usual."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
