@@ -285,3 +285,13 @@ def test_the_progress_bar_ends_where_max_minutes_stops_the_run():
     assert reachable_steps(config, 10, 10, minute_ago) == 1000  # no pace yet
     config.run.max_minutes = 0
     assert reachable_steps(config, 10, 0, minute_ago) == 1000
+
+
+def test_metrics_cut_short_by_a_kill_do_not_stop_a_resume(tmp_path):
+    from train.metrics import truncate_jsonl
+
+    path = tmp_path / "metrics.jsonl"
+    records = [json.dumps({"step": step, "loss": 1.0}) for step in (1, 2, 3)]
+    path.write_text("\n".join(records) + '\n{"step": 4, "lo', encoding="utf-8")  # killed mid-line
+    truncate_jsonl(path, 2)
+    assert path.read_text(encoding="utf-8").splitlines() == records[:2]

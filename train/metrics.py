@@ -6,6 +6,7 @@ Model FLOPs utilisation (GPU only) = training FLOPs per byte (model/flops.py, th
 
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 
@@ -61,14 +62,24 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def truncate_jsonl(path: Path, step: int) -> None:
-    """Keep only the records up to `step` (a resumed run redoes the steps after it); atomic."""
+    """Keep only the records up to `step` (a resumed run redoes the steps after it); atomic.
+    A line that is not a whole record is dropped: it is what a run killed while writing leaves."""
     if not path.is_file():
         return
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines()
-             if line.strip() and json.loads(line)["step"] <= step]
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
+             if record_step(line) <= step]
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     tmp.replace(path)
+
+
+def record_step(line: str) -> float:
+    """The step of one JSONL record; infinity for a line that is not a whole record."""
+    try:
+        record = json.loads(line)
+        return record["step"] if isinstance(record, dict) and isinstance(record.get("step"), int) else math.inf
+    except json.JSONDecodeError:
+        return math.inf
 
 
 class BatchTrace:
