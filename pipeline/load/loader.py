@@ -32,10 +32,8 @@ rank or data order.
 """
 
 import math
-import os
 import warnings
 from dataclasses import KW_ONLY, dataclass, field
-from functools import partial
 
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
@@ -45,7 +43,7 @@ from pipeline.load.packing import decode_rows, keep, rows_to_yield
 from pipeline.load.reading import errors_as_items, raise_error_item
 from pipeline.load.streams import DatasetStream, Source
 from pipeline.load.validation import ValidationDataset, ValidationLoader, make_layout
-from pipeline.load.workers import leave_group_sigterm_to_trainer, sigterm_blocked
+from pipeline.load.workers import sigterm_blocked, worker_init_fn
 
 STATE_FORMAT = "megabyte-loader"
 STATE_VERSION = 1
@@ -271,7 +269,7 @@ class TrainLoader:
                 prefetch_factor=config.prefetch_factor if workers else None,
                 multiprocessing_context=config.multiprocessing_context if workers else None,
                 snapshot_every_n_steps=config.snapshot_every_n_steps, collate_fn=keep,
-                worker_init_fn=partial(leave_group_sigterm_to_trainer, os.getpid()) if workers else None)
+                worker_init_fn=worker_init_fn(workers))
         self._fetch = None  # (DataLoader state before the current round of fetches, its batches)
         self._used = 0  # batches of the current round handed out
         self._skip = 0  # batches to drop from the first round after a restore

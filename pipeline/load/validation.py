@@ -22,9 +22,7 @@ becomes PAD ids of its length, so the split does not shift.
 import bisect
 import itertools
 import math
-import os
 from dataclasses import dataclass
-from functools import partial
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -32,7 +30,7 @@ from pipeline.format.errors import DataError
 from pipeline.load.packing import ConcatPacker, decode_rows, keep, rows_to_yield
 from pipeline.load.reading import ErrorPolicy, errors_as_items, raise_error_item, scan_metas
 from pipeline.load.streams import END, PIECE_END, Cursor, Piece, Source, StreamReader
-from pipeline.load.workers import leave_group_sigterm_to_trainer, sigterm_blocked
+from pipeline.load.workers import sigterm_blocked, worker_init_fn
 
 
 @dataclass
@@ -164,7 +162,7 @@ class ValidationLoader:
         self.dataloader = DataLoader(
             dataset, batch_size=None, num_workers=num_workers, collate_fn=keep,
             multiprocessing_context=multiprocessing_context,
-            worker_init_fn=partial(leave_group_sigterm_to_trainer, os.getpid()) if num_workers else None)
+            worker_init_fn=worker_init_fn(num_workers))
 
     def __len__(self) -> int:
         return self.dataset.num_batches

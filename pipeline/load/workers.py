@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 from contextlib import contextmanager
+from functools import partial
 
 
 def leave_group_sigterm_to_trainer(trainer: int, worker_id: int) -> None:
@@ -39,3 +40,9 @@ def sigterm_blocked():
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def worker_init_fn(num_workers: int):
+    """The DataLoader's worker_init_fn for a loader built in this process: the SIGTERM policy
+    above, with this process as the trainer; None when there are no workers."""
+    return partial(leave_group_sigterm_to_trainer, os.getpid()) if num_workers else None
