@@ -13,7 +13,8 @@ import numpy as np
 
 from pipeline.format.errors import DataError, UsageError
 from pipeline.format.reader import (check_shard, dataset_shards, file_sha256, has_checksum, iter_members,
-                                    iter_metas, iter_sample_members, read_chunks, read_meta)
+                                    iter_metas, iter_sample_members, read_chunks, read_member_index,
+                                    read_meta, scan_index)
 from pipeline.format.shards import sample_bound
 
 
@@ -102,12 +103,21 @@ def verify(paths) -> Verified:
             if info is not None:
                 try:
                     check_shard(shard, info)
+                    check_member_index(shard, info)
                 except DataError as error:
                     result.problems.append(str(error))
                     if not shard.is_file():
                         continue
             verify_members(shard, info, seen_keys, result)
     return result
+
+
+def check_member_index(shard: Path, info) -> None:
+    """A v3 shard's member index must match its manifest entry and its shard's members."""
+    if info.index_sha256 is None:
+        return
+    if not np.array_equal(read_member_index(shard, info), scan_index(shard, sample_bound(info))):
+        raise DataError(f"{shard}: its member index does not match its members")
 
 
 def verify_members(shard: Path, info, seen_keys: dict, result: Verified) -> None:

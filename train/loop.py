@@ -55,7 +55,8 @@ def train_loop(t: Trainer, stop: StopRequest) -> dict:
         step_start = time.perf_counter()
         sums = torch.zeros(3, dtype=torch.float64, device=t.device)  # nats, targets, stop votes
         for _ in range(accumulation):
-            ids = next(t.batches)["ids"].to(t.device, non_blocking=True)  # (B, T)
+            batch = next(t.batches)
+            ids = batch["ids"].to(t.device, non_blocking=True)  # (B, T)
             logits = engine(ids)  # (B, L, V)
             loss = byte_loss(logits, ids)  # the mean over the targets counted here
             engine.backward(loss)
@@ -63,7 +64,7 @@ def train_loop(t: Trainer, stop: StopRequest) -> dict:
             targets = (predicted_targets(logits, ids) != PAD_ID).sum()
             sums[0] += loss.detach().double() * targets  # stays on the device: no sync per micro-batch
             sums[1] += targets
-            t.trace.add(ids)
+            t.trace.add(batch)
         state.step += 1
         t.trace.end_step(state.step)
         out_of_time = config.run.max_minutes and time.perf_counter() - started > 60 * config.run.max_minutes

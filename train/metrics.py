@@ -83,19 +83,22 @@ def record_step(line: str) -> float:
 
 
 class BatchTrace:
-    """Per rank, one JSON line per optimizer step with a short hash of every sequence it trained
-    on: lets a test (or a suspicious user) check that a resumed run repeated or skipped nothing."""
+    """Per rank, one JSON line per optimizer step with every sequence it trained on: its place in
+    the data order ([dataset, sequence number], pipeline.load.loader) and a short hash of its ids.
+    Lets a test (or a suspicious user) check that a resumed run repeated or skipped nothing."""
 
     def __init__(self, out_dir: Path, rank: int, enabled: bool):
         self.path = Path(out_dir) / "trace" / f"rank-{rank}.jsonl"
         self.enabled = enabled
         self.file = None
         self.pending = []
+        self.identities = []
 
-    def add(self, ids: torch.Tensor) -> None:
+    def add(self, batch: dict) -> None:
         if self.enabled:
-            rows = ids.cpu().numpy()
+            rows = batch["ids"].cpu().numpy()
             self.pending += [hashlib.sha1(row.tobytes()).hexdigest()[:16] for row in rows]
+            self.identities += [[d, k] for d, k in zip(batch["dataset"], batch["sequence"])]
 
     def end_step(self, step: int) -> None:
         if not self.enabled:
@@ -103,9 +106,10 @@ class BatchTrace:
         if self.file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.file = open(self.path, "a", encoding="utf-8")
-        self.file.write(json.dumps({"step": step, "sequences": self.pending}) + "\n")
+        record = {"step": step, "sequences": self.pending, "identities": self.identities}
+        self.file.write(json.dumps(record) + "\n")
         self.file.flush()
-        self.pending = []
+        self.pending, self.identities = [], []
 
     def close(self) -> None:
         if self.file is not None:

@@ -3,7 +3,8 @@
     part manifests ──check_parts──▶ the complete set 0/n … n-1/n, converted with the same arguments
       ──▶ merged manifest: their shards renumbered NAME-000000.tar… in part order
       ──prepare_output──▶ an empty directory, or one an interrupted merge of the same parts left
-      ──place_shard──▶ each shard hard-linked (same filesystem) or copied and checked against its
+      ──place_shard──▶ each shard's member index copied (checked against its sha256), then the
+      │               shard hard-linked (same filesystem) or copied and checked against its
       │               sha256, under a temporary name then renamed: a shard file is whole or absent
       ──▶ index.json, written last
 
@@ -17,9 +18,9 @@ import os
 from pathlib import Path
 
 from pipeline.format.errors import DataError, UsageError
-from pipeline.format.reader import check_shard, file_sha256
+from pipeline.format.reader import check_shard, file_sha256, read_member_index
 from pipeline.format.shards import (INDEX_NAME, HashingWriter, Manifest, ShardInfo, fsync_dir,
-                                    load_manifest, shard_name)
+                                    load_manifest, member_index_name, shard_name, write_bytes_atomic)
 
 
 def merge_parts(part_dirs: list[Path], out: Path) -> Manifest:
@@ -38,6 +39,9 @@ def merge_parts(part_dirs: list[Path], out: Path) -> Manifest:
         return merged
     try:
         for source, info, new_name in placements:
+            if info.index_sha256 is not None:  # first, as a converter publishes a shard
+                index = read_member_index(source, info)
+                write_bytes_atomic(out / member_index_name(new_name), index.tobytes())
             place_shard(source, info, out / new_name)
         fsync_dir(out)
         merged.save(out)
@@ -83,6 +87,7 @@ def prepare_output(out: Path, merged: Manifest) -> bool:
             return True
         raise UsageError(f"{out}: holds another dataset; choose another --out")
     ours = {info.name for info in merged.shards}
+    ours |= {member_index_name(info.name) for info in merged.shards if info.index_sha256 is not None}
     for name in ours:  # a link or copy cut off by a kill
         (out / f".{name}.tmp").unlink(missing_ok=True)
     others = sorted(path.name for path in out.iterdir() if path.name not in ours)

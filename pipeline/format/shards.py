@@ -1,10 +1,13 @@
-"""Shard format v2: deterministic, atomic WebDataset tars plus an `index.json` manifest.
+"""Shard format v3: deterministic, atomic WebDataset tars plus an `index.json` manifest.
 
     DIR/
-      NAME-000000.tar    <key>.bin.zst  the byte stream (zstd; `.bin` when uncompressed)
-      NAME-000001.tar    <key>.json     metadata: modality, source, length, modality fields
+      NAME-000000.tar      <key>.bin.zst  the byte stream (zstd; `.bin` when uncompressed)
+                           <key>.json     metadata: modality, source, length, modality fields
+      NAME-000000.tar.idx  the shard's member index (v3)
+      NAME-000001.tar
+      NAME-000001.tar.idx
       ...
-      index.json         written last: format, version, modality, arguments, shards, totals, skipped
+      index.json           written last: format, version, modality, arguments, shards, totals, skipped
 
 This module is the writer and the manifest; pipeline.format.reader reads shards back. A shard's
 bytes depend only on its samples: members are written in a fixed order with mtime 0, owner 0/0,
@@ -17,6 +20,14 @@ verifies without the manifest; each shard entry records `max_sample_bytes`, the 
 which bounds what a reader allocates. v1 datasets stay readable (their bound is the shard's
 payload bytes).
 
+v3 over v2: each shard has a member index, `NAME-000000.tar.idx`: per sample, in stored order,
+three little-endian int64 (INDEX_DTYPE): the byte offset of its first member's header, the bytes
+its members take (headers and padding included) and its byte-stream length. A reader seeks
+straight to any sample with it (the loader reads only its own samples). The manifest entry
+records the index's sha256; the index is published before its shard, so a shard under its final
+name always has its index. v1 and v2 datasets have none (pipeline.format.reader.scan_index
+builds it by reading the shard's headers).
+
 Names read back from a shard or a manifest become file names (render, merge), so they follow
 fixed patterns, checked where they are read: keys KEY_PATTERN, shard files SHARD_PATTERN.
 """
@@ -28,13 +39,16 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import zstandard
 
 from pipeline.format.errors import DataError, UsageError
 
 FORMAT_NAME = "megabyte-shards"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 INDEX_NAME = "index.json"
+MEMBER_INDEX_SUFFIX = ".idx"  # a shard's member index: its file name plus this
+INDEX_DTYPE = "<i8"  # (samples, 3): offset, member bytes, byte-stream length
 # compression → extension of a sample's byte-stream member; readers try them in this order
 PAYLOAD_NAMES = {"zstd": "bin.zst", "none": "bin"}
 # a key: letters, digits, "_" and "-" (no dot: webdataset splits a member name at its first dot;
@@ -57,17 +71,22 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON to `path` through a temporary file, fsync and rename: never half-written."""
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file, fsync and rename: never half-written."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
+    with open(tmp, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON to `path` atomically (write_bytes_atomic)."""
+    text = json.dumps(obj, indent=1, sort_keys=True) + "\n"
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 class HashingWriter:
@@ -124,6 +143,7 @@ class ShardInfo:
     file_bytes: int  # size of the tar file
     sha256: str
     max_sample_bytes: int | None = None  # the longest sample's byte stream; None: written by v1
+    index_sha256: str | None = None  # of its member index (member_index_name); None: before v3
 
     @classmethod
     def from_dict(cls, d: dict) -> "ShardInfo":
@@ -134,8 +154,9 @@ class ShardInfo:
         counts += [] if info.max_sample_bytes is None else [info.max_sample_bytes]
         if not all(type(count) is int and count >= 0 for count in counts):
             raise ValueError(f"shard {info.name}: samples and byte counts must be non-negative integers")
-        if not isinstance(info.sha256, str):
-            raise ValueError(f"shard {info.name}: sha256 {info.sha256!r} is not a hex digest")
+        for digest in (info.sha256, info.index_sha256 or ""):
+            if not isinstance(digest, str):
+                raise ValueError(f"shard {info.name}: sha256 {digest!r} is not a hex digest")
         return info
 
 
@@ -199,6 +220,11 @@ def sample_bound(info: ShardInfo) -> int:
     """The most bytes one sample of this shard may hold: its recorded longest sample, or, for a
     shard written by v1, the payload bytes of the whole shard."""
     return info.payload_bytes if info.max_sample_bytes is None else info.max_sample_bytes
+
+
+def member_index_name(shard: str) -> str:
+    """The file name of a shard's member index: NAME-000000.tar.idx."""
+    return shard + MEMBER_INDEX_SUFFIX
 
 
 def shard_name(name: str, number: int) -> str:
@@ -282,6 +308,7 @@ class ShardWriter:
         self.samples = 0
         self.payload_bytes = 0
         self.max_sample_bytes = 0
+        self.index = []  # per sample: offset, member bytes, byte-stream length (INDEX_DTYPE)
 
     @property
     def file_bytes(self) -> int:
@@ -294,18 +321,20 @@ class ShardWriter:
             self.add_members(sample_members(key, compression, payload, meta), payload_length)
             return
         check_key(key)
-        size = payload.stat().st_size
+        start, size = self._out.size, payload.stat().st_size
         self._out.write(ustar_header(f"{key}.{payload_name(compression)}", size))
         with open(payload, "rb") as f:
             while chunk := f.read(1 << 20):
                 self._out.write(chunk)
         self._out.write(bytes(-size % 512))
         payload.unlink()
-        self.add_members(meta_member(key, meta), payload_length)
+        self.add_members(meta_member(key, meta), payload_length, start)
 
-    def add_members(self, members: bytes, payload_length: int) -> None:
-        """A sample already formatted by `sample_members`."""
+    def add_members(self, members: bytes, payload_length: int, start: int | None = None) -> None:
+        """A sample already formatted by `sample_members` (or its last members, from `start`)."""
+        start = self._out.size if start is None else start
         self._out.write(members)
+        self.index.append((start, self._out.size - start, payload_length))
         self.samples += 1
         self.payload_bytes += payload_length
         self.max_sample_bytes = max(self.max_sample_bytes, payload_length)
@@ -317,10 +346,14 @@ class ShardWriter:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
+        index = np.array(self.index, dtype=INDEX_DTYPE).reshape(-1, 3).tobytes()
+        index_path = self.path.with_name(member_index_name(self.path.name))
+        write_bytes_atomic(index_path, index)  # before the shard: a published shard has its index
         os.replace(self.tmp_path, self.path)
         fsync_dir(self.path.parent)
         return ShardInfo(self.path.name, self.samples, self.payload_bytes, self.file_bytes,
-                         self._out.sha256.hexdigest(), self.max_sample_bytes)
+                         self._out.sha256.hexdigest(), self.max_sample_bytes,
+                         hashlib.sha256(index).hexdigest())
 
     def abort(self) -> None:
         """Drop the unfinished shard. Closing flushes, and may fail as the write that stopped it

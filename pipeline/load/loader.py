@@ -1,54 +1,48 @@
 """The streaming loader: dataset directories → (B, T) batches of byte ids for every rank and worker.
 
-    LoaderConfig.datasets (text / image / audio dirs)  ── index.json of each (pipeline.format.shards)
-      │ per dataset, per epoch: seeded shard permutation, split by rank, split by worker
-      ▼                                                                   (pipeline.load.streams)
-    pieces ─▶ tar members ─▶ bounded zstd ─▶ Transform ─▶ packer ─▶ shuffled blocks
-      │  (pipeline.load.reading over pipeline.format.reader)  (pipeline.load.packing)  (streams)
+    LoaderConfig.datasets (text / image / audio dirs) ── index.json and member indexes of each
       ▼
-    Mixer: which dataset gives the next sequence, seeded (seed, stream), weights e.g. .7/.2/.1
+    GlobalOrder (pipeline.load.order): position j of one global stream of sequences → (dataset,
+      │  its sequence number k) → segments of samples. Seeded; the same for any cluster shape.
       ▼
-    TrainDataset (IterableDataset; in each worker, that worker's stream): fetches of
-      │ batches_per_fetch batches, rows as uint8 + lengths + ids > 255 (packing.encode_rows)
+    rank r, batch b (counted from the loader's start position C): positions C + b·W·B + r·B + i,
+      │  i < B (W ranks, B = micro_batch_size): a global step's batches are consecutive positions
       ▼
-    torchdata StatefulDataLoader ─▶ TrainLoader: a fetch from each worker, batches interleaved
+    TrainDataset (IterableDataset, in DataLoader worker w of V): fetches w, w+V, w+2V, … of
+      │  `batches_per_fetch` batches; rows read by SampleReader (pipeline.load.reading) at their
+      │  member offsets: each rank reads only its own samples
       ▼
-    batch {"ids": LongTensor (B, T), "modality": [str] * B, "dataset": [int] * B, "epoch": [int] * B}
+    torch DataLoader (fetches in round robin over the workers = in order) ─▶ TrainLoader
+      ▼
+    batch {"ids": LongTensor (B, T), "modality": [str] * B, "dataset": [int] * B,
+           "sequence": [int] * B (k: which sequence of that dataset), "epoch": [int] * B}
 
-The train loader never ends: each of the S = world_size × workers streams goes through its share
-of epoch 0, then epoch 1, and so on, on its own. So every rank yields one batch per step for as
-long as the trainer asks, and no rank ever waits at a collective for one that ran out of data:
-ranks always get equal numbers of batches. Within an epoch of a dataset, every sequence is seen
-exactly once across all ranks and workers (see pipeline.load.streams for how shards are split, also
-when there are fewer shards than streams). `epoch` in a batch tells which epoch each row is from.
+The train loader never ends: each dataset goes through epoch 0, then epoch 1, and so on, every
+epoch a new permutation of the whole dataset's pieces; within an epoch every sequence comes once.
+Every rank yields one batch per step for as long as the trainer asks.
 
-Exact resume: StatefulDataLoader collects every worker's TrainDataset.state_dict() with the fetch
-it made (snapshot_every_n_steps=1), so TrainLoader.state_dict() holds, for this rank, each
-worker's mixer count and each dataset stream's epoch and block cursor, plus how many batches of
-the round of fetches in hand were used. A restored loader yields exactly what the uninterrupted
-one would have yielded next, re-reading at most the current shard of each worker and dataset (and
-making the round in hand again). The state is JSON-able and refuses another world size, worker count,
-rank or data order.
+Exact and elastic resume: the state is the global position (sequences handed out by all ranks
+together) and how many of them each dataset gave, plus what fixes the order. It is the same on
+every rank, and a loader of any world size, worker count or batch size restored from it goes on
+with the next sequence of the same global stream. A state made under another order (seed,
+datasets, weights, sequence length, patch size, image order, text packing, piece length) is
+refused, naming the setting that changed.
 """
 
 import math
-import warnings
 from dataclasses import KW_ONLY, dataclass, field
 
-import numpy as np
-from torch.utils.data import IterableDataset, get_worker_info
-from torchdata.stateful_dataloader import StatefulDataLoader
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from pipeline.load.order import Mixer, dataset_order
 from pipeline.load.packing import decode_rows, keep, rows_to_yield
-from pipeline.load.reading import errors_as_items, raise_error_item
-from pipeline.load.streams import DatasetStream, Source
+from pipeline.load.reading import ErrorPolicy, SampleReader, errors_as_items, raise_error_item
+from pipeline.load.streams import Source
 from pipeline.load.validation import ValidationDataset, ValidationLoader, make_layout
 from pipeline.load.workers import sigterm_blocked, worker_init_fn
 
 STATE_FORMAT = "megabyte-loader"
-STATE_VERSION = 1
-MIX_ORDER = 3  # tag that keeps the mixer's generator apart from the shard and block orders
-MIX_CHUNK = 4096  # dataset choices drawn at a time
+STATE_VERSION = 2
 
 
 @dataclass
@@ -69,14 +63,13 @@ class LoaderConfig:
     batch_size: int = 0  # sequences per optimizer step, all ranks together; 0 = micro_batch_size × world size
     num_workers: int = 1  # DataLoader worker processes per rank; 0 reads in the calling process
     seed: int = 0
-    shuffle_buffer: int = 256  # sequences shuffled together (per worker and dataset); 0: no shuffle
+    piece_sequences: int = 8  # documents and clips longer than this many sequences are shuffled in pieces
     image_order: str = "raster"  # "raster" | "patch" (the paper's patch scan, P = 3·p²)
     text_packing: str = "concat"  # "concat": documents joined by BOUNDARY | "document": one per sequence
     on_error: str = "raise"  # bad shards/samples: "raise" | "skip" (log, count and go on)
     verify_shards: bool = True  # sha256 of each shard before its first read in each process
     batches_per_fetch: int = 8  # batches a worker hands over at once (fewer, larger transfers)
     prefetch_factor: int = 2  # fetches each worker prepares ahead
-    snapshot_every_n_steps: int = 1  # worker state with every n-th batch; resume replays < n batches
     pin_memory: bool = False
     multiprocessing_context: str | None = None  # "fork" | "spawn" | "forkserver"; None: default
 
@@ -97,14 +90,14 @@ class LoaderConfig:
             raise ValueError(f"weights {self.weights} must be positive numbers (drop a dataset "
                              "rather than give it weight 0)")
         for name in ("seq_len", "patch_size", "micro_batch_size", "batches_per_fetch", "prefetch_factor",
-                     "snapshot_every_n_steps"):
+                     "piece_sequences"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.seq_len % self.patch_size:
             nearest = self.seq_len - self.seq_len % self.patch_size or self.patch_size
             raise ValueError(f"seq_len {self.seq_len} is not a multiple of patch_size {self.patch_size}: "
                              f"use e.g. seq_len {nearest}")
-        for name in ("batch_size", "num_workers", "seed", "shuffle_buffer"):
+        for name in ("batch_size", "num_workers", "seed"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
         choices = {"image_order": ("raster", "patch"), "text_packing": ("concat", "document"),
@@ -116,10 +109,6 @@ class LoaderConfig:
         if self.image_order == "patch" and 3 * side * side != self.patch_size:
             raise ValueError(f"image_order='patch' needs patch_size = 3·p² (3, 12, 48, 192, 768), "
                              f"got {self.patch_size}: change it or use image_order='raster'")
-
-    @property
-    def streams_per_rank(self) -> int:
-        return max(1, self.num_workers)
 
     @property
     def fetch(self) -> int:
@@ -150,102 +139,87 @@ def make_sources(config: LoaderConfig, directories: list[str]) -> list[Source]:
             for d in directories]
 
 
-class Mixer:
-    """Which dataset gives each next sequence: seeded (seed, stream) draws, resumable by count."""
+class GlobalOrder:
+    """Position j of the global stream → (dataset, sequence number, segments, epoch), for every
+    dataset of the config (pipeline.load.order). Picklable: workers get the built tables."""
 
-    def __init__(self, weights: list[float], seed: int, stream: int, drawn: int = 0):
-        self.weights, self.seed, self.stream, self.drawn = weights, seed, stream, drawn
-        self._chunk = (None, None)
+    def __init__(self, config: LoaderConfig):
+        self.config = config
+        self.sources = make_sources(config, config.datasets)
+        piece_len = config.piece_sequences * config.seq_len
+        self.datasets = [dataset_order(source, piece_len=piece_len, seed=config.seed, dataset=d)
+                         for d, source in enumerate(self.sources)]
 
-    def next(self) -> int:
-        if len(self.weights) == 1:
-            return 0
-        chunk, position = divmod(self.drawn, MIX_CHUNK)
-        if self._chunk[0] != chunk:
-            rng = np.random.default_rng([self.seed, MIX_ORDER, self.stream, chunk])
-            self._chunk = (chunk, rng.choice(len(self.weights), size=MIX_CHUNK, p=self.weights))
-        self.drawn += 1
-        return int(self._chunk[1][position])
+    def mixer(self, position: int = 0, counts: list[int] | None = None) -> Mixer:
+        return Mixer(self.config.mixing_weights(), self.config.seed, position, counts)
+
+    def data_order(self) -> dict:
+        """What fixes the order of the data; a state made under another order is refused."""
+        config = self.config
+        return {"seed": config.seed, "seq_len": config.seq_len, "patch_size": config.patch_size,
+                "image_order": config.image_order, "text_packing": config.text_packing,
+                "piece_sequences": config.piece_sequences, "weights": config.mixing_weights(),
+                "datasets": [[s.name, s.modality, len(s.shards), s.samples] for s in self.sources]}
+
+
+@dataclass
+class Assignment:
+    """Which positions of the global stream one rank's batches take, from the loader's start."""
+
+    start: int  # C: the global position the loader started (or was restored) at
+    counts: list[int]  # sequences each dataset gave before C
+    rank: int
+    world_size: int
+    batch: int  # B, sequences per micro-batch and rank
+
+    def first(self, b: int) -> int:
+        """The first position of this rank's batch b."""
+        return self.start + (b * self.world_size + self.rank) * self.batch
 
 
 class TrainDataset(IterableDataset):
-    """One rank's batches; in each DataLoader worker, that worker's stream. Stateful (torchdata).
+    """One rank's batches; in DataLoader worker w of V, fetches w, w+V, … of `config.fetch`
+    batches, rows encoded by packing.encode_rows. Bad data under on_error="raise" ends it with an
+    {"error": message} item (reading.errors_as_items); skipped data is counted in "skipped"."""
 
-    Yields fetches: `config.fetch` batches at once, rows encoded by packing.encode_rows; bad data
-    under on_error="raise" as a last {"error": message} item (reading.errors_as_items).
-    state_dict(): {"stream", "streams", "batches", "mixed", "datasets": [DatasetStream state]}
-    """
-
-    def __init__(self, config: LoaderConfig, sources: list[Source], rank: int, world_size: int):
-        self.config, self.sources = config, sources
-        self.rank, self.world_size = rank, world_size
-        self._streams = None  # built in the process that iterates (the worker)
-        self._pending = None  # a state to restore when they are built
-
-    def _build(self) -> None:
-        config, info = self.config, get_worker_info()
-        worker = info.id if info is not None else 0
-        self.stream = self.rank * config.streams_per_rank + worker
-        self.streams = self.world_size * config.streams_per_rank
-        self._streams = [DatasetStream(source, i, stream=self.stream, streams=self.streams,
-                                       seed=config.seed, shuffle_buffer=config.shuffle_buffer,
-                                       on_error=config.on_error, verify=config.verify_shards)
-                         for i, source in enumerate(self.sources)]
-        self._mixer = Mixer(config.mixing_weights(), config.seed, self.stream)
-        self.batches = 0
-        if self._pending is not None:
-            self._restore(self._pending)
-            self._pending = None
-
-    def _restore(self, state: dict) -> None:
-        if (state["stream"], state["streams"]) != (self.stream, self.streams):
-            raise ValueError(f"worker state is for stream {state['stream']} of {state['streams']}, "
-                             f"this worker is stream {self.stream} of {self.streams}")
-        for stream, stream_state in zip(self._streams, state["datasets"], strict=True):
-            stream.load_state_dict(stream_state)
-        self._mixer.drawn = state["mixed"]
-        self.batches = state["batches"]
-
-    def state_dict(self) -> dict:
-        if self._streams is None:
-            self._build()
-        return {"stream": self.stream, "streams": self.streams, "batches": self.batches,
-                "mixed": self._mixer.drawn, "datasets": [s.state_dict() for s in self._streams]}
-
-    def load_state_dict(self, state: dict) -> None:
-        self._streams, self._pending = None, state
+    def __init__(self, order: GlobalOrder, assignment: Assignment):
+        self.order, self.assignment = order, assignment
 
     def __iter__(self):
         return errors_as_items(self._fetches())
 
     def _fetches(self):
-        if self._streams is None:
-            self._build()
-        config = self.config
+        config, assignment = self.order.config, self.assignment
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        policy = ErrorPolicy(config.on_error)
+        readers = [SampleReader(source, d.table, verify=config.verify_shards, policy=policy)
+                   for source, d in zip(self.order.sources, self.order.datasets)]
+        mixer = self.order.mixer(assignment.start, assignment.counts)
+        fetch = worker
         while True:
-            rows, modality, dataset, epoch = [], [], [], []
-            for _ in range(config.micro_batch_size * config.fetch):
-                choice = self._mixer.next()
-                sequence, sequence_epoch = self._streams[choice].next_sequence()
-                rows.append(sequence)
-                modality.append(self.sources[choice].modality)
-                dataset.append(choice)
-                epoch.append(sequence_epoch)
-            self.batches += config.fetch  # the state now says "after these", as they are handed out
+            rows, dataset, sequence, epoch = [], [], [], []
+            for b in range(fetch * config.fetch, (fetch + 1) * config.fetch):
+                first = assignment.first(b)
+                mixer.advance(first)
+                datasets, numbers = mixer.advance(first + assignment.batch)
+                for d, k in zip(datasets.tolist(), numbers.tolist()):
+                    segments, sequence_epoch = self.order.datasets[d].sequence(k)
+                    rows.append([part for s in segments
+                                 for part in readers[d].tokens(s.sample).slice(s.start, s.stop)])
+                    dataset.append(d)
+                    sequence.append(k)
+                    epoch.append(sequence_epoch)
+            modality = [self.order.sources[d].modality for d in dataset]
             yield {**rows_to_yield(rows, config.seq_len), "modality": modality, "dataset": dataset,
-                   "epoch": epoch}
+                   "sequence": sequence, "epoch": epoch, "skipped": policy.count}
+            fetch += workers
 
 
 class TrainLoader:
-    """One rank's endless stream of batches, with state_dict()/load_state_dict().
-
-    Workers hand over `batches_per_fetch` batches at a time, and a round of one fetch from each
-    worker is handed out interleaved, so batch k comes from worker k % workers whatever the fetch
-    size. The state is the DataLoader's state before the round being handed out plus how many of
-    its batches were used (a restore makes that round again and drops those), or the state after
-    it once it is used up.
-    Iterating again (a second `for` or `iter`) goes on from where the last iteration stopped.
-    """
+    """One rank's endless stream of batches, with state_dict()/load_state_dict() (see the module
+    docstring). Iterating again (a second `for` or `iter`) goes on from where the last stopped,
+    with fresh workers."""
 
     def __init__(self, config: LoaderConfig, rank: int, world_size: int):
         check_rank(rank, world_size)
@@ -253,100 +227,65 @@ class TrainLoader:
             raise ValueError("datasets is empty: give at least one dataset directory to train on")
         config.accumulation_steps(world_size)  # batch_size must be whole micro-batches of every rank
         self.config, self.rank, self.world_size = config, rank, world_size
-        self.sources = make_sources(config, config.datasets)
-        streams = world_size * config.streams_per_rank
-        for source in self.sources:
-            if source.samples < streams:
-                raise ValueError(f"{source.directory}: {source.samples} samples cannot feed "
-                                 f"{streams} streams (world_size {world_size} × {config.streams_per_rank} "
-                                 "workers): use fewer num_workers or a larger dataset")
-        self.dataset = TrainDataset(config, self.sources, rank, world_size)
-        workers = config.num_workers
-        with warnings.catch_warnings():  # torchdata 0.11 calls torch.set_vital, deprecated in torch
-            warnings.filterwarnings("ignore", message=".*set_vital.*")
-            self.dataloader = StatefulDataLoader(
-                self.dataset, batch_size=None, num_workers=workers, pin_memory=config.pin_memory,
-                prefetch_factor=config.prefetch_factor if workers else None,
-                multiprocessing_context=config.multiprocessing_context if workers else None,
-                snapshot_every_n_steps=config.snapshot_every_n_steps, collate_fn=keep,
-                worker_init_fn=worker_init_fn(workers))
-        self._fetch = None  # (DataLoader state before the current round of fetches, its batches)
-        self._used = 0  # batches of the current round handed out
-        self._skip = 0  # batches to drop from the first round after a restore
-        self._iterating = False
+        self.order = GlobalOrder(config)
+        self.sources = self.order.sources
+        self._mixer = self.order.mixer()  # at the position after the batches handed out
+        self._skipped = {}  # worker → bad samples it replaced by PAD so far, this iteration
+        self._skipped_before = 0
 
     def __iter__(self):
-        if self._iterating:  # go on from the current position rather than from the start
-            self.load_state_dict(self.state_dict())
-        self._iterating = True
         return self._batches()
 
     def _batches(self):
-        """Batches in round-robin order over the workers (worker k % W makes batch k), whatever
-        the fetch size: a round is one fetch from each worker, handed out interleaved."""
+        config = self.config
+        assignment = Assignment(self._mixer.position, self._mixer.counts.tolist(), self.rank,
+                                self.world_size, config.micro_batch_size)
+        workers = config.num_workers
+        dataloader = DataLoader(
+            TrainDataset(self.order, assignment), batch_size=None, num_workers=workers,
+            pin_memory=config.pin_memory, prefetch_factor=config.prefetch_factor if workers else None,
+            multiprocessing_context=config.multiprocessing_context if workers else None,
+            collate_fn=keep, worker_init_fn=worker_init_fn(workers))
+        self._skipped_before += sum(self._skipped.values())
+        self._skipped = {}
         with sigterm_blocked():
-            fetches = iter(self.dataloader)  # starts the workers
-        size = self.config.micro_batch_size
-        workers, per_fetch = max(1, self.config.num_workers), self.config.fetch
-        while True:
-            # where to come back to if a checkpoint falls inside this round (none can when a
-            # round is one batch, and state_dict() is not free: skip it then)
-            before = self.dataloader.state_dict() if workers * per_fetch > 1 else None
-            round_ = [raise_error_item(next(fetches)) for _ in range(workers)]
-            self._fetch, self._used, self._skip = (before, workers * per_fetch), self._skip, 0
-            while self._used < self._fetch[1]:
-                index, worker = divmod(self._used, workers)
-                fetch, rows = round_[worker], slice(index * size, (index + 1) * size)
-                self._used += 1
-                yield {"ids": decode_rows(fetch, rows.start, rows.stop),
-                       "modality": fetch["modality"][rows], "dataset": fetch["dataset"][rows],
+            fetches = iter(dataloader)  # starts the workers
+        size, step = config.micro_batch_size, config.micro_batch_size * self.world_size
+        for number, fetch in enumerate(map(raise_error_item, fetches)):
+            self._skipped[number % max(1, workers)] = fetch["skipped"]
+            for start in range(0, config.fetch * size, size):
+                rows = slice(start, start + size)
+                self._mixer.advance(self._mixer.position + step)
+                yield {"ids": decode_rows(fetch, rows.start, rows.stop), "modality": fetch["modality"][rows],
+                       "dataset": fetch["dataset"][rows], "sequence": fetch["sequence"][rows],
                        "epoch": fetch["epoch"][rows]}
 
     def data_order(self) -> dict:
-        """What fixes the order of the data; a state made under another order is refused."""
-        config = self.config
-        return {"seed": config.seed, "seq_len": config.seq_len, "patch_size": config.patch_size,
-                "micro_batch_size": config.micro_batch_size, "shuffle_buffer": config.shuffle_buffer,
-                "image_order": config.image_order, "text_packing": config.text_packing,
-                "weights": config.mixing_weights(),
-                "datasets": [[s.name, s.modality, len(s.shards), s.samples] for s in self.sources]}
+        return self.order.data_order()
 
     def skipped(self) -> int:
-        """Bad shards and samples skipped (on_error="skip") before each worker's current block."""
-        return sum(d["errors"] for state in worker_states(self.state_dict()["dataloader"])
-                   for d in state["datasets"])
+        """Bad samples replaced by PAD ids (on_error="skip") in the fetches received so far."""
+        return self._skipped_before + sum(self._skipped.values())
 
     def state_dict(self) -> dict:
-        if self._fetch is None:  # not iterated since built or restored
-            dataloader, used = self.dataloader.state_dict(), self._skip
-        elif self._used == self._fetch[1]:  # the DataLoader's state is after the last round
-            dataloader, used = self.dataloader.state_dict(), 0
-        else:
-            dataloader, used = self._fetch[0], self._used
-        return {"format": STATE_FORMAT, "version": STATE_VERSION, "rank": self.rank,
-                "world_size": self.world_size, "num_workers": self.config.num_workers,
-                "data_order": self.data_order(), "dataloader": dataloader, "used_of_fetch": used}
+        return {"format": STATE_FORMAT, "version": STATE_VERSION, "position": self._mixer.position,
+                "counts": self._mixer.counts.tolist(), "data_order": self.data_order(),
+                "saved_by": {"world_size": self.world_size, "num_workers": self.config.num_workers,
+                             "micro_batch_size": self.config.micro_batch_size}}
 
     def load_state_dict(self, state: dict) -> None:
+        """Go on after the position of `state`, saved by a loader of any world size or worker count."""
         if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
             raise ValueError(f"not a loader state of {STATE_FORMAT} v{STATE_VERSION} (got format "
-                             f"{state.get('format')!r} v{state.get('version')!r})")
-        mine = (self.rank, self.world_size, self.config.num_workers)
-        saved = (state["rank"], state["world_size"], state["num_workers"])
-        if saved != mine:
-            raise ValueError(f"loader state was saved by rank {saved[0]} of world_size {saved[1]} with "
-                             f"num_workers {saved[2]}; this loader is rank {mine[0]} of {mine[1]} with "
-                             f"num_workers {mine[2]}: resume with the same world size and num_workers "
-                             "(the data order depends on both), giving each rank its own state")
+                             f"{state.get('format')!r} v{state.get('version')!r}): it was saved by an "
+                             "older version, whose data order cannot be continued")
         saved_order = state["data_order"]
         changed = sorted(k for k, v in self.data_order().items() if saved_order.get(k) != v)
         if changed:
             was = ", ".join(f"{k}={saved_order.get(k)!r}" for k in changed)
             raise ValueError(f"loader state was saved with other {', '.join(changed)} ({was}): "
                              "resume with the configuration it was saved with")
-        self.dataloader.load_state_dict(state["dataloader"])
-        self._fetch, self._used, self._skip = None, 0, state["used_of_fetch"]
-        self._iterating = False
+        self._mixer = self.order.mixer(state["position"], state["counts"])
 
 
 def build_train_loader(config: LoaderConfig, rank: int = 0, world_size: int = 1) -> TrainLoader:
@@ -373,11 +312,3 @@ def build_validation_loader(config: LoaderConfig, rank: int = 0,
                                 on_error=config.on_error, verify=config.verify_shards)
     return ValidationLoader(dataset, config.num_workers,
                             config.multiprocessing_context if config.num_workers else None)
-
-
-def worker_states(dataloader_state: dict) -> list[dict]:
-    """The TrainDataset state of each worker inside a StatefulDataLoader state (torchdata 0.11)."""
-    if "_snapshot" not in dataloader_state:  # num_workers 0
-        return [dataloader_state["dataset_state"]]
-    snapshots = dataloader_state["_snapshot"]["_worker_snapshots"]
-    return [snapshots[f"worker_{i}"]["dataset_state"] for i in range(len(snapshots))]

@@ -57,6 +57,12 @@ class Tokens:
         return parts
 
 
+def placeholder(ids: int, window: int) -> Tokens:
+    """Stands for a sample that could not be read: PAD ids of its length, as a view of one id
+    (nothing allocated), so it keeps its place and counts for nothing."""
+    return Tokens(np.broadcast_to(np.uint16(PAD_ID), (ids,)), None, window)
+
+
 class Transform:
     """Modality transform: (meta, payload bytes) → Tokens. Picklable (plain settings only).
 
@@ -72,11 +78,15 @@ class Transform:
         self.patch_size = patch_size
         self.image_order = image_order
 
+    def id_count(self, length):
+        """Ids a sample of `length` bytes makes (an int, or an array of them): text adds BOUNDARY."""
+        return length + 1 if self.modality == "text" else length
+
     def length_and_window(self, meta: dict) -> tuple[int, int]:
         """(number of ids, window) of a sample, from its metadata alone."""
         length = meta["length"]
         if self.modality == "text":
-            return length + 1, self.seq_len
+            return self.id_count(length), self.seq_len
         if self.modality == "image":
             if length > self.seq_len:
                 padded = math.ceil(length / self.patch_size) * self.patch_size
@@ -92,8 +102,8 @@ class Transform:
         if meta.get("modality") != self.modality:
             raise DataError(f"sample of modality {meta.get('modality')!r} in a {self.modality} dataset")
         length, window = self.length_and_window(meta)
-        if payload is None:  # PAD ids of its length, as a view of one id: nothing allocated
-            return Tokens(np.broadcast_to(np.uint16(PAD_ID), (length,)), None, window)
+        if payload is None:
+            return placeholder(length, window)
         data = np.frombuffer(payload, dtype=np.uint8)
         if self.modality == "text":
             return Tokens(data, BOUNDARY_PART, window)

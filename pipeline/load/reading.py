@@ -1,4 +1,4 @@
-"""Reading part of one shard for the loader: check → members → samples → bytes → Tokens.
+"""Reading shards for the loader: check → members → samples → bytes → Tokens.
 
     shard ──ShardRef.check──▶ file size and sha256 as in the manifest (sha256 once per process)
       ──iter_members──▶ samples start..stop-1 as {extension: bytes}; samples before `start` are
@@ -9,26 +9,35 @@
       ──Transform──▶ (sample index, Tokens)                              = read_tokens
 The stages before Transform are pipeline.format.reader's, the one reader of the shard format.
 
+SampleReader reads single samples at their offsets instead (the train loader's random access,
+pipeline.load.order): it seeks to a sample with its member index, and keeps the last samples
+decoded (a long document is read by several sequences in a row) and the shard files open. A
+shard with a member index is checked by its size and by what each read checks (tar header
+checksums, the zstd frame's checksum, the metadata length against the index), so a rank reads
+only its own samples; one without (before format v3) also by its sha256, once per process.
+
 Bad data follows an ErrorPolicy: "raise" (the default) raises DataError naming the shard and the
 sample key; "skip" logs each problem, counts it and drops what it spoils: the whole shard for a
 failed check, the rest of the shard for a broken tar, the one sample for a bad member.
 """
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 
+from pipeline.format import storage
 from pipeline.format.errors import DataError
 from pipeline.format.reader import (check_shard, decode_payload, iter_members, iter_metas, parse_meta,
-                                    sample_error)
+                                    read_members_at, sample_error, unreadable)
 from pipeline.format.shards import ShardInfo, sample_bound
+from pipeline.load.packing import Tokens, placeholder
 
 log = logging.getLogger("megabyte.loader")
 
 
 @dataclass(frozen=True)
 class ShardRef:
-    path: Path
+    path: str
     info: ShardInfo
 
     def check(self, verify: bool) -> None:
@@ -116,3 +125,75 @@ def scan_metas(shard: ShardRef) -> list[dict]:
     """Every sample's metadata, reading only the .json members (for layouts that need lengths)."""
     return [meta for _, meta in iter_metas(shard.path, shard.info.samples,
                                            max_length=sample_bound(shard.info))]
+
+
+class SampleReader:
+    """One dataset's samples by number (rows of its SampleTable), as Tokens; bad ones per `policy`,
+    as PAD ids of their length (placeholder) so that every sequence keeps its place."""
+
+    def __init__(self, source, table, *, verify: bool, policy: ErrorPolicy,
+                 keep_bytes: int = 64 << 20, open_files: int = 16):
+        self.source, self.table = source, table
+        self.verify, self.policy = verify, policy
+        self.keep_bytes, self.open_files = keep_bytes, open_files
+        self._kept = OrderedDict()  # sample → Tokens, the most recently used last
+        self._files = OrderedDict()  # shard → open file
+        self._checked = {}  # shard path → None, or what is wrong with it
+        self._kept_ids = 0
+
+    def tokens(self, sample: int) -> Tokens:
+        if sample in self._kept:
+            self._kept.move_to_end(sample)
+            return self._kept[sample]
+        try:
+            tokens = self._read(sample)
+        except DataError as error:
+            self.policy.handle(error)
+            tokens = placeholder(int(self.table.ids[sample]), self.table.window)
+        self._kept[sample] = tokens
+        self._kept_ids += len(tokens)
+        while self._kept_ids > self.keep_bytes and len(self._kept) > 1:
+            self._kept_ids -= len(self._kept.popitem(last=False)[1])
+        return tokens
+
+    def _read(self, sample: int) -> Tokens:
+        table = self.table
+        shard = self.source.shards[int(table.shard[sample])]
+        try:
+            key, members = read_members_at(self._file(shard), int(table.offset[sample]),
+                                           int(table.size[sample]))
+        except DataError as error:
+            raise DataError(f"{shard.path}: {error}") from None
+        try:
+            meta = parse_meta(members, sample_bound(shard.info))
+            if meta["length"] != table.length[sample]:
+                raise DataError(f"metadata length {meta['length']}, the member index says "
+                                f"{int(table.length[sample])}")
+            tokens = self.source.transform(meta, decode_payload(members, meta["length"]))
+        except DataError as error:
+            raise sample_error(shard.path, key, error) from None
+        if tokens.window != table.window:
+            raise sample_error(shard.path, key, DataError(
+                f"makes windows of {tokens.window} ids, the dataset's are {table.window} (another "
+                "audio encoding?)"))
+        return tokens
+
+    def _file(self, shard: ShardRef):
+        """The shard's open file, checked once per process (see the module docstring)."""
+        if shard.path not in self._checked:
+            try:
+                shard.check(self.verify and shard.info.index_sha256 is None)
+                self._checked[shard.path] = None
+            except DataError as error:
+                self._checked[shard.path] = error
+        if self._checked[shard.path] is not None:
+            raise self._checked[shard.path]
+        if shard.path not in self._files:
+            if len(self._files) >= self.open_files:
+                self._files.popitem(last=False)[1].close()
+            try:
+                self._files[shard.path] = storage.open_binary(shard.path)
+            except OSError as error:
+                raise unreadable(shard.path, error) from None
+        self._files.move_to_end(shard.path)
+        return self._files[shard.path]
