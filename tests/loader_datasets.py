@@ -5,11 +5,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import zstandard
 
 from pipeline.convert.driver import ConvertOptions, convert
 from pipeline.load.loader import LoaderConfig, build_train_loader
-from pipeline.format.shards import Manifest, ShardWriter, shard_name
+from pipeline.format.shards import Manifest, ShardWriter, payload_compressor, shard_name
 from pipeline.convert.text import TextConverter
 from pipeline.format.vocab import BOUNDARY_ID, PAD_ID
 
@@ -39,7 +38,7 @@ def write_shards(directory: Path, modality: str, samples: list[tuple[bytes, dict
     """
     directory.mkdir(parents=True)
     manifest = Manifest(directory.name, modality, {"test": directory.name})
-    cctx = zstandard.ZstdCompressor(level=3)
+    cctx = payload_compressor(3)  # checksummed frames, as the converters write
     for first in range(0, len(samples), per_shard):
         writer = ShardWriter(directory / shard_name(directory.name, len(manifest.shards)))
         for i, (payload, meta) in enumerate(samples[first:first + per_shard], start=first):
@@ -88,21 +87,17 @@ def take(iterator, count: int) -> list[dict]:
     return [next(iterator) for _ in range(count)]
 
 
-def epoch_rows(cfg: LoaderConfig, world_size: int, epoch: int = 0) -> dict[tuple, list[list[int]]]:
-    """Every (rank, worker) stream's rows of one epoch, in the order each stream made them."""
-    workers = max(1, cfg.num_workers)
-    rows = {(r, w): [] for r in range(world_size) for w in range(workers)}
-    for rank in range(world_size):
-        iterator = iter(build_train_loader(cfg, rank, world_size))
-        done = set()
-        for step in range(500):
-            if len(done) == workers:
-                break
-            batch, worker = next(iterator), step % workers  # workers take turns, a batch each
-            for row, row_epoch in zip(batch["ids"], batch["epoch"]):
-                if row_epoch == epoch:
-                    rows[rank, worker].append(real_ids(row))
-                elif row_epoch > epoch:
-                    done.add(worker)
-        assert len(done) == workers, "a stream never finished its epoch"
+def global_stream(cfg: LoaderConfig, world_size: int, batches: int) -> list[dict]:
+    """The first `batches` batches of every rank, merged into the global order: for each row,
+    {"identity": (dataset, sequence), "epoch", "modality", "ids": its ids without PAD}."""
+    per_rank = [take(iter(build_train_loader(cfg, rank, world_size)), batches)
+                for rank in range(world_size)]
+    rows = []
+    for b in range(batches):
+        for rank in range(world_size):
+            batch = per_rank[rank][b]
+            for i, row in enumerate(batch["ids"]):
+                rows.append({"identity": (batch["dataset"][i], batch["sequence"][i]),
+                             "epoch": batch["epoch"][i], "modality": batch["modality"][i],
+                             "ids": real_ids(row)})
     return rows

@@ -257,7 +257,7 @@ def check_loaders(directory: Path, modality: str, originals: dict[str, bytes]) -
     allowed = set(originals.values())
     for on_error in ("raise", "skip"):
         config = LoaderConfig([str(directory)], validation=str(directory), seq_len=SEQ_LEN,
-                              patch_size=8, micro_batch_size=4, num_workers=0, shuffle_buffer=0,
+                              patch_size=8, micro_batch_size=4, num_workers=0,
                               text_packing="document", on_error=on_error)
         for build in (build_train_loader, build_validation_loader):
             try:

@@ -225,7 +225,7 @@ def test_the_eval_progress_bar_counts_every_byte_of_every_mode(files):
     ("run.max_minutes=-1", "run.max_minutes = -1: must be at least 0"),
     ("run.max_minutes=inf", "run.max_minutes = inf: must be at least 0"),
     ("data.num_workers=-1", "data.num_workers must be a non-negative integer, got -1"),
-    ("data.shuffle_buffer=-1", "data.shuffle_buffer must be a non-negative integer, got -1"),
+    ("data.piece_sequences=0", "data.piece_sequences must be a positive integer, got 0"),
     ("data.weights=[-1]", "data.weights [-1.0] must be positive numbers"),
     ("data.weights=[0]", "data.weights [0.0] must be positive numbers"),
 ])

@@ -56,7 +56,7 @@ def converted_text(tmp_path: Path, *flags) -> Path:
 
 def loader_config(directory: Path, **changes) -> LoaderConfig:
     return LoaderConfig([str(directory)], **{"seq_len": 64, "patch_size": 8, "micro_batch_size": 2,
-                                             "num_workers": 0, "shuffle_buffer": 0, **changes})
+                                             "num_workers": 0, **changes})
 
 
 # ---------------------------------------------------------------------------------------------

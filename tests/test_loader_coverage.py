@@ -1,12 +1,14 @@
-"""What the ranks and workers see together: each training sequence of an epoch exactly once, the
-mixing proportions, and a validation pass that covers every byte exactly once."""
+"""What the ranks and workers see together: one global stream of sequences whatever the cluster
+shape, each epoch every sample once in a new order, the mixing proportions, and a validation pass
+that covers every byte exactly once."""
 
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from loader_datasets import (clips, epoch_rows, images, real_ids, split_documents, text_docs,
+from loader_datasets import (clips, global_stream, images, real_ids, split_documents, text_docs,
                              write_shards, write_text)
 from pipeline.load.loader import LoaderConfig, build_train_loader, build_validation_loader
 from pipeline.format.scan import from_patch_order
@@ -30,54 +32,71 @@ def data(tmp_path_factory):
     }
 
 
+@pytest.mark.parametrize("world_size, num_workers, micro", [(1, 0, 4), (2, 0, 2), (2, 2, 1), (1, 3, 4)])
+def test_one_global_stream_whatever_the_ranks_workers_and_batch_size(data, world_size, num_workers, micro):
+    cfg = LoaderConfig([data["text"]], seq_len=64, patch_size=8, micro_batch_size=micro,
+                       num_workers=num_workers, batches_per_fetch=2, seed=11)
+    rows = global_stream(cfg, world_size, 48 // (world_size * micro))
+    assert [row["identity"] for row in rows] == [(0, k) for k in range(48)]
+    reference = global_stream(replace(cfg, micro_batch_size=4, num_workers=0), 1, 12)
+    assert [row["ids"] for row in rows] == [row["ids"] for row in reference]
+
+
 @pytest.mark.parametrize("dataset", ["text", "text3"])
-@pytest.mark.parametrize("world_size, num_workers", [(1, 0), (2, 0), (2, 2), (1, 3)])
-def test_each_document_once_per_epoch_across_ranks_and_workers(data, dataset, world_size, num_workers):
-    cfg = LoaderConfig([data[dataset]], seq_len=64, patch_size=8, micro_batch_size=2,
-                       num_workers=num_workers, shuffle_buffer=0, seed=11)
-    for epoch in (0, 1):
-        rows = epoch_rows(cfg, world_size, epoch)
-        assert all(rows.values()), "every stream gets data, even with fewer shards than streams"
-        documents = []
-        for stream_rows in rows.values():
-            assert all(len(r) == 64 for r in stream_rows[:-1]), "only an epoch's last row is short"
-            documents += split_documents(sum(stream_rows, []))
-        assert sorted(documents) == sorted(DOCS)
+def test_each_epoch_is_every_document_once_in_a_new_order(data, dataset):
+    cfg = LoaderConfig([data[dataset]], seq_len=64, patch_size=8, micro_batch_size=8, num_workers=0,
+                       piece_sequences=1000, seed=11)  # no document is cut into pieces
+    ids = [x for row in global_stream(cfg, 1, 20) for x in row["ids"]]  # 160 rows of 64 ids
+    total = sum(len(d) + 1 for d in DOCS)  # the epochs follow each other without a seam
+    epochs = [split_documents(ids[e * total:(e + 1) * total]) for e in (0, 1)]
+    assert sorted(epochs[0]) == sorted(epochs[1]) == sorted(DOCS)
+    assert epochs[0] != DOCS and epochs[0] != epochs[1], "shuffled anew each epoch"
 
 
-def test_shuffle_permutes_each_streams_epoch(data):
-    settings = dict(seq_len=64, patch_size=8, micro_batch_size=2, num_workers=2, seed=11)
-    plain = epoch_rows(LoaderConfig([data["text"]], shuffle_buffer=0, **settings), 2)
-    shuffled = epoch_rows(LoaderConfig([data["text"]], shuffle_buffer=4, **settings), 2)
-    assert plain != shuffled
-    for stream in plain:
-        assert sorted(map(tuple, plain[stream])) == sorted(map(tuple, shuffled[stream]))
+def test_a_few_shards_are_mixed_as_well_as_many(tmp_path):
+    """Seven 'books' in one shard: the first sequences already come from all of them."""
+    books = [bytes([65 + b]) * 5000 for b in range(7)]
+    directory = write_shards(tmp_path / "books", "text", [(book, {}) for book in books], per_shard=7)
+    cfg = LoaderConfig([str(directory)], seq_len=64, patch_size=8, micro_batch_size=4, num_workers=0,
+                       piece_sequences=2, seed=0)
+    rows = global_stream(cfg, 1, 10)  # 40 sequences of 64 = 2560 of 35007 ids
+    letters = {x for row in rows for x in row["ids"] if x < 256}
+    assert letters == set(range(65, 72))
+
+
+def test_long_documents_are_cut_into_pieces_that_still_cover_the_epoch(data):
+    cfg = LoaderConfig([data["text"]], seq_len=64, patch_size=8, micro_batch_size=8, num_workers=0,
+                       piece_sequences=1, seed=2)
+    total = sum(len(d) + 1 for d in DOCS)
+    rows = global_stream(cfg, 1, -(-total // (64 * 8)) + 1)
+    ids = [x for row in rows for x in row["ids"]][:total]
+    assert Counter(ids) == Counter(x for d in DOCS for x in list(d) + [257])
 
 
 def test_document_packing_gives_one_document_per_sequence(data):
     cfg = LoaderConfig([data["text"]], seq_len=64, patch_size=8, micro_batch_size=2, num_workers=0,
-                       text_packing="document", shuffle_buffer=3)
-    rows = epoch_rows(cfg, 2)
-    pieces = sum(rows.values(), [])
-    assert all(257 not in row[:-1] for row in pieces)  # a boundary only ever ends a sequence
-    prefix = Counter(bytes(row[:6]) for row in pieces if row[0] == ord("<"))
+                       text_packing="document", piece_sequences=1000)
+    rows = [row for row in global_stream(cfg, 2, 40) if row["epoch"] == 0]
+    assert all(257 not in row["ids"][:-1] for row in rows)  # a boundary only ever ends a sequence
+    prefix = Counter(bytes(row["ids"][:6]) for row in rows if row["ids"][0] == ord("<"))
     assert sorted(prefix) == sorted(d[:6] for d in DOCS) and set(prefix.values()) == {1}
 
 
 def test_images_once_per_epoch_one_per_sequence(data):
-    cfg = LoaderConfig([data["image"]], seq_len=96, patch_size=12, micro_batch_size=2, num_workers=2,
-                       image_order="patch", shuffle_buffer=3)
-    rows = sum(epoch_rows(cfg, 2).values(), [])
-    pictures = sorted(from_patch_order(np.array(r, np.uint8), 4, 12).tobytes() for r in rows)
+    cfg = LoaderConfig([data["image"]], seq_len=96, patch_size=12, micro_batch_size=7, num_workers=2,
+                       image_order="patch")
+    rows = global_stream(cfg, 2, 1)  # 14 images
+    pictures = sorted(from_patch_order(np.array(r["ids"], np.uint8), 4, 12).tobytes() for r in rows)
     assert pictures == sorted(payload for payload, _ in images(14, size=4))
+    assert {r["epoch"] for r in rows} == {0}
 
 
 def test_audio_windows_once_per_epoch_aligned_to_frames(data):
-    cfg = LoaderConfig([data["audio"]], seq_len=40, patch_size=4, micro_batch_size=2, num_workers=0,
-                       shuffle_buffer=4)
-    rows = sum(epoch_rows(cfg, 3).values(), [])
     want = [pcm[i:i + 40] for pcm, _ in clips(12) for i in range(0, len(pcm), 40)]
-    assert sorted(bytes(r) for r in rows) == sorted(want)
+    cfg = LoaderConfig([data["audio"]], seq_len=40, patch_size=4, micro_batch_size=len(want), num_workers=0)
+    rows = global_stream(cfg, 1, 2)
+    assert sorted(bytes(r["ids"]) for r in rows if r["epoch"] == 0) == sorted(want)
+    assert sorted(bytes(r["ids"]) for r in rows if r["epoch"] == 1) == sorted(want)
 
 
 def test_mixing_follows_the_weights_and_the_seed(data):

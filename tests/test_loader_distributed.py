@@ -1,5 +1,6 @@
-"""Real ranks (gloo, spawned processes): fewer shards than ranks × workers must not hang training
-or validation, and every rank must get the same number of batches."""
+"""Real ranks (gloo, spawned processes): one shard for 2 ranks × 2 workers must not hang training
+or validation; together the ranks train on the global stream in order, epoch after epoch, and
+every rank gets the same number of validation batches."""
 
 import json
 import time
@@ -26,12 +27,15 @@ def rank_main(rank: int, dataset: str, rendezvous: str, out: str) -> None:
     try:
         # the ranks were spawned, so their DataLoader workers would be too: fork is much quicker
         cfg = LoaderConfig([dataset], seq_len=64, patch_size=8, micro_batch_size=2, num_workers=2,
-                           shuffle_buffer=4, seed=3, multiprocessing_context="fork")
+                           seed=3, multiprocessing_context="fork")
         batches = iter(build_train_loader(cfg, rank, WORLD_SIZE))
-        epochs = set()
+        epochs, sequences = set(), []
         for _ in range(STEPS):  # a training step: every rank must reach each collective
             batch = next(batches)
             epochs.update(batch["epoch"])
+            gathered = [None] * WORLD_SIZE
+            dist.all_gather_object(gathered, batch["sequence"])
+            sequences += sum(gathered, [])
             dist.all_reduce((batch["ids"] != PAD_ID).sum().reshape(1))
         validation = build_validation_loader(replace(cfg, validation=dataset), rank, WORLD_SIZE)
         scored, steps = torch.zeros(1, dtype=torch.long), 0
@@ -40,7 +44,7 @@ def rank_main(rank: int, dataset: str, rendezvous: str, out: str) -> None:
             dist.all_reduce(real)
             scored += real
             steps += 1
-        result = {"epochs": sorted(epochs), "validation_steps": steps, "len": len(validation),
+        result = {"epochs": sorted(epochs), "sequences": sequences, "validation_steps": steps, "len": len(validation),
                   "scored": int(scored)}
         with open(f"{out}/rank{rank}.json", "w") as f:
             json.dump(result, f)
@@ -48,7 +52,7 @@ def rank_main(rank: int, dataset: str, rendezvous: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_ranks_with_fewer_shards_than_streams_do_not_hang(tmp_path):
+def test_ranks_share_one_stream_and_one_shard_without_hanging(tmp_path):
     dataset = write_text(tmp_path / "one", text_docs(16, seed=9), shard_bytes=1 << 30)
     assert load_manifest(dataset).totals["shards"] == 1  # 1 shard for 2 ranks × 2 workers
     context = mp.start_processes(rank_main, args=(str(dataset), str(tmp_path / "rendezvous"), str(tmp_path)),
@@ -62,6 +66,7 @@ def test_ranks_with_fewer_shards_than_streams_do_not_hang(tmp_path):
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
     totals = load_manifest(dataset).totals
     for result in results:
-        assert result["epochs"][-1] >= 2  # went through epochs without waiting for the other rank
+        assert result["epochs"][-1] >= 2  # went through epochs
+        assert result["sequences"] == list(range(STEPS * WORLD_SIZE * 2))
         assert result["validation_steps"] == result["len"] == results[0]["len"]
         assert result["scored"] == totals["payload_bytes"] + totals["samples"]  # every byte, once

@@ -1,11 +1,12 @@
-"""Bad data: sha256 mismatch, truncated tar, corrupt zstd member, lying metadata; raise or skip."""
+"""Bad data: a flipped byte, sha256 mismatch, truncated tar, corrupt zstd member, lying metadata;
+raise or skip (in training, a skipped sample becomes PAD ids of its length)."""
 
 import logging
 
 import pytest
 import zstandard
 
-from loader_datasets import epoch_rows, split_documents, take, text_docs, write_shards
+from loader_datasets import split_documents, take, text_docs, write_shards
 from pipeline.format.errors import DataError
 from pipeline.load.loader import LoaderConfig, build_train_loader, build_validation_loader
 from pipeline.format.reader import file_sha256
@@ -23,12 +24,16 @@ def text_dataset(directory, stored=None):
 
 def config(directory, **changes) -> LoaderConfig:
     return LoaderConfig([str(directory)], **{"seq_len": 64, "patch_size": 8, "micro_batch_size": 2,
-                                             "num_workers": 0, "shuffle_buffer": 0, **changes})
+                                             "num_workers": 0, **changes})
 
 
 def epoch_documents(directory, **changes) -> list[bytes]:
-    rows = epoch_rows(config(directory, **changes), world_size=1)
-    return sorted(split_documents(sum(rows[0, 0], [])))
+    """The documents of the first epoch that were not skipped."""
+    loader = build_train_loader(config(directory, **changes))
+    total = loader.order.datasets[0].epoch_units  # ids in an epoch
+    batches = take(iter(loader), -(-total // 128))
+    ids = [x for batch in batches for row in batch["ids"].tolist() for x in row][:total]
+    return sorted(split_documents([x for x in ids if x != PAD_ID]))
 
 
 def shard_path(directory, number: int):
@@ -37,7 +42,7 @@ def shard_path(directory, number: int):
 
 def flip_a_byte(path) -> None:
     data = bytearray(path.read_bytes())
-    data[700] ^= 0xFF  # inside the first payload; the size stays, the sha256 changes
+    data[540] ^= 0xFF  # inside the first payload; the size stays, the sha256 changes
     path.write_bytes(bytes(data))
 
 
@@ -55,32 +60,44 @@ def first_batches(directory, **changes):
     return take(iter(build_train_loader(config(directory, **changes))), 120)
 
 
-def test_sha256_mismatch_raises_naming_the_shard_or_skips_it(tmp_path, caplog):
+def test_a_flipped_byte_raises_naming_the_sample_or_skips_it(tmp_path, caplog):
     directory = text_dataset(tmp_path / "data")
+    path = shard_path(directory, 2)
+    flip_a_byte(path)  # the shard's sha256 changes; a rank that reads only some samples sees it
+    with pytest.raises(DataError, match=rf"{path.name}: s000012: corrupt zstd member"):  # checksum
+        first_batches(directory)
+    with pytest.raises(DataError, match=rf"{path.name}: s000012"):  # from a DataLoader worker too
+        first_batches(directory, num_workers=2)
+    with caplog.at_level(logging.WARNING, logger="megabyte.loader"):
+        documents = epoch_documents(directory, on_error="skip")
+    assert documents == sorted(DOCS[:12] + DOCS[13:])
+    assert any(path.name in record.getMessage() for record in caplog.records)
+
+
+def test_sha256_of_shards_without_a_member_index_is_checked(tmp_path):
+    directory = text_dataset(tmp_path / "data")
+    manifest = load_manifest(directory)
+    for info in manifest.shards:
+        info.index_sha256 = None  # as written before format v3
+    manifest.save(directory)
     path = shard_path(directory, 2)
     flip_a_byte(path)
     with pytest.raises(DataError, match=rf"{path.name}: sha256 .* does not match the manifest"):
         first_batches(directory)
-    with pytest.raises(DataError, match=rf"{path.name}: sha256"):  # from a DataLoader worker too
-        first_batches(directory, num_workers=2)
-    with caplog.at_level(logging.WARNING, logger="megabyte.loader"):
-        documents = epoch_documents(directory, on_error="skip")
-    assert documents == sorted(DOCS[:12] + DOCS[18:])
-    assert any(path.name in record.getMessage() for record in caplog.records)
+    assert epoch_documents(directory, on_error="skip") == sorted(DOCS[:12] + DOCS[18:])
 
 
-def test_truncated_tar_is_caught_by_size_or_by_the_tar_reader(tmp_path):
+def test_truncated_tar_is_caught_by_size_or_by_the_sample_read(tmp_path):
     directory = text_dataset(tmp_path / "data")
     path = shard_path(directory, 1)
-    path.write_bytes(path.read_bytes()[:5000])  # inside sample s000007's members
+    path.write_bytes(path.read_bytes()[:5000])  # inside sample s000008's members
     with pytest.raises(DataError, match=rf"{path.name}: file is 5000 bytes, the manifest says"):
         first_batches(directory)
     assert epoch_documents(directory, on_error="skip") == sorted(DOCS[:6] + DOCS[12:])
-    rewrite_manifest(directory, 1)  # the manifest agrees: only reading the tar finds the damage
-    with pytest.raises(DataError, match=rf"{path.name}: broken tar after sample s000007"):
+    rewrite_manifest(directory, 1)  # the manifest agrees: only reading the samples finds the damage
+    with pytest.raises(DataError, match=rf"{path.name}: the shard ends .* into the sample at byte"):
         first_batches(directory)
-    documents = epoch_documents(directory, on_error="skip")
-    assert documents == sorted(DOCS[:6] + DOCS[6:8] + DOCS[12:])  # what came before the break
+    assert epoch_documents(directory, on_error="skip") == sorted(DOCS[:8] + DOCS[12:])
 
 
 def test_corrupt_zstd_member_raises_with_its_key_or_skips_that_sample(tmp_path):
@@ -99,16 +116,18 @@ def test_decompression_is_bounded_by_the_metadata_and_the_manifest(tmp_path):
     stream = zstandard.ZstdCompressor().compressobj()
     hidden = stream.compress(b"\0" * 1_000_000) + stream.flush()  # does not declare it
     samples = [(d, {}) for d in DOCS[:4]] + [(b"x" * 50, {}), (b"y" * 50, {}), (b"z", {"length": 10**12})]
+    for name, stored in [("bomb", bomb), ("hidden", hidden)]:
+        directory = write_shards(tmp_path / name, "text", samples[:5], per_shard=7, stored={4: stored})
+        with pytest.raises(DataError, match="s000004: decompresses to more than 50 bytes"):
+            first_batches(directory)
     directory = write_shards(tmp_path / "data", "text", samples, per_shard=7, stored={4: bomb, 5: hidden})
-    with pytest.raises(DataError, match="s000004: decompresses to more than 50 bytes"):
-        first_batches(directory)
     assert epoch_documents(directory, on_error="skip") == sorted(DOCS[:4])
     directory = write_shards(tmp_path / "lying", "text", samples[6:] + samples[:4], per_shard=7)
     with pytest.raises(DataError, match="metadata length 1000000000000 is outside"):
         first_batches(directory)
 
 
-def test_a_stream_with_nothing_usable_stops_instead_of_spinning(tmp_path):
+def test_a_dataset_with_nothing_usable_stops_instead_of_spinning(tmp_path):
     directory = text_dataset(tmp_path / "data", stored={i: b"junk" for i in range(len(DOCS))})
     with pytest.raises(DataError, match="nothing left to train on"):
         first_batches(directory, on_error="skip")

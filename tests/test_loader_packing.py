@@ -9,7 +9,6 @@ from pipeline.load.loader import LoaderConfig
 from pipeline.load.packing import (BOUNDARY_PART, ConcatPacker, Transform, WindowPacker, decode_carry,
                               decode_rows, encode_carry, encode_rows, to_ids)
 from pipeline.format.scan import from_patch_order
-from pipeline.load.streams import epoch_pieces
 from pipeline.format.vocab import BOUNDARY_ID, PAD_ID
 
 
@@ -95,31 +94,6 @@ def test_rows_from_workers_decode_to_the_same_ids():
     assert ids.tolist() == [[97, 98, 99, BOUNDARY_ID, 0, BOUNDARY_ID, PAD_ID, 7, PAD_ID, PAD_ID],
                             [PAD_ID] * 10, [255] * 10]
     assert torch.equal(decode_rows(encode_rows(sequences, 10)), ids)
-
-
-@pytest.mark.parametrize("shards, streams", [(7, 3), (6, 3), (2, 5), (1, 4), (3, 4)])
-def test_every_sample_goes_to_exactly_one_stream_each_epoch(shards, streams):
-    samples = [8, 3, 1, 5, 9, 2, 4][:shards]  # at least as many samples as streams (else refused)
-    for epoch in (0, 1):
-        seen = []
-        counts = []
-        for stream in range(streams):
-            pieces = epoch_pieces(samples, seed=5, dataset=0, epoch=epoch, stream=stream, streams=streams)
-            assert pieces, "a stream without data would stall its rank"
-            seen += [(p.shard, i) for p in pieces for i in range(p.start, p.stop)]
-            counts.append(sum(p.stop - p.start for p in pieces))
-        assert sorted(seen) == [(k, i) for k in range(shards) for i in range(samples[k])]
-        if shards < streams:  # sample-level split: shares differ by at most one sample
-            assert max(counts) - min(counts) <= 1
-
-
-def test_shard_order_depends_on_seed_and_epoch():
-    def order(seed, epoch):
-        pieces = epoch_pieces([1] * 20, seed=seed, dataset=0, epoch=epoch, stream=0, streams=1)
-        return [p.shard for p in pieces]
-    assert order(1, 0) == order(1, 0)
-    assert order(1, 0) != order(1, 1) and order(1, 0) != order(2, 0)
-    assert sorted(order(1, 1)) == list(range(20))
 
 
 @pytest.mark.parametrize("change, message", [

@@ -46,8 +46,7 @@ def make_dataset(root: Path, name: str, documents: int, seed: int = 0) -> Path:
 def write_config(root: Path, dataset: Path, validation: Path | None = None, **sections) -> Path:
     """A TOML config for the tiny model; sections: {"optim": {...}, "run": {...}, ...}."""
     base = {
-        "data": {"datasets": [str(dataset)], "batch_size": 4, "micro_batch_size": 4, "num_workers": 0,
-                 "shuffle_buffer": 16},
+        "data": {"datasets": [str(dataset)], "batch_size": 4, "micro_batch_size": 4, "num_workers": 0},
         "optim": {"lr": 3e-3, "warmup_steps": 2, "total_steps": 8},
         "deepspeed": {"zero_stage": 1},
         "run": {"out_dir": str(root / "run"), "checkpoint_every": 2, "eval_every": 0, "log_every": 1,
@@ -252,7 +251,7 @@ def test_two_ranks_match_one_process(tmp_path, data, stage):
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
     sections = {"optim": {"total_steps": 4}, "deepspeed": {"zero_stage": stage},
-                "data": {"micro_batch_size": 2, "shuffle_buffer": 8}, "run": {"checkpoint_every": 0}}
+                "data": {"micro_batch_size": 2}, "run": {"checkpoint_every": 0}}
     run_training(write_config(tmp_path / "one", data["text"], **sections), extra=["data.num_workers=2"])
     run_training(write_config(tmp_path / "two", data["text"], **sections), ranks=2,
                  extra=["data.num_workers=1"])
@@ -266,7 +265,7 @@ def test_two_ranks_match_one_process(tmp_path, data, stage):
 def test_two_ranks_resume_after_sigkill(tmp_path, data):
     (tmp_path / "whole").mkdir()
     (tmp_path / "killed").mkdir()
-    sections = {"deepspeed": {"zero_stage": 2}, "data": {"micro_batch_size": 2, "shuffle_buffer": 16}}
+    sections = {"deepspeed": {"zero_stage": 2}, "data": {"micro_batch_size": 2}}
     run_training(write_config(tmp_path / "whole", data["text"], **sections), ranks=2)
     killed = write_config(tmp_path / "killed", data["text"], **sections)
     run_dir = tmp_path / "killed" / "run"

@@ -139,6 +139,8 @@ class SampleReader:
         self._kept = OrderedDict()  # sample → Tokens, the most recently used last
         self._files = OrderedDict()  # shard → open file
         self._checked = {}  # shard path → None, or what is wrong with it
+        self._bad = set()  # samples found bad
+        self._usable = int((table.ids > 0).sum())
         self._kept_ids = 0
 
     def tokens(self, sample: int) -> Tokens:
@@ -149,6 +151,10 @@ class SampleReader:
             tokens = self._read(sample)
         except DataError as error:
             self.policy.handle(error)
+            self._bad.add(sample)
+            if len(self._bad) == self._usable:
+                raise DataError(f"{self.source.directory}: all {self._usable} samples are bad; there "
+                                "is nothing left to train on") from None
             tokens = placeholder(int(self.table.ids[sample]), self.table.window)
         self._kept[sample] = tokens
         self._kept_ids += len(tokens)
