@@ -156,7 +156,7 @@ def test_a_huge_length_is_damaged_data_for_the_loader(tmp_path, caplog, bound):
             shard["payload_bytes"] = 10**13
     (dataset / "index.json").write_text(json.dumps(index))
     words = "metadata length 1000000000000 is outside" if bound != "forged" else \
-        "payload is 120 bytes, metadata says 1000000000000"
+        "metadata length 1000000000000, the member index says 120"
     with pytest.raises(DataError, match=f"s000004: {words}"):
         iterator = iter(build_train_loader(loader_config(dataset)))
         [next(iterator) for _ in range(20)]

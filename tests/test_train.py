@@ -245,9 +245,9 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, data):
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_two_ranks_match_one_process(tmp_path, data, stage):
-    """The loader splits data over streams = ranks × workers. One process with 2 workers and 2
-    accumulated micro-batches of 2 reads the same two streams as 2 ranks with 1 worker each, so
-    both take the same global batch of 4 at every step and the losses agree to float tolerance."""
+    """The data order is global: one process with 2 workers and 2 accumulated micro-batches of 2
+    takes the same global batch of 4 at every step as 2 ranks with 1 worker each, so the losses
+    agree to float tolerance."""
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
     sections = {"optim": {"total_steps": 4}, "deepspeed": {"zero_stage": stage},
