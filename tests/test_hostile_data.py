@@ -1,6 +1,7 @@
 """Hostile and unlucky datasets: names that would be paths, lying lengths, damage without a
 manifest, and the one line every bad input gets (inspect, render, the loader)."""
 
+import hashlib
 import json
 import logging
 import tracemalloc
@@ -11,8 +12,8 @@ import zstandard
 
 from loader_datasets import write_shards
 from pipeline.format.errors import DataError
-from pipeline.format.reader import file_sha256, iter_members
-from pipeline.format.shards import Manifest, ShardInfo, load_manifest, tar_member
+from pipeline.format.reader import file_sha256, iter_members, scan_index
+from pipeline.format.shards import Manifest, ShardInfo, load_manifest, member_index_name, tar_member
 from pipeline.load.loader import LoaderConfig, build_train_loader, build_validation_loader
 from tools.cli import main
 
@@ -171,8 +172,9 @@ def test_the_converter_records_the_longest_sample_and_the_loader_holds_to_it(tmp
     dataset = converted_text(tmp_path)
     manifest = load_manifest(dataset)
     longest = max(len(p.read_bytes()) for p in (tmp_path / "src").iterdir())
-    assert manifest.version == 2 and [s.max_sample_bytes for s in manifest.shards] == [longest]
-    # a member swapped for a 64 MiB one, the metadata and the manifest's size and sha256 agreeing:
+    assert manifest.version == 3 and [s.max_sample_bytes for s in manifest.shards] == [longest]
+    # a member swapped for a 64 MiB one, the metadata, the manifest's size and sha256 and the
+    # member index agreeing:
     # only the recorded bound stands in the way
     big = zstandard.ZstdCompressor().compress(bytes(64 << 20))
     key = "00000000-000000000"
@@ -184,6 +186,9 @@ def test_the_converter_records_the_longest_sample_and_the_loader_holds_to_it(tmp
                for name, data in members]
     shard.write_bytes(b"".join(tar_member(name, data) for name, data in members) + bytes(1024))
     manifest.shards[0].file_bytes, manifest.shards[0].sha256 = shard.stat().st_size, file_sha256(shard)
+    index = scan_index(shard).tobytes()  # the forged shard's own member index
+    (dataset / member_index_name(shard.name)).write_bytes(index)
+    manifest.shards[0].index_sha256 = hashlib.sha256(index).hexdigest()
     manifest.save(dataset)
     with pytest.raises(DataError, match=f"{key}: metadata length {64 << 20} is outside 0..{longest}"):
         next(iter(build_train_loader(loader_config(dataset))))
@@ -240,7 +245,9 @@ def test_verify_of_a_shard_alone_catches_a_flipped_byte(tmp_path, capsys):
 
 
 def test_verify_says_what_it_cannot_check_without_the_manifest(tmp_path, capsys):
-    old_style = write_shards(tmp_path / "v1", "text", [(b"abc", {}), (b"def", {})], per_shard=2)
+    plain = zstandard.ZstdCompressor()  # frames without a checksum, as format v1 wrote them
+    old_style = write_shards(tmp_path / "v1", "text", [(b"abc", {}), (b"def", {})], per_shard=2,
+                             stored={0: plain.compress(b"abc"), 1: plain.compress(b"def")})
     assert cli("inspect", "verify", next(old_style.glob("*.tar"))) == 0
     out = capsys.readouterr().out
     assert "ok: 2 samples verified" in out and "2 of them carry no checksum" in out

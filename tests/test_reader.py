@@ -1,14 +1,16 @@
-"""pipeline.format.reader: member ranges, shard checks, metadata bounds, bounded decompression."""
+"""pipeline.format.reader: member ranges, shard checks, metadata bounds, bounded decompression, the
+member index and reads at its offsets."""
 
 import io
 import tarfile
 
+import numpy as np
 import pytest
 import zstandard
 
 from pipeline.format.errors import DataError
 from pipeline.format.reader import (check_shard, decode_payload, iter_members, iter_metas, iter_shard,
-                                    parse_meta)
+                                    parse_meta, read_member_index, read_members_at, scan_index)
 from pipeline.format.shards import ShardWriter, tar_member
 from test_shards import write_shard
 
@@ -130,3 +132,32 @@ def test_length_mismatch_and_corrupt_member_name_the_key(tmp_path):
     with pytest.raises(DataError, match="y.tar: junk: corrupt zstd"):
         list(iter_shard(tmp_path / "y.tar"))
 
+
+
+def test_the_member_index_locates_every_sample_and_matches_the_headers(tmp_path):
+    info = write_shard(tmp_path / "x-000000.tar", DOCS + [("big", bytes(3 << 20))])
+    index = read_member_index(tmp_path / "x-000000.tar", info)
+    assert index.shape == (6, 3) and index[:, 2].tolist() == [1000] * 5 + [3 << 20]
+    assert np.array_equal(index, scan_index(tmp_path / "x-000000.tar"))
+    with open(tmp_path / "x-000000.tar", "rb") as f:
+        for (key, data), (offset, size, length) in zip(DOCS, index.tolist()):
+            got_key, members = read_members_at(f, offset, size)
+            assert got_key == key and decode_payload(members, length) == data
+        with pytest.raises(DataError, match="not one sample's members"):
+            read_members_at(f, int(index[0, 0]), int(index[0, 1] + index[1, 1]))
+        with pytest.raises(DataError, match="broken tar at byte 512"):
+            read_members_at(f, 512, 1024)  # not a header
+        with pytest.raises(DataError, match="the shard ends"):
+            read_members_at(f, int(index[5, 0]), int(index[5, 1]) + 100_000)
+
+
+def test_a_member_index_that_does_not_match_its_manifest_entry_is_refused(tmp_path):
+    path = tmp_path / "x-000000.tar"
+    info = write_shard(path, DOCS)
+    index_path = tmp_path / "x-000000.tar.idx"
+    index_path.write_bytes(index_path.read_bytes()[:-24])  # one sample short
+    with pytest.raises(DataError, match="x-000000.tar.idx: sha256 does not match the manifest"):
+        read_member_index(path, info)
+    index_path.unlink()
+    with pytest.raises(DataError, match="cannot read the member index"):
+        read_member_index(path, info)
