@@ -1,5 +1,6 @@
 """`megabyte inspect`: ls, stats, verify (catches damage), show."""
 
+import hashlib
 import json
 
 import pytest
@@ -76,3 +77,18 @@ def test_show_by_index_and_key(dataset, capsys):
     assert main(["inspect", "show", str(dataset), "--key", "00000029-000000000", "--hex"]) == 0
     assert "61 62 63 0a" in capsys.readouterr().out
     assert main(["inspect", "show", str(dataset), "--key", "nope"]) == 2
+
+
+def test_verify_checks_the_member_indexes(dataset, capsys):
+    manifest = json.loads((dataset / "index.json").read_text())
+    entry = max(manifest["shards"], key=lambda shard: shard["samples"])
+    assert entry["samples"] >= 2
+    index_path = dataset / (entry["name"] + ".idx")
+    rows = index_path.read_bytes()
+    index_path.write_bytes(rows[24:48] + rows[:24] + rows[48:])  # two samples swapped
+    assert main(["inspect", "verify", str(dataset)]) == 1
+    assert "member index is corrupt or was replaced" in capsys.readouterr().err
+    entry["index_sha256"] = hashlib.sha256(index_path.read_bytes()).hexdigest()  # a forged entry
+    (dataset / "index.json").write_text(json.dumps(manifest))
+    assert main(["inspect", "verify", str(dataset)]) == 1
+    assert "its member index does not match its members" in capsys.readouterr().err
