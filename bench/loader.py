@@ -8,7 +8,8 @@ in the page cache:
   bare       webdataset tar reading + JSON + zstd decompression of every member, nothing else,
              in k processes that split the shards (k = max(1, workers) to match the loader),
              timed inside them (process start-up left out)
-  loader     build_train_loader (T = 8192, sha256 verification on, shuffle buffer, batches of
+  loader     build_train_loader (T = 8192, the global order: samples read at their member-index
+             offsets in a fresh permutation each epoch, pieces of 8 sequences, batches of
              int64 ids), workers 0 / 1 / 2, timed from its first batch (start-up left out) to
              one epoch's worth of bytes
   floor      a plain torch DataLoader handing over ready-made fetches in the loader's form (8
@@ -227,7 +228,7 @@ def main() -> None:
           f"{os.getloadavg()[0]:.1f} at end (other processes share the cores)")
     print(f"data: {args.mib:g} MiB payload per modality in {SHARD_BYTES >> 20} MiB shards "
           f"({', '.join(f'{m} {shards[m]}' for m in data)} shards); "
-          f"T = {SEQ_LEN}, B = {args.batch_size}, shuffle buffer 256, sha256 verified\n")
+          f"T = {SEQ_LEN}, B = {args.batch_size}, global order (samples read at their offsets)\n")
     print(f"{'modality':<9}{'workers':>8}{'seq/s':>9}{'MB/s':>8}{'bare MB/s':>11}{'ratio':>7}"
           f"{'RSS main':>10}{'RSS worker':>12}")
     for modality, count, loader, bare in rows:
