@@ -23,10 +23,10 @@ re-reads at most the current shard, and the same seed gives the same order.
 """
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from pipeline.format import storage
 from pipeline.format.errors import DataError
 from pipeline.load.packing import Transform, decode_carry, encode_carry, make_packer
 from pipeline.load.reading import ErrorPolicy, ShardRef, read_tokens
@@ -60,7 +60,7 @@ class Source:
         self.directory = str(directory)
         self.name = manifest.name
         self.modality = manifest.modality
-        self.shards = [ShardRef(Path(directory) / info.name, info) for info in manifest.shards]
+        self.shards = [ShardRef(storage.join(directory, info.name), info) for info in manifest.shards]
         self.samples = sum(s.samples for s in manifest.shards)
         self.seq_len = seq_len
         self.text_packing = text_packing
