@@ -90,8 +90,22 @@ def _cause(error: BaseException) -> str:
 
 def _unreachable(error: FileNotFoundError) -> bool:
     """fsspec's HTTP backend says FileNotFoundError for a server it could not reach too, with the
-    connection error as the cause; a real 404 has none, or another FileNotFoundError."""
-    return error.__cause__ is not None and not isinstance(error.__cause__, FileNotFoundError)
+    connection error as the cause; a real 404 has none, another FileNotFoundError, or an error
+    with the status the server answered (s3fs: botocore's ClientError)."""
+    cause = error.__cause__
+    return cause is not None and not isinstance(cause, FileNotFoundError) and _http_status(cause) is None
+
+
+def _http_status(error: Exception) -> int | None:
+    """The HTTP status a backend's error carries, if any (botocore's ClientError, aiohttp's
+    ClientResponseError, gcsfs's HttpError), for errors the backend did not translate itself."""
+    response = getattr(error, "response", None)
+    if isinstance(response, dict):
+        return response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    for name in ("status", "code"):
+        if isinstance(getattr(error, name, None), int):
+            return getattr(error, name)
+    return None
 
 
 def _remote(location: str, action: str, call):
@@ -110,6 +124,14 @@ def _remote(location: str, action: str, call):
             raise StorageError(f"{location}: cannot {action}: access denied ({_cause(error)}); "
                                "check the credentials") from None
         except Exception as error:  # noqa: BLE001 - backends raise many kinds for one dropped connection
+            status = _http_status(error)
+            if status == 404:
+                raise FileNotFoundError(_cause(error)) from None
+            if status in (401, 403):
+                raise StorageError(f"{location}: cannot {action}: access denied ({_cause(error)}); "
+                                   "check the credentials") from None
+            if status is not None and 400 <= status < 500 and status not in (408, 429):
+                raise StorageError(f"{location}: cannot {action} ({_cause(error)})") from None
             last = error
         if attempt + 1 < RETRIES:
             time.sleep(BACKOFF * 2 ** attempt)
@@ -298,21 +320,17 @@ class ShardCache:
             return None
         tmp, f = download
         try:
-            source = RemoteFile(location, file_stat.size)
-            while chunk := source.read(MAX_READ):
-                f.write(chunk)
-            if f.tell() != file_stat.size:
-                raise StorageError(f"{location}: read {f.tell()} bytes, expected {file_stat.size}")
-            f.flush()
+            with f:
+                source = RemoteFile(location, file_stat.size)
+                while chunk := source.read(MAX_READ):
+                    f.write(chunk)
             os.replace(tmp, path)
-            pinned = open(path, "rb")
-            fcntl.flock(pinned.fileno(), fcntl.LOCK_SH)  # before the download's lock goes
-            return pinned
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        finally:
-            f.close()
+        # the download's exclusive lock is gone with its file: pin the entry (None in the rare
+        # case that another process evicted it in between; the caller then streams)
+        return self._open_pinned(path)
 
     def _open_pinned(self, path: Path):
         """The entry opened with a shared flock, or None if it is not there (or was just
