@@ -30,7 +30,7 @@ from tools.cli import main as cli
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "data"
-CONVERT = ["convert", "text", "--shard-size", "8K", "--no-progress"]
+CONVERT = ["convert", "text", "--shard-size", "32K", "--no-progress"]
 CONFIG = dataclasses.replace(PRESETS["tiny"], seq_len=64, global_dim=64, global_heads=2, local_dim=32,
                              local_heads=2, global_layers=1, local_layers=1, dropout=0.0)
 
@@ -315,7 +315,7 @@ def test_every_file_written_for_a_shard_is_uploaded(data, monkeypatch):
 
 
 def test_connection_cut_mid_shard_loses_and_repeats_nothing(data, s3, monkeypatch):
-    proxy = CuttingProxy(s3["port"], cut_after=30_000)  # inside the fourth shard (8 KiB+ each)
+    proxy = CuttingProxy(s3["port"], cut_after=50_000)  # inside the second shard (32 KiB+ each)
     try:
         use_endpoint(monkeypatch, proxy.url)
         assert samples(data["url"]) == samples(data["local"])
