@@ -365,30 +365,35 @@ def test_a_server_that_stays_down_is_one_error_naming_the_offset(data):
 # the cache
 
 
+def cached_names(cache: Path) -> list[str]:
+    return sorted(p.name.split("-", 1)[1] for p in cache.iterdir() if p.name != ".lock")
+
+
 def test_cache_reads_a_shard_once_and_never_evicts_one_being_read(data, tmp_path, monkeypatch):
     server = HTTPServer(data["local"])
     shards = sorted(p for p in data["local"].iterdir() if p.suffix == ".tar")
     size = shards[0].stat().st_size
     assert all(p.stat().st_size == size for p in shards[:3])  # 10240-byte records: equal sizes
-    monkeypatch.setenv(storage.CACHE_DIR_ENV, str(tmp_path / "cache"))
-    monkeypatch.setenv(storage.CACHE_LIMIT_ENV, str(2 * size))
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(storage.CACHE_DIR_ENV, str(cache))
+    monkeypatch.setenv(storage.CACHE_LIMIT_ENV, str(2 * size))  # room for two shards
     urls = [f"{server.url}/{p.name}" for p in shards[:3]]
     try:
-        pinned = storage.open_binary(urls[0])  # held open: pinned
-        storage.open_binary(urls[1]).close()
-        gets = len(server.handler.gets)
-        with storage.open_binary(urls[1]) as f:  # from the cache: no request
-            assert f.read() == shards[1].read_bytes() and len(server.handler.gets) == gets
-        with storage.open_binary(urls[2]) as f:  # evicts urls[1], not the pinned urls[0]
-            assert f.read() == shards[2].read_bytes()
+        pinned = storage.open_binary(urls[0])  # held open here: pinned
+        # another process (a DataLoader worker, say) reads the two others: the third needs room,
+        # and takes it from the second, not from the first, which is being read
+        subprocess.run([sys.executable, "-c", "import sys; from pipeline.format import storage; "
+                        "[storage.open_binary(url).close() for url in sys.argv[1:]]", urls[1], urls[2]],
+                       cwd=REPO, check=True, timeout=60)
+        assert cached_names(cache) == [shards[0].name, shards[2].name]
         assert pinned.read() == shards[0].read_bytes()
-        cached = sorted(p.name.split("-", 1)[1] for p in (tmp_path / "cache").iterdir() if p.name != ".lock")
-        assert cached == [shards[0].name, shards[2].name]
+        gets = len(server.handler.gets)
+        with storage.open_binary(urls[2]) as f:  # from the cache: no request
+            assert f.read() == shards[2].read_bytes() and len(server.handler.gets) == gets
         pinned.close()
-        with storage.open_binary(urls[1]) as f:  # now urls[0] is the one to go
+        with storage.open_binary(urls[1]) as f:  # now the first, least recently opened, goes
             assert f.read() == shards[1].read_bytes()
-        cached = sorted(p.name.split("-", 1)[1] for p in (tmp_path / "cache").iterdir() if p.name != ".lock")
-        assert cached == [shards[1].name, shards[2].name]
+        assert cached_names(cache) == [shards[1].name, shards[2].name]
     finally:
         server.stop()
 
@@ -435,6 +440,12 @@ def test_wrong_credentials_are_one_line_and_exit_2(data, monkeypatch, capsys):
     assert cli(["inspect", "ls", data["url"]]) == 2
     line = error_line(capsys)
     assert data["url"] in line and "access denied" in line and "check the credentials" in line, line
+
+
+def test_http_is_no_place_to_convert_to(data, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli([*CONVERT, str(data["source"]), "--out", "http://127.0.0.1:1/text"])
+    assert stop.value.code == 2 and "http(s) URLs are read-only" in capsys.readouterr().err
 
 
 def test_trainer_refuses_a_bad_dataset_url_before_training(data, tmp_path, capsys):

@@ -128,7 +128,10 @@ def add_output_flags(parser: argparse.ArgumentParser, default_name: str) -> None
 
 
 def output_location(text: str) -> Path | str:
-    """--out: a URL as it is, anything else a local path."""
+    """--out: a URL as it is (one that can be written to), anything else a local path."""
+    if text.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"{text}: http(s) URLs are read-only; write to a "
+                                         "directory, s3:// or gs://")
     return text if storage.is_url(text) else Path(text)
 
 
