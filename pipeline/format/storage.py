@@ -108,31 +108,35 @@ def _http_status(error: Exception) -> int | None:
     return None
 
 
+def _final(location: str, action: str, error: Exception) -> Exception | None:
+    """What to raise at once rather than try again: a missing file (FileNotFoundError), denied
+    access, another request the server refused (4xx). None for what may pass: a refused or cut
+    connection, a timeout, a server error (5xx), 408 or 429."""
+    if isinstance(error, FileNotFoundError):
+        return None if _unreachable(error) else error
+    status = 403 if isinstance(error, PermissionError) else _http_status(error)
+    if status == 404:
+        return FileNotFoundError(_cause(error))
+    if status in (401, 403):
+        return StorageError(f"{location}: cannot {action}: access denied ({_cause(error)}); check "
+                            "the credentials")
+    if status is not None and 400 <= status < 500 and status not in (408, 429):
+        return StorageError(f"{location}: cannot {action} ({_cause(error)})")
+    return None
+
+
 def _remote(location: str, action: str, call):
-    """call(fs, path) with retries. A missing file raises FileNotFoundError at once, denied
-    access a StorageError at once; anything else (a refused or cut connection, a timeout, a
-    server error) is tried RETRIES times with backoff, then a StorageError."""
+    """call(fs, path), tried RETRIES times with backoff while its errors may pass (see _final),
+    then one StorageError naming the location and the last cause."""
     fs, path = _filesystem(location)
     for attempt in range(RETRIES):
         try:
             return call(fs, path)
-        except FileNotFoundError as error:
-            if not _unreachable(error):
-                raise
-            last = error.__cause__
-        except PermissionError as error:
-            raise StorageError(f"{location}: cannot {action}: access denied ({_cause(error)}); "
-                               "check the credentials") from None
         except Exception as error:  # noqa: BLE001 - backends raise many kinds for one dropped connection
-            status = _http_status(error)
-            if status == 404:
-                raise FileNotFoundError(_cause(error)) from None
-            if status in (401, 403):
-                raise StorageError(f"{location}: cannot {action}: access denied ({_cause(error)}); "
-                                   "check the credentials") from None
-            if status is not None and 400 <= status < 500 and status not in (408, 429):
-                raise StorageError(f"{location}: cannot {action} ({_cause(error)})") from None
-            last = error
+            final = _final(location, action, error)
+            if final is not None:
+                raise final from None
+            last = error.__cause__ if isinstance(error, FileNotFoundError) else error
         if attempt + 1 < RETRIES:
             time.sleep(BACKOFF * 2 ** attempt)
     raise StorageError(f"{location}: cannot {action} after {RETRIES} tries ({_cause(last)})")
