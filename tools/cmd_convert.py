@@ -10,6 +10,7 @@ from pipeline.convert.image import (DEFAULT_MAX_PIXELS, LAYOUTS, RESIZE_METHODS,
                                     build_image_converter)
 from pipeline.convert.merge import merge_parts
 from pipeline.convert.text import TextConverter
+from pipeline.format import storage
 from pipeline.format.audio_codec import ENCODINGS
 from pipeline.format.shards import PAYLOAD_NAMES
 
@@ -81,10 +82,17 @@ def register(subparsers) -> None:
 
     merge = kinds.add_parser("merge", help="join the datasets of `convert --part i/n` runs into one")
     merge.add_argument("parts", nargs="+", type=Path, metavar="PART_DIR", help="one directory per part")
-    merge.add_argument("--out", required=True, type=Path,
+    merge.add_argument("--out", required=True, type=local_directory,
                        help="merged dataset directory: new, empty, or left by an interrupted merge "
                             "of the same parts (rerunning goes on)")
     merge.set_defaults(func=cmd_convert_merge)
+
+
+def local_directory(text: str) -> Path:
+    if storage.is_url(text):
+        raise argparse.ArgumentTypeError(f"{text}: merge writes a local directory; upload it after, "
+                                         "or convert straight to the URL without --part")
+    return Path(text)
 
 
 def add_source_filters(parser: argparse.ArgumentParser, include_default: str) -> None:
@@ -98,8 +106,10 @@ def add_source_filters(parser: argparse.ArgumentParser, include_default: str) ->
 
 def add_output_flags(parser: argparse.ArgumentParser, default_name: str) -> None:
     """Flags every converter shares: where and how shards are written, and how work is split."""
-    parser.add_argument("--out", required=True, type=Path,
-                        help="dataset directory (created; rerunning the same command resumes it)")
+    parser.add_argument("--out", required=True, type=output_location,
+                        help="dataset directory (created; rerunning the same command resumes it), "
+                             "or a URL (s3://bucket/prefix, gs://…): shards are staged locally and "
+                             "uploaded as each is complete, index.json last")
     parser.add_argument("--name", default=default_name,
                         help=f"shard name prefix: NAME-000000.tar (default: {default_name})")
     parser.add_argument("--shard-size", default="256MiB",
@@ -115,6 +125,14 @@ def add_output_flags(parser: argparse.ArgumentParser, default_name: str) -> None
     parser.add_argument("--strict", action="store_true",
                         help="stop at the first bad input instead of skipping and reporting it")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def output_location(text: str) -> Path | str:
+    """--out: a URL as it is (one that can be written to), anything else a local path."""
+    if text.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"{text}: http(s) URLs are read-only; write to a "
+                                         "directory, s3:// or gs://")
+    return text if storage.is_url(text) else Path(text)
 
 
 def run_conversion(args, converter, files: list[Path], modality_arguments: dict) -> int:

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from tools import inspect, render
+from pipeline.format import storage
 from pipeline.format.errors import DataError, UsageError
 
 
@@ -15,8 +16,9 @@ def register(subparsers) -> None:
 
     def add_verb(name: str, help_text: str, func):
         verb = verbs.add_parser(name, help=help_text)
-        verb.add_argument("paths", nargs="+", type=Path, metavar="PATH",
-                          help="dataset directories (with index.json) and/or shard .tar files")
+        verb.add_argument("paths", nargs="+", metavar="PATH",
+                          help="dataset directories (with index.json) and/or shard .tar files: "
+                               "local paths or URLs (s3://, gs://, http(s)://)")
         verb.set_defaults(func=func)
         return verb
 
@@ -52,7 +54,7 @@ def cmd_ls(args) -> int:
     rows = inspect.list_shards(args.paths)
     print(f"{'shard':<40} {'samples':>10} {'payload bytes':>16} {'file bytes':>16}")
     for row in rows:
-        name = str(Path(row["dataset"]) / row["name"]) if row["dataset"] else row["name"]
+        name = storage.join(row["dataset"], row["name"]) if row["dataset"] else row["name"]
         print(f"{name:<40} {row['samples']:>10,} {row['payload_bytes']:>16,} {row['file_bytes']:>16,}")
     print(f"{'total (' + str(len(rows)) + ' shards)':<40} {sum(r['samples'] for r in rows):>10,} "
           f"{sum(r['payload_bytes'] for r in rows):>16,} {sum(r['file_bytes'] for r in rows):>16,}")

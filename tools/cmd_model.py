@@ -21,7 +21,8 @@ def register(subparsers) -> None:
     evaluate = subparsers.add_parser("eval", help="bits per byte over every byte of a dataset: plain, "
                                                   "strided, sliding window")
     evaluate.add_argument("model", type=Path, metavar="MODEL", help=MODEL_HELP)
-    evaluate.add_argument("--data", required=True, type=Path, help="a converted dataset directory")
+    evaluate.add_argument("--data", required=True,
+                          help="a converted dataset: a directory or a URL (s3://, gs://, http(s)://)")
     evaluate.add_argument("--strided", action="store_true",
                           help="also strided inference (MegaByte §2.3): a second pass shifted by half a "
                                "patch, each byte scored where it sits in the first half of its patch")
@@ -108,7 +109,7 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def print_eval(data: Path, model, results: dict[str, dict]) -> None:
+def print_eval(data: str, model, results: dict[str, dict]) -> None:
     """The model and the data in one line, then a row per mode: bits per byte, cost, speed."""
     plain, config = results["plain"], model.config
     parameters = sum(p.numel() for p in model.parameters())  # tied weights once

@@ -7,10 +7,10 @@ metadata claims.
 """
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from pipeline.format import storage
 from pipeline.format.errors import DataError, UsageError
 from pipeline.format.reader import (check_shard, dataset_shards, file_sha256, has_checksum, iter_members,
                                     iter_metas, iter_sample_members, read_chunks, read_member_index,
@@ -27,14 +27,14 @@ def list_shards(paths) -> list[dict]:
     return rows
 
 
-def bare_shard_row(shard: Path) -> dict:
+def bare_shard_row(shard) -> dict:
     """A shard without a manifest: its samples and payload bytes counted from the metadata."""
     samples = payload = 0
     for _, meta in iter_metas(shard):
         samples += 1
         payload += meta["length"]
     return {"dataset": "", "name": str(shard), "samples": samples, "payload_bytes": payload,
-            "file_bytes": shard.stat().st_size, "sha256": file_sha256(shard)}
+            "file_bytes": storage.stat(shard).size, "sha256": file_sha256(shard)}
 
 
 @dataclass
@@ -106,13 +106,13 @@ def verify(paths) -> Verified:
                     check_member_index(shard, info)
                 except DataError as error:
                     result.problems.append(str(error))
-                    if not shard.is_file():
+                    if not storage.exists(shard):
                         continue
             verify_members(shard, info, seen_keys, result)
     return result
 
 
-def check_member_index(shard: Path, info) -> None:
+def check_member_index(shard, info) -> None:
     """A v3 shard's member index must match its manifest entry and its shard's members."""
     if info.index_sha256 is None:
         return
@@ -120,7 +120,7 @@ def check_member_index(shard: Path, info) -> None:
         raise DataError(f"{shard}: its member index does not match its members")
 
 
-def verify_members(shard: Path, info, seen_keys: dict, result: Verified) -> None:
+def verify_members(shard, info, seen_keys: dict, result: Verified) -> None:
     """Decode every sample of one shard, in pieces, adding what is wrong to `result`."""
     samples = payload = 0
     bound = None if info is None else sample_bound(info)
@@ -132,7 +132,7 @@ def verify_members(shard: Path, info, seen_keys: dict, result: Verified) -> None
             result.unchecked += info is None and not has_checksum(members)
             if key in seen_keys:
                 result.problems.append(f"{shard}: {key}: duplicate key (also in {seen_keys[key]})")
-            seen_keys[key] = shard.name
+            seen_keys[key] = storage.basename(shard)
     except DataError as error:
         result.problems.append(str(error))
         result.samples += samples

@@ -30,7 +30,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from model import PRESETS, MegaByteConfig
+from pipeline.format import storage
 from pipeline.format.errors import UsageError
+from pipeline.format.shards import load_manifest
 from pipeline.load.loader import LoaderConfig
 
 SHIPPED_CONFIGS = Path(__file__).parent / "configs"
@@ -176,10 +178,15 @@ class TrainConfig:
             raise ConfigError("deepspeed.offload_param needs deepspeed.zero_stage = 3")
 
     def check_paths(self) -> None:
-        """The datasets exist and the output directory can be one (checked at start-up, not when a
-        checkpoint's config is read)."""
+        """The datasets exist (a URL's manifest can be read) and the output directory can be one
+        (checked at start-up, not when a checkpoint's config is read)."""
         for path in [*self.data.datasets, *([self.data.validation] if self.data.validation else [])]:
-            if not (Path(path) / "index.json").is_file():
+            if storage.is_url(path):
+                try:  # reachable, with these credentials, and a dataset: all in one request
+                    load_manifest(path)
+                except UsageError as error:
+                    raise ConfigError(f"{error}; fix the URL or the credentials") from None
+            elif not (Path(path) / "index.json").is_file():
                 raise ConfigError(f"{path}: not a converted dataset (no index.json); convert it with "
                                   "`megabyte convert` or fix the path in [data]")
         out_dir = Path(self.run.out_dir)

@@ -16,6 +16,7 @@ on --workers), so the shards are byte-identical whatever the parallelism. Resuma
 shard, a journal `.progress.json` records the shards so far and the cursor (task, sample) where the
 next shard begins; a re-run with the same arguments skips the work before the cursor and goes on,
 yielding the same shards as an uninterrupted run. The journal is removed once index.json exists.
+The output may be a URL (s3://, gs://, …): pipeline.convert.output stages and uploads the files.
 """
 
 import ctypes
@@ -36,10 +37,10 @@ from pathlib import Path
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from pipeline.convert.output import Output
 from pipeline.format.errors import DataError, UsageError
 from pipeline.format.shards import (INDEX_NAME, Manifest, ShardInfo, ShardWriter, check_name,
-                                    load_manifest, payload_compressor, sample_members, shard_name,
-                                    write_json_atomic)
+                                    load_manifest, payload_compressor, sample_members, shard_name)
 
 log = logging.getLogger("megabyte.convert")
 
@@ -247,7 +248,7 @@ def parse_size(text: str) -> int:
 
 @dataclass
 class ConvertOptions:
-    out: Path
+    out: Path | str  # a directory, or a URL (s3://, gs://, …: see pipeline.convert.output)
     name: str
     shard_bytes: int = 256 << 20
     compression: str = "zstd"  # "zstd" | "none"
@@ -261,42 +262,37 @@ class ConvertOptions:
         check_name(self.name)
 
 
-def prepare_output(options: ConvertOptions, arguments: dict) -> dict | None:
+def prepare_output(output: Output, arguments: dict) -> dict | None:
     """Check the output directory; return the journal to resume from (None: a fresh start).
 
     Returns {"done": manifest} when the same conversion already finished there.
     """
-    out = options.out
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"{out}: cannot create the output directory ({error.strerror})") from None
-    if not os.access(out, os.W_OK):
-        raise UsageError(f"{out}: the output directory is not writable")
-    if (out / INDEX_NAME).exists():
+    out = output.location
+    output.prepare()
+    if output.exists(INDEX_NAME):
         manifest = load_manifest(out)
         if manifest.arguments != arguments:
             raise UsageError(f"{out}: holds a finished conversion made with other arguments; "
                              "choose another --out")
         return {"done": manifest}
-    for stray in out.glob(".*.tmp"):  # a shard, spill or journal cut off by a kill
+    for stray in output.local.glob(".*.tmp"):  # a shard, spill or journal cut off by a kill
         stray.unlink()
-    journal_path = out / JOURNAL_NAME
-    if journal_path.exists():
-        journal = read_journal(journal_path)
+    if output.exists(JOURNAL_NAME):
+        journal = read_journal(output)
         if journal["arguments"] != arguments:
             raise UsageError(f"{out}: holds an unfinished conversion made with other arguments; "
                              "rerun it with the same arguments, or choose another --out")
         return journal
-    if any(out.iterdir()):
+    if output.names():
         raise UsageError(f"{out}: the output directory is not empty")
     return None
 
 
-def read_journal(path: Path) -> dict:
+def read_journal(output: Output) -> dict:
     """The journal of an unfinished conversion, checked: its shard entries go into the manifest."""
+    path = output.where(JOURNAL_NAME)
     try:
-        journal = json.loads(path.read_text(encoding="utf-8"))
+        journal = json.loads(output.read_text(JOURNAL_NAME))
         journal["shards"] = [ShardInfo.from_dict(s) for s in journal["shards"]]
         task, sample = journal["cursor"]
         if not (isinstance(journal["arguments"], dict) and isinstance(journal["skipped"], list)
@@ -315,22 +311,31 @@ def convert(converter, files: list[Path], options: ConvertOptions, arguments: di
     and a picklable `run_task(task, encoder) -> TaskResult`.
     arguments: the converter arguments recorded in the manifest; a resume must match them.
     """
-    journal = prepare_output(options, arguments)
+    output = Output(options.out)
+    try:
+        return convert_to(output, converter, files, options, arguments)
+    finally:
+        output.close()
+
+
+def convert_to(output: Output, converter, files: list[Path], options: ConvertOptions,
+               arguments: dict) -> Manifest:
+    journal = prepare_output(output, arguments)
     if journal and "done" in journal:
         log.info(f"{options.out}: already converted ({journal['done'].totals['samples']} samples)")
         return journal["done"]
     manifest = Manifest(options.name, converter.modality, arguments)
-    cursor = resume_point(options.out, manifest, journal)
+    cursor = resume_point(output, manifest, journal)
     indexed_files = part_files(files, options.part)
-    shards = ShardSequence(options, manifest)
+    shards = ShardSequence(options, output, manifest)
     bar = progress_bar(converter.modality, indexed_files, options.progress)
-    results = run_tasks(converter, converter.make_tasks(indexed_files), options, cursor[0])
+    results = run_tasks(converter, converter.make_tasks(indexed_files), options, output.local, cursor[0])
     try:
         with logging_redirect_tqdm():
             write_results(results, cursor, shards, bar, options.strict)
         shards.close()
-        manifest.save(options.out)
-        (options.out / JOURNAL_NAME).unlink(missing_ok=True)
+        output.save_json(INDEX_NAME, manifest.to_dict())
+        output.remove(JOURNAL_NAME)
     except OSError as error:  # disk full, output removed…: what is written so far stays resumable
         where = error.filename or options.out
         raise UsageError(f"{where}: cannot write ({error.strerror or error}); the shards so far are "
@@ -342,16 +347,16 @@ def convert(converter, files: list[Path], options: ConvertOptions, arguments: di
     return manifest
 
 
-def resume_point(out: Path, manifest: Manifest, journal: dict | None) -> tuple[int, int]:
+def resume_point(output: Output, manifest: Manifest, journal: dict | None) -> tuple[int, int]:
     """The cursor (task, sample) where writing goes on. Resuming, `manifest` takes the journal's
     shards and skipped inputs; starting afresh, the empty manifest's journal is written first, so
     that a kill between the first shard and its journal entry stays resumable."""
     if journal is None:
-        save_journal(out, manifest, (0, 0))
+        save_journal(output, manifest, (0, 0))
         return 0, 0
     manifest.shards = journal["shards"]
     manifest.skipped = journal["skipped"]
-    log.info(f"{out}: resuming after {len(manifest.shards)} complete shards")
+    log.info(f"{output.location}: resuming after {len(manifest.shards)} complete shards")
     task, sample = journal["cursor"]
     return task, sample
 
@@ -398,28 +403,33 @@ class ShardSequence:
     options.shard_bytes, then listed in the manifest and in the journal, with the cursor after
     its last sample."""
 
-    def __init__(self, options: ConvertOptions, manifest: Manifest):
+    def __init__(self, options: ConvertOptions, output: Output, manifest: Manifest):
         self.options = options
+        self.output = output
         self.manifest = manifest
         self.writer = None
 
     def add(self, sample: Sample, cursor_after: tuple[int, int]) -> None:
         options = self.options
         if self.writer is None:
-            self.writer = ShardWriter(options.out / shard_name(options.name, len(self.manifest.shards)))
+            name = shard_name(options.name, len(self.manifest.shards))
+            self.writer = ShardWriter(self.output.local / name)
         if sample.members is not None:
             self.writer.add_members(sample.members, sample.length)
         else:  # a spill file: copied into the tar from disk
             self.writer.add(sample.key, options.compression, sample.payload, sample.length, sample.meta)
         if self.writer.file_bytes >= options.shard_bytes:
             self.close()
-            save_journal(options.out, self.manifest, cursor_after)
+            save_journal(self.output, self.manifest, cursor_after)
 
     def close(self) -> None:
-        """Publish the shard being written, if any, and list it in the manifest."""
+        """Publish the shard being written, if any (for a URL: upload it), and list it in the
+        manifest."""
         if self.writer is not None:
-            self.manifest.shards.append(self.writer.close())
+            info = self.writer.close()
             self.writer = None
+            self.output.publish(info.name)
+            self.manifest.shards.append(info)
 
     def abort(self) -> None:
         """Remove the unfinished shard, if any (after close, nothing is left to remove)."""
@@ -433,8 +443,8 @@ def discard(sample: Sample) -> None:
         sample.payload.unlink(missing_ok=True)
 
 
-def save_journal(out: Path, manifest: Manifest, cursor: tuple[int, int]) -> None:
-    write_json_atomic(out / JOURNAL_NAME, {
+def save_journal(output: Output, manifest: Manifest, cursor: tuple[int, int]) -> None:
+    output.save_json(JOURNAL_NAME, {
         "arguments": manifest.arguments,
         "shards": [vars(s) for s in manifest.shards],
         "skipped": manifest.skipped,
@@ -483,13 +493,14 @@ def run_task_formatted(run_task, task, encoder: Encoder) -> TaskResult:
     return result
 
 
-def run_tasks(converter, tasks, options: ConvertOptions, first_task: int):
+def run_tasks(converter, tasks, options: ConvertOptions, spill_dir: Path, first_task: int):
     """Yield (task_index, TaskResult) in task order; tasks before `first_task` are not run.
+    Large payloads spill to files in `spill_dir`.
 
     With workers > 1, at most 2 * workers tasks are in flight, so memory stays bounded whatever
     the corpus size.
     """
-    encoder_args = (options.compression, options.level, options.out)
+    encoder_args = (options.compression, options.level, spill_dir)
     if options.workers <= 1:
         encoder = Encoder(*encoder_args)
         for task_index, task in enumerate(tasks):

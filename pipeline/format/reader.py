@@ -51,49 +51,48 @@ _decompressors: dict[int, zstandard.ZstdDecompressor] = {}  # pid → decompress
 # shards and their manifest entries
 
 
-def dataset_shards(path) -> list[tuple[Path, ShardInfo | None]]:
-    """A dataset directory → (shard path, manifest entry) in manifest order; a shard file →
-    itself, without an entry."""
-    path = Path(path)
-    if path.is_dir():
-        return [(path / info.name, info) for info in load_manifest(path).shards]
-    if path.is_file():
+def dataset_shards(path) -> list[tuple[str, ShardInfo | None]]:
+    """A dataset directory → (shard location, manifest entry) in manifest order; a shard file →
+    itself, without an entry. A URL is a shard file when it ends in .tar, else a dataset."""
+    if storage.is_url(path) and not path.endswith(".tar") or Path(path).is_dir():
+        return [(storage.join(path, info.name), info) for info in load_manifest(path).shards]
+    if storage.is_url(path) or Path(path).is_file():
         return [(path, None)]
     raise UsageError(f"{path}: no such dataset directory or shard")
 
 
 def unreadable(path, error: OSError) -> DataError:
-    return DataError(f"{path}: cannot read the shard ({error.strerror})")
+    return DataError(f"{path}: cannot read the shard ({error.strerror or 'no such file'})")
 
 
 def file_sha256(path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with storage.open_binary(path) as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
 
 
 @functools.lru_cache(maxsize=None)
-def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
+def _cached_sha256(path: str, size: int, version: str) -> str:
     return file_sha256(path)
 
 
 def check_shard(path, info: ShardInfo, *, sha256: bool = True, cached: bool = False) -> None:
     """The shard file must have its manifest entry's size and, with sha256, its sha256.
 
-    cached: hash a file (same path, size and mtime) once per process, for a caller that checks
-    the same shards again and again (the loader, every epoch)."""
+    cached: hash a file (same location, size and version) once per process, for a caller that
+    checks the same shards again and again (the loader, every epoch)."""
     try:
-        stat = os.stat(path)
+        stat = storage.stat(path)
     except OSError as error:
         raise unreadable(path, error) from None
-    if stat.st_size != info.file_bytes:
-        raise DataError(f"{path}: file is {stat.st_size} bytes, the manifest says "
+    if stat.size != info.file_bytes:
+        raise DataError(f"{path}: file is {stat.size} bytes, the manifest says "
                         f"{info.file_bytes} (truncated or replaced)")
     if not sha256:
         return
-    digest = _cached_sha256(str(path), stat.st_size, stat.st_mtime_ns) if cached else file_sha256(path)
+    digest = _cached_sha256(str(path), stat.size, stat.version) if cached else file_sha256(path)
     if digest != info.sha256:
         raise DataError(f"{path}: sha256 {digest[:16]}… does not match the manifest "
                         f"({info.sha256[:16]}…): the shard is corrupt or was replaced")
@@ -127,11 +126,10 @@ def archive_end_problem(file, offset: int) -> str | None:
 def iter_members(path, start: int = 0, stop: int | None = None, *, suffix: str = ""):
     """Yield (index, key, {extension: bytes}) for samples start..stop-1 of a shard (stop None:
     to its end), in stored order. A shard that ends before `stop` is a DataError."""
-    path = Path(path)
     if stop is not None and start >= stop:
         return
     try:
-        file = open(path, "rb")
+        file = storage.open_binary(path)
     except OSError as error:
         raise unreadable(path, error) from None
     index, key, members, done = -1, None, None, None  # done: the key of the last sample yielded
@@ -154,6 +152,8 @@ def iter_members(path, start: int = 0, stop: int | None = None, *, suffix: str =
                     raise DataError(f"member {info.name} appears twice in a row")
                 members[extension] = tar.extractfile(info).read()
             end = archive_end_problem(file, tar.offset)
+    except storage.StorageError:
+        raise  # the remote file could not be read: it names the shard and the cause
     except TAR_ERRORS as error:
         where = f"after sample {done}" if done is not None else f"before sample {start}"
         raise DataError(f"{path}: broken tar {where} ({error})") from None

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import zstandard
 
+from pipeline.format import storage
 from pipeline.format.errors import DataError, UsageError
 
 FORMAT_NAME = "megabyte-shards"
@@ -202,12 +203,19 @@ class Manifest:
 
 
 def load_manifest(directory) -> Manifest:
-    """Read DIR/index.json; a missing or malformed manifest is a one-line UsageError."""
-    path = Path(directory) / INDEX_NAME
-    if not path.is_file():
-        raise UsageError(f"{path}: no such manifest (is {directory} a converted dataset directory?)")
+    """Read DIR/index.json (DIR a path or a URL); a missing, unreachable or malformed manifest is
+    a one-line UsageError."""
+    path = storage.join(directory, INDEX_NAME)
     try:
-        manifest = Manifest.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        data = storage.read_bytes(path)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as error:
+        cause = f" ({error})" if storage.is_url(path) else ""  # e.g. the bucket does not exist
+        raise UsageError(f"{path}: no such manifest{cause} (is {directory} a converted dataset "
+                         "directory?)") from None
+    except storage.StorageError as error:
+        raise UsageError(str(error)) from None
+    try:
+        manifest = Manifest.from_dict(json.loads(data.decode("utf-8")))
     except (ValueError, TypeError, KeyError, UsageError) as error:
         raise UsageError(f"{path}: not a valid manifest ({error})") from None
     if manifest.format != FORMAT_NAME or manifest.version > FORMAT_VERSION:

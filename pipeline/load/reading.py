@@ -149,6 +149,8 @@ class SampleReader:
             return self._kept[sample]
         try:
             tokens = self._read(sample)
+        except storage.StorageError:
+            raise  # the storage could not be reached: not bad data to skip
         except DataError as error:
             self.policy.handle(error)
             self._bad.add(sample)
