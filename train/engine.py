@@ -49,6 +49,8 @@ def init_distributed() -> tuple[int, int, torch.device]:
         prepare_cpu_comm_op(int(os.environ["WORLD_SIZE"]))
     with open(os.devnull, "w") as quiet, redirect_stdout(quiet):  # "... built successfully", each run
         deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo", verbose=False)
+    if not gpu and int(os.environ["WORLD_SIZE"]) > 1:
+        release_cpu_comm_buffer()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if gpu:
         torch.cuda.set_device(local_rank)
@@ -75,6 +77,18 @@ def prepare_cpu_comm_op(world_size: int) -> None:
     built = any(Path(_get_build_directory(builder.NAME, verbose=False)).glob("*.so"))
     if not built and os.environ.get("LOCAL_RANK", "0") == "0":
         print("building DeepSpeed's CPU communication op, once (about a minute)…", file=sys.stderr)
+
+
+def release_cpu_comm_buffer() -> None:
+    """DeepSpeed's CPU all-reduce shares a 66 MB buffer per rank through /dev/shm (in RAM) and
+    never unlinks it: every run on several ranks left its buffers behind until the machine ran
+    out of memory. Once every rank has mapped every other's (each has when it passes the barrier),
+    the names can go: the mappings stay, and the memory is freed when the last rank exits, even
+    killed. (The name is DeepSpeed's: shm.cpp, shm_initialize.)"""
+    torch.distributed.barrier()
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ['MASTER_ADDR']}_"
+            f"{os.environ['MASTER_PORT']}_{os.environ['RANK']}")
+    Path("/dev/shm", name).unlink(missing_ok=True)
 
 
 def use_bf16(config: TrainConfig) -> bool:
@@ -157,7 +171,7 @@ def build_engine(config: TrainConfig, world_size: int, load_universal: bool = Fa
     import deepspeed
 
     ds_config = deepspeed_config(config, world_size, load_universal)
-    model = build_partitioned_model(config, ds_config) if config.deepspeed.zero_stage == 3 else build_model(config.model)
+    model = build_rank_model(config, ds_config)
     if config.run.compile:
         compile_blocks(model)
     optimizer = build_optimizer(model, config)
@@ -166,12 +180,15 @@ def build_engine(config: TrainConfig, world_size: int, load_universal: bool = Fa
     return engine
 
 
-def build_partitioned_model(config: TrainConfig, ds_config: dict) -> torch.nn.Module:
-    """ZeRO-3: the model built inside deepspeed.zero.Init, each parameter cut into its ranks'
-    partitions as soon as the module that owns it is built, so no rank ever holds the whole model.
-    Every rank draws the same initial values (same seed, same order) as a model built whole."""
+def build_rank_model(config: TrainConfig, ds_config: dict) -> torch.nn.Module:
+    """This rank's model. ZeRO-3: built inside deepspeed.zero.Init, each parameter cut into its
+    ranks' partitions as soon as the module that owns it is built, so that no rank ever holds the
+    whole model; every rank draws the same initial values (same seed, same order) as a model
+    built whole. Other stages: the whole model, on every rank."""
     import deepspeed
 
+    if config.deepspeed.zero_stage != 3:
+        return build_model(config.model)
     with deepspeed.zero.Init(config_dict_or_path=ds_config), initialising_partitioned_parameters():
         return build_model(config.model)
 
