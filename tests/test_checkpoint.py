@@ -79,10 +79,13 @@ def test_save_and_load_every_part(tmp_path, world_of_one):
     assert restored["run"] == RunState(step=7, bytes_seen=1000)
     assert draws() == expected  # the generators continue exactly where they were saved
 
+    conversion = tmp_path / "ckpt" / checkpoint.UNIVERSAL / folder.name  # as train.reshard makes them
+    conversion.mkdir(parents=True)
     for step in (8, 9):
         checkpoint.save(tmp_path / "ckpt", step, parts, {}, keep_last=2)
     assert [p.name for p in checkpoint.complete_checkpoints(tmp_path / "ckpt")] == ["step-000008",
                                                                                     "step-000009"]
+    assert not conversion.exists()  # pruned with its checkpoint
 
 
 def test_a_checkpoint_that_cannot_be_restored_is_one_clear_error(tmp_path, world_of_one):

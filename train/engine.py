@@ -123,7 +123,7 @@ def deepspeed_config(config: TrainConfig, world_size: int, load_universal: bool 
         "zero_allow_untested_optimizer": True,  # our torch AdamW: fused on GPU, exact on CPU
         "steps_per_print": base.get("steps_per_print", 10**9),  # we log ourselves
         "wall_clock_breakdown": False,
-        "checkpoint": {"load_universal": load_universal},
+        "checkpoint": {**base.get("checkpoint", {}), "load_universal": load_universal},
     }
 
 
