@@ -8,9 +8,9 @@ of it, so a run's losses do not depend on how many ranks share the batch.
     python tests/elastic_run.py --config C.toml --until 4 [--save-every 2] [--dump-resumed DIR]
 
 Trains from the newest checkpoint in OUT/checkpoints (or from scratch) up to step --until, saving
-every --save-every steps and at the end; appends {"step", "loss", "lr", "world_size"} per step to
-OUT/losses.jsonl; --dump-resumed saves the state just restored, untouched, to DIR (a checkpoints
-root), to compare with what was saved.
+every --save-every steps and at the end; appends each step's {"step", "loss", "world_size", "lr",
+"weight_decay"} (the last two per parameter group) to OUT/losses.jsonl; --dump-resumed saves the
+state just restored, untouched, to DIR (a checkpoints root), to compare with what was saved.
 """
 
 import argparse
@@ -79,9 +79,10 @@ def main() -> None:
         loss = train_step(engine, run_state.step, config, rank, world_size)
         run_state.step += 1
         if rank == 0:
+            groups = engine.optimizer.optimizer.param_groups
             record = {"step": run_state.step, "loss": loss, "world_size": world_size,
-                      "lr": [group["lr"] for group in engine.optimizer.optimizer.param_groups],
-                      "weight_decay": [group["weight_decay"] for group in engine.optimizer.optimizer.param_groups]}
+                      "lr": [group["lr"] for group in groups],
+                      "weight_decay": [group["weight_decay"] for group in groups]}
             with open(out_dir / "losses.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
         every = args.save_every

@@ -130,7 +130,7 @@ def test_a_conversion_is_made_once_and_made_again_when_broken(tmp_path, capsys):
     assert not list(made.parent.glob(".*.tmp")) and not (made.parent / "latest_universal").exists()
 
     stage0 = load_config(str(write_config(tmp_path, Path("unused"), deepspeed={"zero_stage": 0})))
-    with pytest.raises(UsageError, match="only ZeRO stages 1-3 change world size, set deepspeed.zero_stage = 2"):
+    with pytest.raises(UsageError, match="resume with deepspeed.zero_stage = 2 or on 1 ranks"):
         reshard.needs_universal(folder, stage0, world_size=2)
 
 
@@ -152,10 +152,11 @@ def test_the_resume_says_what_changed(tmp_path):
         return reshard.describe_change(folder, load_config(str(config)), world_size)
 
     assert change(2) is None
-    assert change(1) == ("resuming with ranks 2 → 1, gradient accumulation 2 → 4, global batch 8 "
-                         "sequences (unchanged)")
+    assert change(1) == "resuming with ranks 2 → 1, gradient accumulation 2 → 4, global batch 8 (unchanged)"
     assert change(4, batch_size=16, num_workers=2) == (
-        "resuming with ranks 2 → 4, global batch 8 → 16 sequences, loader workers per rank 1 → 2")
+        "resuming with ranks 2 → 4, global batch 8 → 16, loader workers per rank 1 → 2")
+    assert change(2, batch_size=0, micro_batch_size=4) == (  # 0: one micro-batch per rank
+        "resuming with gradient accumulation 2 → 1, micro-batch 2 → 4, global batch 8 (unchanged)")
 
 
 def loader_takes_any_world_size(dataset: Path) -> bool:
@@ -182,8 +183,7 @@ def test_the_trainer_resumes_on_another_world_size(tmp_path):
     config = write_config(tmp_path, dataset, **sections)
     run_training(config, ranks=2, extra=["optim.total_steps=2"])
     result = run_training(config, ranks=1)
-    assert "resuming with ranks 2 → 1, gradient accumulation 1 → 2, global batch 4 sequences (unchanged)" \
-        in result.stderr
+    assert "resuming with ranks 2 → 1, gradient accumulation 1 → 2, global batch 4 (unchanged)" in result.stderr
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4]
     assert os.path.isdir(tmp_path / "run" / "checkpoints" / "universal" / "step-000002")

@@ -50,9 +50,10 @@ def needs_universal(folder: Path, config: TrainConfig, world_size: int) -> bool:
     if saved_ranks == world_size or saved_stage == stage == 0:
         return False
     if 0 in (saved_stage, stage):
-        raise UsageError(f"{folder}: saved by {saved_ranks} ranks with ZeRO stage {saved_stage}; this run "
-                         f"has {world_size} ranks and stage {stage}: only ZeRO stages 1-3 change world "
-                         f"size, set deepspeed.zero_stage = {saved_stage or 1}")
+        raise UsageError(f"{folder}: saved by {saved_ranks} ranks with ZeRO stage {saved_stage}, this run "
+                         f"has {world_size} ranks and stage {stage}: at another world size it needs "
+                         f"stage {saved_stage} too; resume with deepspeed.zero_stage = {saved_stage} or "
+                         f"on {saved_ranks} ranks")
     return True
 
 
@@ -129,26 +130,23 @@ def repair_universal_load(engine: "DeepSpeedEngine", conversion: Path) -> None:
 
 
 def describe_change(folder: Path, config: TrainConfig, world_size: int) -> str | None:
-    """One line saying what a resume changes against the saved run (ranks, gradient accumulation,
-    global batch, loader workers), or None when nothing."""
-    saved = checkpoint.read_config(folder)["data"]
-    saved_ranks = checkpoint.saved_ranks(folder)
-    micro, batch, workers = saved["micro_batch_size"], saved["batch_size"], saved["num_workers"]
-    data = config.data
-    changes = []
-    if saved_ranks != world_size:
-        changes.append(f"ranks {saved_ranks} → {world_size}")
-    accumulation = batch // (micro * saved_ranks)
-    if accumulation != config.accumulation_steps(world_size):
-        changes.append(f"gradient accumulation {accumulation} → {config.accumulation_steps(world_size)}")
-    if micro != data.micro_batch_size:
-        changes.append(f"micro-batch {micro} → {data.micro_batch_size}")
-    if batch != data.batch_size:
-        changes.append(f"global batch {batch} → {data.batch_size} sequences")
-    if workers != data.num_workers:
-        changes.append(f"loader workers per rank {workers} → {data.num_workers}")
+    """One line saying what a resume changes against the run that saved `folder` (ranks, gradient
+    accumulation, micro-batch, global batch, loader workers), or None when nothing."""
+    data = checkpoint.read_config(folder)["data"]
+    saved = batch_layout(data["batch_size"], data["micro_batch_size"], data["num_workers"],
+                         checkpoint.saved_ranks(folder))
+    now = batch_layout(config.data.batch_size, config.data.micro_batch_size, config.data.num_workers,
+                       world_size)
+    changes = [f"{name} {saved[name]} → {now[name]}" for name in saved if saved[name] != now[name]]
     if not changes:
         return None
-    if batch == data.batch_size:
-        changes.append(f"global batch {batch} sequences (unchanged)")
+    if saved["global batch"] == now["global batch"]:
+        changes.append(f"global batch {now['global batch']} (unchanged)")
     return "resuming with " + ", ".join(changes)
+
+
+def batch_layout(batch_size: int, micro_batch_size: int, workers: int, ranks: int) -> dict[str, int]:
+    """How a run cuts its optimizer steps (batch_size 0: one micro-batch per rank)."""
+    accumulation = max(1, batch_size // (micro_batch_size * ranks))
+    return {"ranks": ranks, "gradient accumulation": accumulation, "micro-batch": micro_batch_size,
+            "global batch": micro_batch_size * ranks * accumulation, "loader workers per rank": workers}
