@@ -74,27 +74,46 @@ def test_save_and_load_every_part(tmp_path, world_of_one):
 
     draws()  # move every generator on
     restored = {"files": Files(), "run": RunState(), "rng": RNGState()}
-    checkpoint.load(folder, restored, rank=0, world_size=1)
+    checkpoint.load(folder, restored, rank=0)
     assert restored["files"].text == "engine"
     assert restored["run"] == RunState(step=7, bytes_seen=1000)
     assert draws() == expected  # the generators continue exactly where they were saved
 
+    conversion = tmp_path / "ckpt" / checkpoint.UNIVERSAL / folder.name  # as train.reshard makes them
+    conversion.mkdir(parents=True)
     for step in (8, 9):
         checkpoint.save(tmp_path / "ckpt", step, parts, {}, keep_last=2)
     assert [p.name for p in checkpoint.complete_checkpoints(tmp_path / "ckpt")] == ["step-000008",
                                                                                     "step-000009"]
+    assert not conversion.exists()  # pruned with its checkpoint
 
 
 def test_a_checkpoint_that_cannot_be_restored_is_one_clear_error(tmp_path, world_of_one):
     folder = checkpoint.save(tmp_path / "ckpt", 1, {"order": Refusing()}, {}, keep_last=1)
     with pytest.raises(UsageError, match="cannot restore the order: saved with another seed"):
-        checkpoint.load(folder, {"order": Refusing()}, rank=0, world_size=1)
+        checkpoint.load(folder, {"order": Refusing()}, rank=0)
     with pytest.raises(UsageError, match="holds no run state"):
-        checkpoint.load(folder, {"run": RunState()}, rank=0, world_size=1)
-    with pytest.raises(UsageError, match="saved by 1 ranks, this run has 2; resume with the same"):
-        checkpoint.load(folder, {}, rank=0, world_size=2)
+        checkpoint.load(folder, {"run": RunState()}, rank=0)
     old = tmp_path / "old" / "step-000001"  # a checkpoint of the pickled trainer_state.pt days
     old.mkdir(parents=True)
     (old / "trainer_state.pt").write_bytes(b"\x80\x04")
     with pytest.raises(UsageError, match="no trainer state in it"):
         checkpoint.read_state(old)
+
+
+def test_a_rank_the_saved_run_did_not_have_shares_its_state_and_starts_its_rngs_afresh(tmp_path, world_of_one):
+    """Saved by 1 rank, resumed by 2: rank 1 restores rank 0's shared parts (the run state) and
+    seeds its RNGs from (seed, step, rank): the same every time, unlike rank 0's saved streams."""
+    torch.manual_seed(1)
+    folder = checkpoint.save(tmp_path / "ckpt", 5, {"run": RunState(step=5, bytes_seen=80), "rng": RNGState()},
+                             {}, keep_last=1)
+
+    def resumed_draws(rank: int) -> tuple:
+        run_state = RunState()
+        checkpoint.load(folder, {"run": run_state, "rng": RNGState(seed=3, run_state=run_state)}, rank=rank)
+        assert run_state == RunState(step=5, bytes_seen=80)
+        return draws()
+
+    saved_stream = resumed_draws(0)
+    assert resumed_draws(1) == resumed_draws(1) != saved_stream
+    assert resumed_draws(1) != resumed_draws(2)

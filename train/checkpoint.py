@@ -9,6 +9,8 @@
       COMPLETE                      written last: every other file's size and sha256 (JSON); a
                                       folder without it is an interrupted save, ignored
     latest                          name of the newest complete checkpoint, replaced atomically
+    universal/step-000200/          the checkpoint converted for another world size (train.reshard),
+                                      made by the first resume that needed it, pruned with it
     broken-step-000300/             a complete checkpoint whose files no longer match COMPLETE,
                                       moved aside by the resume that found it (kept to look at)
 
@@ -19,6 +21,10 @@ engine, whose ZeRO partitions live on every rank (DeepSpeed's format is its own)
 part in a save; rank 0 writes the marker after a barrier, so COMPLETE exists only once every rank
 has written its share. Resuming verifies the newest checkpoint against its COMPLETE record and
 falls back to the newest intact one.
+
+A checkpoint resumes at any world size. Every part's state but the PerRank ones (the RNGs) is
+alike on every rank, so a rank the saving run did not have reads rank 0's; a PerRank part starts
+afresh there, and rank r < saved ranks restores what rank r saved.
 """
 
 import hashlib
@@ -37,6 +43,7 @@ from pipeline.format.errors import UsageError
 MARKER = "COMPLETE"
 LATEST = "latest"
 STATE = "state"  # folder of the per-rank state files
+UNIVERSAL = "universal"  # folder of the checkpoints converted for another world size (train.reshard)
 CONFIG = "config.json"
 STATE_FORMAT = "megabyte-trainer-state"
 STATE_VERSION = 1
@@ -55,6 +62,18 @@ class SavesItself(Protocol):
     def save(self, folder: Path) -> None: ...  # collective: every rank calls it
 
     def load(self, folder: Path) -> None: ...
+
+
+@runtime_checkable
+class PerRank(Protocol):
+    """A Stateful whose state is its process's own (the RNGs), where every other is alike on all
+    ranks. A rank that the saving run did not have starts it afresh instead of restoring it."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def start_afresh(self, rank: int) -> None: ...
 
 
 Part = Stateful | SavesItself
@@ -99,20 +118,30 @@ def write_parts(folder: Path, rank: int, parts: dict[str, Part], states: dict) -
     write_state(folder, rank, dist.get_world_size(), states)
 
 
-def load(folder: Path, parts: dict[str, Part], rank: int, world_size: int) -> None:
-    """Restore every part from a complete checkpoint, in the order of `parts`."""
+def load(folder: Path, parts: dict[str, Part], rank: int) -> None:
+    """Restore every part from a complete checkpoint, in the order of `parts`, at any world size:
+    rank r reads the states saved by rank r; a rank the saving run did not have reads rank 0's
+    (the states of shared parts are alike on every rank) and starts its PerRank parts afresh.
+    (The engine's ZeRO partitions are resharded by train.reshard before this.)"""
     folder = Path(folder)
-    states = read_state(folder, rank, world_size)
+    saved = saved_ranks(folder)
+    states = read_state(folder, rank if rank < saved else 0)
     for name, part in parts.items():
         if isinstance(part, SavesItself):
             part.load(folder)
-            continue
-        if name not in states:
+        elif isinstance(part, PerRank) and rank >= saved:
+            part.start_afresh(rank)
+        elif name not in states:
             raise UsageError(f"{folder}: holds no {name} state")
-        try:
-            part.load_state_dict(states[name])
-        except ValueError as error:  # e.g. the loader refusing another data order
-            raise UsageError(f"{folder}: cannot restore the {name}: {error}") from None
+        else:
+            load_part(folder, name, part, states[name])
+
+
+def load_part(folder: Path, name: str, part: Stateful, state: dict) -> None:
+    try:
+        part.load_state_dict(state)
+    except ValueError as error:  # e.g. the loader refusing another data order
+        raise UsageError(f"{folder}: cannot restore the {name}: {error}") from None
 
 
 def write_state(folder: Path, rank: int, world_size: int, states: dict) -> None:
@@ -125,17 +154,20 @@ def write_state(folder: Path, rank: int, world_size: int, states: dict) -> None:
     base.with_suffix(".json").write_text(json.dumps(record) + "\n")
 
 
-def read_state(folder: Path, rank: int = 0, world_size: int | None = None) -> dict:
-    """Each part's state as `rank` saved it ({name: state}); with world_size, refuses a checkpoint
-    saved by another number of ranks."""
+def saved_ranks(folder: Path) -> int:
+    """How many ranks saved the checkpoint (one state file each)."""
     folder = Path(folder)
     saved = len(list((folder / STATE).glob("rank-*.json")))
     if not saved:
         raise UsageError(f"{folder}: no trainer state in it ({STATE}/rank-*.json): written by an "
                          "older version? start the run in a new out_dir")
-    if world_size is not None and saved != world_size:
-        raise UsageError(f"{folder}: saved by {saved} ranks, this run has {world_size}; resume with "
-                         "the same world size")
+    return saved
+
+
+def read_state(folder: Path, rank: int = 0) -> dict:
+    """Each part's state as `rank` saved it ({name: state})."""
+    folder = Path(folder)
+    saved_ranks(folder)
     base = folder / STATE / f"rank-{rank:05d}"
     try:
         record = json.loads(base.with_suffix(".json").read_text())
@@ -184,13 +216,17 @@ def complete_checkpoints(root: Path) -> list[Path]:
 
 
 def prune(root: Path, keep_last: int) -> None:
-    """Keep the newest `keep_last` complete checkpoints; drop older and interrupted ones."""
+    """Keep the newest `keep_last` complete checkpoints; drop older and interrupted ones, and the
+    universal conversions of checkpoints no longer kept."""
     complete = complete_checkpoints(root)
     keep = set(complete[-keep_last:]) if keep_last > 0 else set(complete)
     newest = complete[-1] if complete else None
     for folder in Path(root).glob("step-*"):
         if folder not in keep and (folder in complete or newest and folder.name < newest.name):
             shutil.rmtree(folder, ignore_errors=True)
+    for conversion in (Path(root) / UNIVERSAL).glob("*step-*"):  # .step-*.tmp: an interrupted one
+        if Path(root) / conversion.name not in keep:
+            shutil.rmtree(conversion, ignore_errors=True)
 
 
 def file_record(path: Path) -> dict:

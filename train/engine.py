@@ -12,14 +12,16 @@ import math
 import os
 import socket
 import sys
-from contextlib import redirect_stdout
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from model import build_model
 from pipeline.format.errors import UsageError
 from train.config import ConfigError, TrainConfig
+from train.reshard import repair_universal_load, universal_folder
 
 if TYPE_CHECKING:  # deepspeed picks its accelerator on import: imported once DS_ACCELERATOR is set
     from deepspeed import DeepSpeedEngine
@@ -47,6 +49,8 @@ def init_distributed() -> tuple[int, int, torch.device]:
         prepare_cpu_comm_op(int(os.environ["WORLD_SIZE"]))
     with open(os.devnull, "w") as quiet, redirect_stdout(quiet):  # "... built successfully", each run
         deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo", verbose=False)
+    if not gpu and int(os.environ["WORLD_SIZE"]) > 1:
+        release_cpu_comm_buffer()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if gpu:
         torch.cuda.set_device(local_rank)
@@ -75,12 +79,25 @@ def prepare_cpu_comm_op(world_size: int) -> None:
         print("building DeepSpeed's CPU communication op, once (about a minute)…", file=sys.stderr)
 
 
+def release_cpu_comm_buffer() -> None:
+    """DeepSpeed's CPU all-reduce shares a 66 MB buffer per rank through /dev/shm (in RAM) and
+    never unlinks it: every run on several ranks left its buffers behind until the machine ran
+    out of memory. Once every rank has mapped every other's (each has when it passes the barrier),
+    the names can go: the mappings stay, and the memory is freed when the last rank exits, even
+    killed. (The name is DeepSpeed's: shm.cpp, shm_initialize.)"""
+    torch.distributed.barrier()
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ['MASTER_ADDR']}_"
+            f"{os.environ['MASTER_PORT']}_{os.environ['RANK']}")
+    Path("/dev/shm", name).unlink(missing_ok=True)
+
+
 def use_bf16(config: TrainConfig) -> bool:
     return config.deepspeed.precision == "bf16" or (config.deepspeed.precision == "auto" and on_gpu())
 
 
-def deepspeed_config(config: TrainConfig, world_size: int) -> dict:
-    """The DeepSpeed config dict for this run (a raw JSON from deepspeed.config_file is the base)."""
+def deepspeed_config(config: TrainConfig, world_size: int, load_universal: bool = False) -> dict:
+    """The DeepSpeed config dict for this run (a raw JSON from deepspeed.config_file is the base);
+    `load_universal`: the engine will resume from a universal checkpoint (train.reshard)."""
     section = config.deepspeed
     base = {}
     if section.config_file:
@@ -106,6 +123,7 @@ def deepspeed_config(config: TrainConfig, world_size: int) -> dict:
         "zero_allow_untested_optimizer": True,  # our torch AdamW: fused on GPU, exact on CPU
         "steps_per_print": base.get("steps_per_print", 10**9),  # we log ourselves
         "wall_clock_breakdown": False,
+        "checkpoint": {**base.get("checkpoint", {}), "load_universal": load_universal},
     }
 
 
@@ -116,7 +134,8 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
         if not parameter.requires_grad:
             continue
         is_embedding = "emb" in name or "pad" in name
-        (decay if parameter.dim() >= 2 and not is_embedding else no_decay).append(parameter)
+        shape = getattr(parameter, "ds_shape", parameter.shape)  # ZeRO-3 partitioned: its whole shape
+        (decay if len(shape) >= 2 and not is_embedding else no_decay).append(parameter)
     optim = config.optim
     groups = [{"params": decay, "weight_decay": optim.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
@@ -146,17 +165,65 @@ def compile_blocks(model: torch.nn.Module) -> None:
             module.compile()
 
 
-def build_engine(model: torch.nn.Module, config: TrainConfig, world_size: int) -> "DeepSpeedEngine":
-    """DeepSpeed wrapping the model, our AdamW and a LambdaLR schedule (stepped by the engine)."""
+def build_engine(config: TrainConfig, world_size: int, load_universal: bool = False) -> "DeepSpeedEngine":
+    """The model, wrapped by DeepSpeed with our AdamW and a LambdaLR schedule (stepped by the
+    engine); `load_universal`: it will resume from a universal checkpoint (train.reshard)."""
     import deepspeed
 
+    ds_config = deepspeed_config(config, world_size, load_universal)
+    model = build_rank_model(config, ds_config)
     if config.run.compile:
         compile_blocks(model)
     optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                      config=deepspeed_config(config, world_size))
+                                      config=ds_config)
     return engine
+
+
+def build_rank_model(config: TrainConfig, ds_config: dict) -> torch.nn.Module:
+    """This rank's model. ZeRO-3: built inside deepspeed.zero.Init, each parameter cut into its
+    ranks' partitions as soon as the module that owns it is built, so that no rank ever holds the
+    whole model; every rank draws the same initial values (same seed, same order) as a model
+    built whole. Other stages: the whole model, on every rank."""
+    import deepspeed
+
+    if config.deepspeed.zero_stage != 3:
+        return build_model(config.model)
+    with deepspeed.zero.Init(config_dict_or_path=ds_config), initialising_partitioned_parameters():
+        return build_model(config.model)
+
+
+INIT_FUNCTIONS = ("trunc_normal_", "normal_", "uniform_", "zeros_", "ones_", "constant_")
+
+
+@contextmanager
+def initialising_partitioned_parameters():
+    """Within, torch.nn.init's functions also initialise a ZeRO-3 partitioned parameter: gathered
+    whole, set, and partitioned again. zero.Init partitions a module's parameters when its
+    __init__ returns, and our models initialise a submodule's weights from the parent's __init__
+    (model.layers.init_block, the embeddings in MegaByte.__init__): without this, those calls
+    would see empty tensors and silently leave PyTorch's default initialisation in place."""
+    import deepspeed
+
+    def gathering(function):
+        def initialise(tensor, *args, **kwargs):
+            if not hasattr(tensor, "ds_id"):  # an ordinary tensor, or one not partitioned yet
+                return function(tensor, *args, **kwargs)
+            # every rank draws the same values (same seed, same order); rank 0's are kept
+            with deepspeed.zero.GatheredParameters([tensor], modifier_rank=0):
+                function(tensor, *args, **kwargs)
+            return tensor
+        return initialise
+
+    originals = {name: getattr(torch.nn.init, name) for name in INIT_FUNCTIONS}
+    try:
+        for name, function in originals.items():
+            setattr(torch.nn.init, name, gathering(function))
+        yield
+    finally:
+        for name, function in originals.items():
+            setattr(torch.nn.init, name, function)
 
 
 class EngineState:
@@ -175,6 +242,11 @@ class EngineState:
             raise OSError(errno.EIO, f"torch.save failed: {str(error).splitlines()[0]}") from None
 
     def load(self, folder: Path) -> None:
-        load_path, _ = self.engine.load_checkpoint(str(folder.parent), tag=folder.name)
+        """From `folder`, or from its universal conversion when the engine was built to read one."""
+        universal = self.engine.load_universal_checkpoint()
+        source = universal_folder(folder) if universal else folder
+        load_path, _ = self.engine.load_checkpoint(str(source.parent), tag=source.name)
         if load_path is None:
             raise UsageError(f"{folder}: DeepSpeed could not load this checkpoint")
+        if universal:
+            repair_universal_load(self.engine, source)

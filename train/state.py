@@ -25,7 +25,14 @@ class RunState:
 
 class RNGState:
     """This process's generators: Python's, NumPy's and torch's (the CPU's, and CUDA's if any).
-    Dropout draws from torch's; the loader seeds its own from the config, so it needs none."""
+    Dropout draws from torch's; the loader seeds its own from the config, so it needs none.
+
+    A PerRank part (train.checkpoint): a rank that the saved run did not have (it grew from N to
+    M ranks) seeds every generator from (run seed, step resumed at, rank) instead: deterministic,
+    and unlike both the streams of the other ranks and those of a run started at this rank."""
+
+    def __init__(self, seed: int = 0, run_state: RunState | None = None):
+        self.seed, self.run_state = seed, run_state  # the run state is restored before this part
 
     def state_dict(self) -> dict:
         version, internal, gauss_next = random.getstate()
@@ -39,6 +46,13 @@ class RNGState:
         if torch.cuda.is_available():
             state["cuda"] = torch.cuda.get_rng_state()
         return state
+
+    def start_afresh(self, rank: int) -> None:
+        step = self.run_state.step if self.run_state else 0
+        seed = int(np.random.SeedSequence([self.seed, step, rank]).generate_state(1)[0])
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)  # the CUDA generators too
 
     def load_state_dict(self, state: dict) -> None:
         python = state["python"]

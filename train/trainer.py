@@ -1,8 +1,9 @@
 """The Trainer: everything the loop needs, built complete in one call, resumed from the newest
 checkpoint if there is one.
 
-    build_trainer: output folder ─▶ engine (seeded: the same weights on every rank) ─▶ per-rank
-        seed ─▶ train loader ─▶ restore every checkpoint part from OUT/checkpoints/latest ─▶ batches
+    build_trainer: output folder ─▶ newest intact checkpoint (converted by train.reshard if it was
+        saved by another number of ranks) ─▶ engine (seeded: the same weights on every rank) ─▶
+        per-rank seed ─▶ train loader ─▶ restore every checkpoint part ─▶ batches
 """
 
 import random
@@ -17,11 +18,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from model import build_model
 from pipeline.format.errors import UsageError
 from pipeline.load.loader import TrainLoader, build_train_loader, build_validation_loader
 from pipeline.load.validation import ValidationLoader
-from train import checkpoint
+from train import checkpoint, reshard
 from train.config import ConfigError, TrainConfig, dump_config
 from train.engine import EngineState, build_engine
 from train.export import MEDIA, data_metadata
@@ -63,14 +63,15 @@ class Trainer:
         return {**self.config.to_dict(), MEDIA: self.media}
 
     def checkpoint_parts(self) -> dict[str, checkpoint.Part]:
-        return checkpoint_parts(self.engine, self.loader, self.run_state)
+        return checkpoint_parts(self.engine, self.loader, self.run_state, self.config.run.seed)
 
 
-def checkpoint_parts(engine: "DeepSpeedEngine", loader: TrainLoader,
-                     run_state: RunState) -> dict[str, checkpoint.Part]:
+def checkpoint_parts(engine: "DeepSpeedEngine", loader: TrainLoader, run_state: RunState,
+                     seed: int) -> dict[str, checkpoint.Part]:
     """What a checkpoint holds, in the order it is restored: the RNGs last, so that nothing
-    restored after them draws from them."""
-    return {"engine": EngineState(engine), "loader": loader, "run": run_state, "rng": RNGState()}
+    restored after them draws from them (and a rank new to the run seeds them from the step)."""
+    return {"engine": EngineState(engine), "loader": loader, "run": run_state,
+            "rng": RNGState(seed, run_state)}
 
 
 def seed_everything(seed: int) -> None:
@@ -103,18 +104,18 @@ def build_validation(config: TrainConfig, rank: int,
     return partial(build_validation_loader, config.data, rank, world_size)
 
 
-def resume(out_dir: Path, parts: dict[str, checkpoint.Part], run_state: RunState, trace: BatchTrace,
-           rank: int, world_size: int) -> None:
-    """Restore every part from the newest complete checkpoint, if there is one, and drop the
-    metrics and trace records of the steps that will be redone."""
-    folder = choose_checkpoint(out_dir / "checkpoints", rank)
-    if folder is None:
-        return
-    checkpoint.load(folder, parts, rank, world_size)
+def resume(folder: Path, config: TrainConfig, parts: dict[str, checkpoint.Part], run_state: RunState,
+           trace: BatchTrace, rank: int, world_size: int) -> None:
+    """Restore every part from checkpoint `folder`, saying what changed since it was saved, and
+    drop the metrics and trace records of the steps that will be redone."""
+    checkpoint.load(folder, parts, rank)
     truncate_jsonl(trace.path, run_state.step)
     if rank == 0:
-        truncate_jsonl(out_dir / "metrics.jsonl", run_state.step)
+        truncate_jsonl(Path(config.run.out_dir) / "metrics.jsonl", run_state.step)
         print(f"resuming from {folder} (step {run_state.step})", file=sys.stderr)
+        change = reshard.describe_change(folder, config, world_size)
+        if change:
+            print(change, file=sys.stderr)
 
 
 def choose_checkpoint(root: Path, rank: int) -> Path | None:
@@ -136,12 +137,16 @@ def choose_checkpoint(root: Path, rank: int) -> Path | None:
 def build_trainer(config: TrainConfig, rank: int, world_size: int, device: torch.device) -> Trainer:
     """A trainer ready for its next step: new, or where the newest checkpoint left off."""
     out_dir = prepare_out_dir(config, rank)
+    folder = choose_checkpoint(out_dir / "checkpoints", rank)
+    universal = reshard.prepare(folder, config, rank, world_size)  # saved by another world size
     seed_everything(config.run.seed)  # the same initial weights on every rank
-    engine = build_engine(build_model(config.model), config, world_size)
+    engine = build_engine(config, world_size, load_universal=universal)
     seed_everything(config.run.seed + rank)  # then a different dropout stream per rank
     loader, run_state = build_loader(config, rank, world_size), RunState()
     trace = BatchTrace(out_dir, rank, config.run.trace_batches)
-    resume(out_dir, checkpoint_parts(engine, loader, run_state), run_state, trace, rank, world_size)
+    if folder is not None:
+        parts = checkpoint_parts(engine, loader, run_state, config.run.seed)
+        resume(folder, config, parts, run_state, trace, rank, world_size)
     return Trainer(config, rank, world_size, device, engine, loader, iter(loader),
                    build_validation(config, rank, world_size), run_state,
                    MetricsLogger(out_dir, rank == 0), trace, data_metadata(config.data.datasets))
