@@ -5,7 +5,8 @@
     deepspeed --hostfile hosts -m train.main --config ...                 # several nodes
 
 Rerunning the same command resumes from OUT/checkpoints/latest (model, optimizer, schedule,
-RNG and each rank's loader position), so a killed run continues exactly where it stood.
+RNG and the loader's position in the global data order), so a killed run continues exactly where
+it stood, on the same or another number of ranks.
 """
 
 import argparse
