@@ -2,7 +2,8 @@
 SLURM's srun would (README, Training on several nodes), each node a process tree of its own with
 one rank on 127.0.0.1. The run equals one node with two ranks; SLURM's SIGUSR1 sent to every
 process of one node (its launcher, rank and loader worker) stops both ranks at the same step with
-a checkpoint, and the run resumes from it."""
+a checkpoint, and the run resumes from it. Two ranks on one node stopped by a group SIGTERM three
+times in a row resume each time and end as a run never stopped."""
 
 import json
 import os
@@ -14,8 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_hostile_train import wait_for_steps
 from test_train import (ENV, REPO, data, free_port, losses, run_training,  # noqa: F401 (fixture)
-                        traced, train_flags, write_config)
+                        traced, train_command, train_flags, write_config)
 
 from train import checkpoint
 from train.export import model_from_checkpoint
@@ -114,3 +116,48 @@ def test_sigusr1_to_one_node_stops_both_at_one_step_and_the_run_resumes(tmp_path
     assert f"resuming from {folder} (step {stopped})" in resumed.log(0)
     assert torch.allclose(torch.tensor(losses(run_dir)), torch.tensor(losses(one_node)), rtol=1e-4, atol=1e-5)
     assert traced(run_dir) == traced(one_node)  # nothing repeated or skipped
+
+
+def test_group_sigterm_three_times_on_two_ranks_then_the_run_completes(tmp_path, data, one_node):
+    """kill, resume, kill, resume, kill, resume: each resume starts from the complete checkpoint
+    the kill left, the steps continue, and the whole run trains on the sequences of one that was
+    never stopped. One node, two ranks, through the launcher (it exits non-zero after a SIGTERM,
+    whatever its ranks did: rank 0's line and the checkpoint tell how they ended)."""
+    config = write_config(tmp_path, data["text"], **SECTIONS)
+    run_dir = tmp_path / "run"
+    saved = 0
+    for attempt in range(3):
+        process = subprocess.Popen(train_command(config, ranks=2), cwd=REPO, env=ENV, start_new_session=True,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wait_for_steps(process, run_dir, saved + 2)
+        os.killpg(process.pid, signal.SIGTERM)  # the launchers, both ranks and their workers
+        stderr = process.communicate(timeout=120)[1]  # until every process holding stderr (the
+        # launchers, ranks and loader workers) has ended: none outlives the stop
+        if saved:
+            assert f"resuming from {run_dir / 'checkpoints' / f'step-{saved:06d}'} (step {saved})" in stderr
+        steps = len(losses(run_dir))  # metrics of redone steps are dropped on resume
+        assert saved + 2 <= steps < 12, f"attempt {attempt}: {stderr[-2000:]}"
+        folder = run_dir / "checkpoints" / f"step-{steps:06d}"
+        assert f"stopped (SIGTERM) at step {steps}: saved {folder}" in stderr, stderr[-2000:]
+        assert checkpoint.latest(run_dir / "checkpoints") == folder and checkpoint.damage(folder) is None
+        assert [s["parts"]["run"]["step"] for s in rank_states(folder)] == [steps, steps]
+        saved = steps
+    final = run_training(config, ranks=2)
+    assert f"(step {saved})" in final.stderr
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 13))
+    assert traced(run_dir) == traced(one_node)  # nothing lost, nothing repeated
+    assert torch.allclose(torch.tensor(losses(run_dir)), torch.tensor(losses(one_node)), rtol=1e-4, atol=1e-5)
+
+
+def test_an_out_dir_that_one_node_does_not_share_is_one_error_on_both(tmp_path, data):
+    """Node 1 writes to a folder of its own (as with a node-local disk): both stop at start-up
+    with one line, before any checkpoint could be half in one place and half in another."""
+    config = write_config(tmp_path, data["text"], **SECTIONS)
+    nodes = TwoNodes(config, extra=((), (f"run.out_dir={tmp_path / 'node-local' / 'run'}",)))
+    assert nodes.wait() == [2, 2], nodes.logs_tail()
+    for node in (0, 1):
+        errors = [line for line in nodes.log(node).splitlines() if "do not see" in line]
+        assert len(errors) == 1 and "rank(s) [1] do not see what rank 0 writes there" in errors[0]
+        assert "Traceback" not in nodes.log(node)
+    assert not (tmp_path / "run" / "checkpoints").exists()
