@@ -39,7 +39,7 @@ def node_command(config: Path, hostfile: Path, node_rank: int, port: int, extra=
 class TwoNodes:
     """Both nodes' launchers, each in a session (process group) of its own, logging to files."""
 
-    def __init__(self, config: Path, extra=((), ())):
+    def __init__(self, config: Path, extra=((), ()), env=ENV):
         root = config.parent
         hostfile = root / "hostfile"
         hostfile.write_text("node-a slots=1\nnode-b slots=1\n")  # names only: --no_ssh reaches neither
@@ -49,7 +49,7 @@ class TwoNodes:
         for rank, log in enumerate(self.logs):
             with open(log, "w") as out:
                 self.processes.append(subprocess.Popen(
-                    node_command(config, hostfile, rank, port, extra[rank]), cwd=REPO, env=ENV,
+                    node_command(config, hostfile, rank, port, extra[rank]), cwd=REPO, env=env,
                     start_new_session=True, stdout=out, stderr=subprocess.STDOUT))
 
     def wait(self, timeout: int = 300) -> list[int]:
@@ -62,8 +62,8 @@ class TwoNodes:
         return "\n".join(f"--- node {n}:\n{self.log(n)[-2000:]}" for n in (0, 1))
 
 
-def run_two_nodes(config: Path, extra=((), ())) -> TwoNodes:
-    nodes = TwoNodes(config, extra)
+def run_two_nodes(config: Path, env=ENV) -> TwoNodes:
+    nodes = TwoNodes(config, env=env)
     assert nodes.wait() == [0, 0], nodes.logs_tail()
     return nodes
 
@@ -81,7 +81,10 @@ def rank_states(folder: Path) -> list[dict]:
 
 
 def test_two_nodes_train_as_one_node_with_two_ranks(tmp_path, data, one_node):
-    run_two_nodes(write_config(tmp_path, data["text"], **SECTIONS))
+    extensions = tmp_path / "torch-extensions"
+    run_two_nodes(write_config(tmp_path, data["text"], **SECTIONS),
+                  env={**ENV, "TORCH_EXTENSIONS_DIR": str(extensions)})
+    assert not list(extensions.rglob("*.so"))  # no shared-memory op built: the ranks are apart
     run_dir = tmp_path / "run"
     assert losses(run_dir) == losses(one_node)  # the same all-reduces: bit for bit
     assert traced(run_dir) == traced(one_node)
