@@ -1,6 +1,7 @@
 """The trainer stopped and resumed the unlucky way: a SIGTERM to the whole process group (as SLURM,
-Kubernetes and docker stop a job), with real processes; a corrupt newest checkpoint; a
-checkpoint whose pickles would run code; a full disk; a checkpoint far from its data."""
+Kubernetes and docker stop a job), with real processes; a save killed half-way; a corrupt newest
+checkpoint; a checkpoint whose pickles would run code; a full disk; a checkpoint far from its
+data."""
 
 import errno
 import json
@@ -75,6 +76,37 @@ def test_group_sigterm_during_validation_saves_and_exits_0(tmp_path, data):
     stderr = process.communicate(timeout=120)[1]
     assert process.returncode == 0, stderr[-2000:]
     assert (tmp_path / "run" / "checkpoints" / "latest").is_file()
+
+
+def freeze_during_a_save(process: subprocess.Popen, root: Path) -> Path:
+    """Stop the run's process group (SIGSTOP) while a checkpoint after step 1 is half written:
+    files in it, no COMPLETE yet; returns that folder."""
+    deadline = time.time() + 240
+    while True:
+        assert process.poll() is None and time.time() < deadline, process.stderr.read()[-2000:]
+        partial = [folder for folder in root.glob("step-*") if not (folder / checkpoint.MARKER).exists()]
+        if partial and partial[0].name > "step-000001":
+            os.killpg(process.pid, signal.SIGSTOP)
+            folder = partial[0]
+            if folder.is_dir() and not (folder / checkpoint.MARKER).exists() and any(folder.rglob("*.*")):
+                return folder
+            os.killpg(process.pid, signal.SIGCONT)  # the save ended in between: catch the next one
+        time.sleep(0.001)
+
+
+def test_a_save_killed_half_way_is_never_taken_for_a_complete_one(tmp_path, data):
+    config = write_config(tmp_path, data["text"], optim={"total_steps": 100000}, run={"checkpoint_every": 1})
+    root = tmp_path / "run" / "checkpoints"
+    process = start_in_own_session(config)
+    half = freeze_during_a_save(process, root)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    step = int(half.name.removeprefix("step-"))
+    previous = root / f"step-{step - 1:06d}"
+    assert checkpoint.latest(root) == previous and checkpoint.newest_intact(root, move_aside=False) == previous
+    result = run_training(config, extra=[f"optim.total_steps={step}"])  # redoes that one step
+    assert f"resuming from {previous} (step {step - 1})" in result.stderr
+    assert checkpoint.latest(root) == half and checkpoint.damage(half) is None  # saved whole this time
 
 
 # ---------------------------------------------------------------------------------------------

@@ -65,8 +65,13 @@ def write_config(root: Path, dataset: Path, validation: Path | None = None, **se
     return path
 
 
+def train_flags(config: Path, extra=()) -> list[str]:
+    """The flags of train.main for `config` with the tiny model and `extra` overrides."""
+    return ["--config", str(config), *[f"--set={s}" for s in (*TINY_MODEL, *extra)]]
+
+
 def train_command(config: Path, ranks: int = 1, extra=()) -> list[str]:
-    flags = ["--config", str(config), *[f"--set={s}" for s in TINY_MODEL], *[f"--set={s}" for s in extra]]
+    flags = train_flags(config, extra)
     if ranks == 1:
         return [sys.executable, "-m", "train.main", *flags]
     return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),

@@ -62,8 +62,10 @@ def init_distributed() -> tuple[int, int, torch.device]:
 
 def prepare_cpu_comm_op(world_size: int) -> None:
     """DeepSpeed's CPU communication op (a shared-memory all-reduce) is C++ compiled on first use,
-    about a minute without a word. A world of one has nothing to reduce: it goes without; more
-    ranks say once that they are waiting for the build."""
+    about a minute without a word. It serves only when every rank is on this machine (DeepSpeed's
+    test: the launcher's LOCAL_SIZE equals the world size), so a world of one and a run over
+    several nodes go without; otherwise each machine's local rank 0 says once that they are
+    waiting for the build."""
     import deepspeed.ops
     from deepspeed.accelerator import get_accelerator
     from torch.utils.cpp_extension import _get_build_directory
@@ -71,7 +73,7 @@ def prepare_cpu_comm_op(world_size: int) -> None:
     builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
     if builder is None:
         return
-    if world_size == 1:
+    if world_size == 1 or os.environ.get("LOCAL_SIZE") != str(world_size):
         deepspeed.ops.__compatible_ops__[builder.NAME] = False  # build_shm_op then skips it
         return
     built = any(Path(_get_build_directory(builder.NAME, verbose=False)).glob("*.so"))

@@ -1,15 +1,18 @@
 """The training loop: one function, from the current step to optim.total_steps.
 
 Per optimizer step: `accumulation` micro-batches of forward + backward (DeepSpeed accumulates and
-steps on the last), then one all-reduce of [nats, targets, stop request] that gives every rank
-the same view for logging and for stopping; the step's loss and bits per byte are nats / targets
-over all of them (train/evaluate.py has the definition). Checkpoints are taken at step boundaries only, so a
+steps on the last), then one all-reduce of [nats, targets, a vote per stop reason] that gives every
+rank the same view for logging and for stopping: a signal that reaches one rank only stops them all
+at the same step. The step's loss and bits per byte are nats / targets over all of them
+(train/evaluate.py has the definition). Checkpoints are taken at step boundaries only, so a
 resumed run continues exactly where the saved one stood.
 """
 
 import math
 import signal
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -26,18 +29,28 @@ from train.trainer import Trainer
 
 
 class StopRequest:
-    """SIGTERM / SIGINT set a flag; the loop saves at the next step boundary and returns."""
+    """SIGTERM or SIGINT (a scheduler or a user stopping the job) or SIGUSR1 (SLURM's warning before
+    a pre-emption or the time limit, with --signal=USR1@120) sets a flag; the loop saves at the next
+    step boundary and returns. Loader workers forked after this inherit the handler, so a SIGUSR1
+    sent to every process of the job leaves them running too."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
     def __init__(self):
-        self.requested = False
-        self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+        self.received: signal.Signals | None = None
+        self.previous = {sig: signal.signal(sig, self.handle) for sig in self.SIGNALS}
 
     def handle(self, signum, frame):
-        self.requested = True
+        self.received = signal.Signals(signum)
 
     def restore(self):
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+
+
+# why a run stops early, as the line that says so begins; a vote for each in the step's all-reduce
+STOP_REASONS = {signal.SIGTERM: "stopped (SIGTERM)", signal.SIGINT: "interrupted (SIGINT)",
+                signal.SIGUSR1: "pre-empted (SIGUSR1)", "max_minutes": "out of time (run.max_minutes)"}
 
 
 def train_loop(t: Trainer, stop: StopRequest) -> dict:
@@ -53,7 +66,8 @@ def train_loop(t: Trainer, stop: StopRequest) -> dict:
     last, first_step = {}, state.step
     while state.step < total:
         step_start = time.perf_counter()
-        sums = torch.zeros(3, dtype=torch.float64, device=t.device)  # nats, targets, stop votes
+        # nats, targets, then a vote per stop reason
+        sums = torch.zeros(2 + len(STOP_REASONS), dtype=torch.float64, device=t.device)
         for _ in range(accumulation):
             batch = next(t.batches)
             ids = batch["ids"].to(t.device, non_blocking=True)  # (B, T)
@@ -68,9 +82,11 @@ def train_loop(t: Trainer, stop: StopRequest) -> dict:
         state.step += 1
         t.trace.end_step(state.step)
         out_of_time = config.run.max_minutes and time.perf_counter() - started > 60 * config.run.max_minutes
-        sums[2] = float(stop.requested or out_of_time)
+        here = {stop.received, "max_minutes" if out_of_time else None}  # this rank's reasons
+        sums[2:] = torch.tensor([float(reason in here) for reason in STOP_REASONS])
         dist.all_reduce(sums)  # on the device: NCCL reduces device tensors only
-        step_nats, step_bytes, stop_votes = sums.tolist()
+        step_nats, step_bytes, *votes = sums.tolist()
+        stop_reasons = [why for why, count in zip(STOP_REASONS.values(), votes) if count]
         loss_mean = step_nats / max(step_bytes, 1)
         state.bytes_seen += int(step_bytes)
         seconds = time.perf_counter() - step_start
@@ -85,10 +101,13 @@ def train_loop(t: Trainer, stop: StopRequest) -> dict:
                         B_s=f"{last['bytes_per_s']:.3g}", refresh=False)  # update shows it: no lag
         bar.total = reachable_steps(config, state.step, first_step, started)
         bar.update(1)
-        stopping = stop_votes > 0
+        stopping = bool(stop_reasons)
         every = config.run.checkpoint_every
         if stopping or state.step == total or (every and state.step % every == 0):
-            save(t)
+            folder = save(t)
+        if stopping and t.rank == 0:
+            tqdm.write(f"{', '.join(stop_reasons)} at step {state.step}: saved {folder}; the same "
+                       "command resumes from it", file=sys.stderr)
         if t.validation and (state.step == total or stopping or
                              (config.run.eval_every and state.step % config.run.eval_every == 0)):
             last.update({f"val_{k}": v for k, v in run_eval(t).items()})
@@ -109,9 +128,9 @@ def reachable_steps(config: TrainConfig, step: int, first_step: int, started: fl
     return min(total, step + int(left * (step - first_step) / elapsed))
 
 
-def save(t: Trainer) -> None:
-    checkpoint.save(t.checkpoint_dir, t.run_state.step, t.checkpoint_parts(), t.checkpoint_config(),
-                    t.config.run.keep_last)
+def save(t: Trainer) -> Path:
+    return checkpoint.save(t.checkpoint_dir, t.run_state.step, t.checkpoint_parts(),
+                           t.checkpoint_config(), t.config.run.keep_last)
 
 
 def run_eval(t: Trainer) -> dict:

@@ -2,7 +2,7 @@
 
     megabyte train --config tiny-cpu [--set section.key=value ...]
     deepspeed --num_gpus 8 -m train.main --config configs/text.toml      # the launcher's way
-    deepspeed --hostfile hosts -m train.main --config ...                 # several nodes
+    deepspeed --hostfile hosts -m train.main --config ...                 # several nodes (README)
 
 Rerunning the same command resumes from OUT/checkpoints/latest (model, optimizer, schedule,
 RNG and the loader's position in the global data order), so a killed run continues exactly where

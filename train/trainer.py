@@ -7,6 +7,7 @@ checkpoint if there is one.
 """
 
 import random
+import secrets
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -85,8 +86,28 @@ def prepare_out_dir(config: TrainConfig, rank: int) -> Path:
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(dump_config(config) + "\n")
-    dist.barrier()
+    check_shared(out_dir, rank)
     return out_dir
+
+
+def check_shared(out_dir: Path, rank: int) -> None:
+    """Every rank must see the files rank 0 writes in out_dir, since all ranks write each
+    checkpoint together: on several nodes, one shared folder. Rank 0 leaves a file of a new random
+    name there (no earlier run can have left it) and every rank says whether it sees it."""
+    name = [f".shared-{secrets.token_hex(8)}" if rank == 0 else None]
+    dist.broadcast_object_list(name, src=0)
+    probe = out_dir / name[0]
+    if rank == 0:
+        probe.touch()
+    dist.barrier()
+    seen = [None] * dist.get_world_size()
+    dist.all_gather_object(seen, probe.exists())
+    if rank == 0:
+        probe.unlink()
+    blind = [r for r, sees in enumerate(seen) if not sees]
+    if blind:
+        raise ConfigError(f"run.out_dir = '{out_dir}': rank(s) {blind} do not see what rank 0 writes "
+                          "there; on several nodes it must be one shared folder (NFS, Lustre, ...)")
 
 
 def build_loader(config: TrainConfig, rank: int, world_size: int) -> TrainLoader:
