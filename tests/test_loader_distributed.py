@@ -70,3 +70,35 @@ def test_ranks_share_one_stream_and_one_shard_without_hanging(tmp_path):
         assert result["sequences"] == list(range(STEPS * WORLD_SIZE * 2))
         assert result["validation_steps"] == result["len"] == results[0]["len"]
         assert result["scored"] == totals["payload_bytes"] + totals["samples"]  # every byte, once
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_workers_leave_a_group_sigusr1_to_the_trainer(tmp_path, context):
+    """SLURM's pre-emption warning reaches every process of the job: the loader's workers must
+    live on (the trainer saves, then closes them), whichever way they were started."""
+    import os
+    import signal
+
+    import psutil
+
+    dataset = write_text(tmp_path / "one", text_docs(16, seed=9))
+    cfg = LoaderConfig([str(dataset)], seq_len=64, patch_size=8, micro_batch_size=2, num_workers=1,
+                       multiprocessing_context=context)
+    received = []
+    previous = signal.signal(signal.SIGUSR1, lambda *_: received.append(1))
+    try:
+        batches = iter(build_train_loader(cfg))
+        next(batches)
+        workers = [child for child in psutil.Process().children()
+                   if not any("resource_tracker" in part for part in child.cmdline())]
+        assert len(workers) == 1
+        for worker in workers:
+            os.kill(worker.pid, signal.SIGUSR1)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.5)
+        assert all(worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE for worker in workers)
+        assert received == [1]
+        for _ in range(20):
+            next(batches)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
