@@ -1,4 +1,5 @@
-"""Datasets of shards to batches of byte ids: reading.py (shard → Tokens, with the error policy),
-packing.py (Tokens → sequences → rows), streams.py (one dataset's resumable stream), validation.py
-(the finite validation pass) and loader.py (mixing, workers, the loaders). Imports format/, never
-convert/."""
+"""Datasets of shards to batches of byte ids: reading.py (shard → Tokens, with the error policy;
+single samples at their member-index offsets), packing.py (Tokens → sequences → rows), order.py
+(the global data order: sample tables, pieces, epochs, the mixer), streams.py (a dataset read in
+order, for the validation pass), validation.py (the finite validation pass) and loader.py (the
+loaders and their workers). Imports format/, never convert/."""
