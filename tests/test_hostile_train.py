@@ -327,3 +327,21 @@ def test_metrics_cut_short_by_a_kill_do_not_stop_a_resume(tmp_path):
     path.write_text("\n".join(records) + '\n{"step": 4, "lo', encoding="utf-8")  # killed mid-line
     truncate_jsonl(path, 2)
     assert path.read_text(encoding="utf-8").splitlines() == records[:2]
+
+
+def test_a_resume_that_cannot_continue_the_stream_names_the_setting(tmp_path, data):
+    """Other datasets or weights would make another data order: one line naming what changed,
+    exit 2, and the checkpoint left as it was."""
+    config = write_config(tmp_path, data["text"], optim={"total_steps": 4}, run={"checkpoint_every": 2})
+    run_training(config, extra=["optim.total_steps=2"])
+    folder = tmp_path / "run" / "checkpoints" / "step-000002"
+    before = sorted(p.name for p in folder.iterdir())
+    for change, words in [(f'data.datasets=["{data["text"]}", "{data["val"]}"]', "saved with other datasets"),
+                          ("run.seed=8", "saved with other seed")]:
+        result = subprocess.run(train_command(config, extra=[change]), cwd=REPO, env=ENV, timeout=300,
+                                capture_output=True, text=True)
+        assert result.returncode == 2, result.stderr[-2000:]
+        errors = [line for line in result.stderr.splitlines() if "error:" in line]
+        assert len(errors) == 1 and words in errors[0], result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == before
