@@ -198,18 +198,21 @@ class TrainDataset(IterableDataset):
         mixer = self.order.mixer(assignment.start, assignment.counts)
         fetch = worker
         while True:
-            rows, dataset, sequence, epoch = [], [], [], []
+            dataset, sequence, epoch, segments = [], [], [], []
             for b in range(fetch * config.fetch, (fetch + 1) * config.fetch):
                 first = assignment.first(b)
                 mixer.advance(first)
                 datasets, numbers = mixer.advance(first + assignment.batch)
                 for d, k in zip(datasets.tolist(), numbers.tolist()):
-                    segments, sequence_epoch = self.order.datasets[d].sequence(k)
-                    rows.append([part for s in segments
-                                 for part in readers[d].tokens(s.sample).slice(s.start, s.stop)])
+                    row_segments, row_epoch = self.order.datasets[d].sequence(k)
                     dataset.append(d)
                     sequence.append(k)
-                    epoch.append(sequence_epoch)
+                    epoch.append(row_epoch)
+                    segments.append(row_segments)
+            for d, reader in enumerate(readers):
+                reader.prefetch([s.sample for row_d, row in zip(dataset, segments) if row_d == d for s in row])
+            rows = [[part for s in row for part in readers[d].tokens(s.sample).slice(s.start, s.stop)]
+                    for d, row in zip(dataset, segments)]
             modality = [self.order.sources[d].modality for d in dataset]
             yield {**rows_to_yield(rows, config.seq_len), "modality": modality, "dataset": dataset,
                    "sequence": sequence, "epoch": epoch, "skipped": policy.count}
