@@ -135,12 +135,12 @@ def measure_bare(dataset: str, processes: int) -> dict:
             "sequences": 0}
 
 
-def measure_loader(dataset: str, workers: int, batch_size: int, verify: bool = True) -> dict:
+def measure_loader(dataset: str, workers: int, batch_size: int) -> dict:
     from pipeline.load.loader import LoaderConfig, build_train_loader
     warnings.filterwarnings("ignore")
     payload = load_manifest(dataset).totals["payload_bytes"]
     config = LoaderConfig([dataset], seq_len=SEQ_LEN, patch_size=PATCH, micro_batch_size=batch_size,
-                          num_workers=workers, batches_per_fetch=FETCH, verify_shards=verify)
+                          num_workers=workers, batches_per_fetch=FETCH)
     batches = iter(build_train_loader(config))
     next(batches)  # workers started, first blocks read: timed from here
     start, total, sequences = time.perf_counter(), 0, 0

@@ -7,9 +7,9 @@ row is one epoch's worth of bytes through build_train_loader (T = 8192, 1 worker
 first batch:
 
   local            the dataset folder (page cache warm)
-  s3               the URL, streamed: with sha256 verification on, each shard is read twice
-                   (once to hash it, once to read its samples)
-  s3 no verify     the URL, streamed, verify_shards off: each shard read once
+  s3               the URL: every sample one ranged request at its member-index offset, the
+                   samples of a fetch 16 requests in flight (SampleReader.prefetch)
+  s3, 1 in flight  the same, one request at a time
   s3 + cache       the URL through MEGABYTE_CACHE_DIR (cold: each shard downloaded once, then
                    hashed and read from the cache)
 
@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 from common import machine  # noqa: E402  (bench/: this runs as a script)
 from loader import make_text, measure_loader  # noqa: E402
 from pipeline.format import storage  # noqa: E402
+from pipeline.load.reading import SampleReader  # noqa: E402
 
 BUCKET = "bench"
 SHARD_BYTES = 1 << 20  # smaller than bench/loader.py's: more shards, so more requests per byte
@@ -81,22 +82,22 @@ def main() -> None:
             local = make_text(Path(tmp), int(args.mib * (1 << 20)), seed=0, shard_bytes=SHARD_BYTES)
             url = f"s3://{BUCKET}/text"
             upload_dataset(local, url)
-            rows = [("local", str(local), {}, True), ("s3", url, {}, True),
-                    ("s3 no verify", url, {}, False),
-                    ("s3 + cache", url, {storage.CACHE_DIR_ENV: f"{tmp}/cache",
-                                         storage.CACHE_LIMIT_ENV: str(1 << 30)}, True)]
+            cache = {storage.CACHE_DIR_ENV: f"{tmp}/cache", storage.CACHE_LIMIT_ENV: str(1 << 30)}
+            rows = [("local", str(local), {}, 16), ("s3", url, {}, 16), ("s3, 1 in flight", url, {}, 1),
+                    ("s3 + cache", url, cache, 16)]
             print(f"# {machine()}; moto S3 server on 127.0.0.1 (own process); {args.mib:g} MiB "
                   f"text in {len(list(local.glob('*.tar')))} shards; T=8192, 1 worker, batch {args.batch_size}")
-            print(f"{'source':<14} {'MiB/s':>8} {'× local':>8}")
+            print(f"{'source':<16} {'MiB/s':>8} {'× local':>8}")
             baseline = None
-            for name, location, env, verify in rows:
+            for name, location, env, in_flight in rows:
                 os.environ.update(env)
-                result = measure_loader(location, 1, args.batch_size, verify=verify)
+                SampleReader.PREFETCH = in_flight  # the worker is forked: it takes this along
+                result = measure_loader(location, 1, args.batch_size)
                 for key in env:
                     del os.environ[key]
                 speed = result["bytes"] / result["seconds"] / (1 << 20)
                 baseline = baseline or speed
-                print(f"{name:<14} {speed:8.1f} {speed / baseline:8.2f}")
+                print(f"{name:<16} {speed:8.1f} {speed / baseline:8.2f}")
     finally:
         server.terminate()
         server.wait()
