@@ -45,7 +45,7 @@ def test_one_global_stream_whatever_the_ranks_workers_and_batch_size(data, world
 @pytest.mark.parametrize("dataset", ["text", "text3"])
 def test_each_epoch_is_every_document_once_in_a_new_order(data, dataset):
     cfg = LoaderConfig([data[dataset]], seq_len=64, patch_size=8, micro_batch_size=8, num_workers=0,
-                       piece_sequences=1000, seed=11)  # no document is cut into pieces
+                       piece_sequences=1000, shuffle_sequences=1, seed=11)  # whole documents, in order
     ids = [x for row in global_stream(cfg, 1, 20) for x in row["ids"]]  # 160 rows of 64 ids
     total = sum(len(d) + 1 for d in DOCS)  # the epochs follow each other without a seam
     epochs = [split_documents(ids[e * total:(e + 1) * total]) for e in (0, 1)]
@@ -64,9 +64,25 @@ def test_a_few_shards_are_mixed_as_well_as_many(tmp_path):
     assert letters == set(range(65, 72))
 
 
+def test_sequences_are_permuted_in_blocks_so_that_a_batch_mixes_documents(tmp_path):
+    books = [bytes([65 + b]) * 5000 for b in range(7)]  # one piece is 8 sequences of one book
+    directory = write_shards(tmp_path / "books", "text", [(book, {}) for book in books], per_shard=7)
+    def first_rows(shuffle_sequences):
+        cfg = LoaderConfig([str(directory)], seq_len=64, patch_size=8, micro_batch_size=8, num_workers=0,
+                           shuffle_sequences=shuffle_sequences, seed=0)
+        return global_stream(cfg, 1, 16)
+    plain, shuffled = first_rows(1), first_rows(64)
+    for block in (0, 64):  # the same sequences in each block of 64, in another order
+        assert sorted(r["ids"] for r in shuffled[block:block + 64]) == sorted(r["ids"] for r in plain[block:block + 64])
+    assert [r["ids"] for r in shuffled] != [r["ids"] for r in plain]
+    def books_in_first_batch(rows):
+        return len({x for row in rows[:8] for x in row["ids"] if x < 256})
+    assert books_in_first_batch(plain) <= 2 and books_in_first_batch(shuffled) >= 3
+
+
 def test_long_documents_are_cut_into_pieces_that_still_cover_the_epoch(data):
     cfg = LoaderConfig([data["text"]], seq_len=64, patch_size=8, micro_batch_size=8, num_workers=0,
-                       piece_sequences=1, seed=2)
+                       piece_sequences=1, shuffle_sequences=1, seed=2)
     total = sum(len(d) + 1 for d in DOCS)
     rows = global_stream(cfg, 1, -(-total // (64 * 8)) + 1)
     ids = [x for row in rows for x in row["ids"]][:total]
@@ -75,7 +91,7 @@ def test_long_documents_are_cut_into_pieces_that_still_cover_the_epoch(data):
 
 def test_document_packing_gives_one_document_per_sequence(data):
     cfg = LoaderConfig([data["text"]], seq_len=64, patch_size=8, micro_batch_size=2, num_workers=0,
-                       text_packing="document", piece_sequences=1000)
+                       text_packing="document", piece_sequences=1000, shuffle_sequences=1)
     rows = [row for row in global_stream(cfg, 2, 40) if row["epoch"] == 0]
     assert all(257 not in row["ids"][:-1] for row in rows)  # a boundary only ever ends a sequence
     prefix = Counter(bytes(row["ids"][:6]) for row in rows if row["ids"][0] == ord("<"))
@@ -84,7 +100,7 @@ def test_document_packing_gives_one_document_per_sequence(data):
 
 def test_images_once_per_epoch_one_per_sequence(data):
     cfg = LoaderConfig([data["image"]], seq_len=96, patch_size=12, micro_batch_size=7, num_workers=2,
-                       image_order="patch")
+                       image_order="patch", shuffle_sequences=7)  # blocks within the epoch of 14
     rows = global_stream(cfg, 2, 1)  # 14 images
     pictures = sorted(from_patch_order(np.array(r["ids"], np.uint8), 4, 12).tobytes() for r in rows)
     assert pictures == sorted(payload for payload, _ in images(14, size=4))
@@ -93,7 +109,8 @@ def test_images_once_per_epoch_one_per_sequence(data):
 
 def test_audio_windows_once_per_epoch_aligned_to_frames(data):
     want = [pcm[i:i + 40] for pcm, _ in clips(12) for i in range(0, len(pcm), 40)]
-    cfg = LoaderConfig([data["audio"]], seq_len=40, patch_size=4, micro_batch_size=len(want), num_workers=0)
+    cfg = LoaderConfig([data["audio"]], seq_len=40, patch_size=4, micro_batch_size=len(want), num_workers=0,
+                       shuffle_sequences=1)
     rows = global_stream(cfg, 1, 2)
     assert sorted(bytes(r["ids"]) for r in rows if r["epoch"] == 0) == sorted(want)
     assert sorted(bytes(r["ids"]) for r in rows if r["epoch"] == 1) == sorted(want)

@@ -24,7 +24,8 @@ def text_dataset(directory, stored=None):
 
 def config(directory, **changes) -> LoaderConfig:
     return LoaderConfig([str(directory)], **{"seq_len": 64, "patch_size": 8, "micro_batch_size": 2,
-                                             "num_workers": 0, **changes})
+                                             "num_workers": 0, "shuffle_sequences": 1,
+                                             **changes})
 
 
 def epoch_documents(directory, **changes) -> list[bytes]:

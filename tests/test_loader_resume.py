@@ -138,7 +138,7 @@ def test_each_rank_reads_only_its_own_samples(mixed, monkeypatch):
         batches = take(iter(loader), 5)
         order = loader.order.datasets[0]
         mine = {(loader.sources[0].shards[int(order.table.shard[s.sample])].path, int(order.table.offset[s.sample]))
-                for batch in batches for k in batch["sequence"] for s in order.sequence(k)[0]}
+                for batch in batches for k in batch["sequence"] for s in order.output(k)[0]}
         assert set(read) == mine and len(read) == len(mine), "each sample read once, and only those"
 
 

@@ -81,3 +81,14 @@ def test_the_mixer_walks_the_same_way_in_any_steps_and_from_any_saved_point():
     rest = resumed.advance(10_000)
     assert rest[0].tolist() == datasets[7000:].tolist() and rest[1].tolist() == numbers[7000:].tolist()
     assert Mixer(weights, seed=10).advance(100)[0].tolist() != datasets[:100].tolist()
+
+
+def test_outputs_are_the_sequences_permuted_in_fixed_blocks():
+    samples = table([3] * 40, window=4)
+    order = DatasetOrder(samples, cut_pieces(samples, 4, concat=False), seq_len=4, concat=False,
+                         seed=2, dataset=0, shuffle_sequences=16)
+    outputs = [order.shuffled(k) for k in range(48)]
+    for block in range(3):
+        assert sorted(outputs[16 * block:16 * (block + 1)]) == list(range(16 * block, 16 * (block + 1)))
+    assert outputs != list(range(48)) and outputs[:16] != [k - 16 for k in outputs[16:32]]
+    assert order.output(5) == order.sequence(outputs[5])

@@ -3,7 +3,7 @@
     LoaderConfig.datasets (text / image / audio dirs) ── index.json and member indexes of each
       ▼
     GlobalOrder (pipeline.load.order): position j of one global stream of sequences → (dataset,
-      │  its sequence number k) → segments of samples. Seeded; the same for any cluster shape.
+      │  its output number k) → segments of samples. Seeded; the same for any cluster shape.
       ▼
     rank r, batch b (counted from the loader's start position C): positions C + b·W·B + r·B + i,
       │  i < B (W ranks, B = micro_batch_size): a global step's batches are consecutive positions
@@ -15,7 +15,7 @@
     torch DataLoader (fetches in round robin over the workers = in order) ─▶ TrainLoader
       ▼
     batch {"ids": LongTensor (B, T), "modality": [str] * B, "dataset": [int] * B,
-           "sequence": [int] * B (k: which sequence of that dataset), "epoch": [int] * B}
+           "sequence": [int] * B (k: which output of that dataset), "epoch": [int] * B}
 
 The train loader never ends: each dataset goes through epoch 0, then epoch 1, and so on, every
 epoch a new permutation of the whole dataset's pieces; within an epoch every sequence comes once.
@@ -64,6 +64,7 @@ class LoaderConfig:
     num_workers: int = 1  # DataLoader worker processes per rank; 0 reads in the calling process
     seed: int = 0
     piece_sequences: int = 8  # documents and clips longer than this many sequences are shuffled in pieces
+    shuffle_sequences: int = 1024  # then sequences are permuted in blocks of this many; 1 = not
     image_order: str = "raster"  # "raster" | "patch" (the paper's patch scan, P = 3·p²)
     text_packing: str = "concat"  # "concat": documents joined by BOUNDARY | "document": one per sequence
     on_error: str = "raise"  # bad shards/samples: "raise" | "skip" (log, count and go on)
@@ -90,7 +91,7 @@ class LoaderConfig:
             raise ValueError(f"weights {self.weights} must be positive numbers (drop a dataset "
                              "rather than give it weight 0)")
         for name in ("seq_len", "patch_size", "micro_batch_size", "batches_per_fetch", "prefetch_factor",
-                     "piece_sequences"):
+                     "piece_sequences", "shuffle_sequences"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.seq_len % self.patch_size:
@@ -147,7 +148,8 @@ class GlobalOrder:
         self.config = config
         self.sources = make_sources(config, config.datasets)
         piece_len = config.piece_sequences * config.seq_len
-        self.datasets = [dataset_order(source, piece_len=piece_len, seed=config.seed, dataset=d)
+        self.datasets = [dataset_order(source, piece_len=piece_len, shuffle_sequences=config.shuffle_sequences,
+                                       seed=config.seed, dataset=d)
                          for d, source in enumerate(self.sources)]
 
     def mixer(self, position: int = 0, counts: list[int] | None = None) -> Mixer:
@@ -158,7 +160,8 @@ class GlobalOrder:
         config = self.config
         return {"seed": config.seed, "seq_len": config.seq_len, "patch_size": config.patch_size,
                 "image_order": config.image_order, "text_packing": config.text_packing,
-                "piece_sequences": config.piece_sequences, "weights": config.mixing_weights(),
+                "piece_sequences": config.piece_sequences, "shuffle_sequences": config.shuffle_sequences,
+                "weights": config.mixing_weights(),
                 "datasets": [[s.name, s.modality, len(s.shards), s.samples] for s in self.sources]}
 
 
@@ -204,7 +207,7 @@ class TrainDataset(IterableDataset):
                 mixer.advance(first)
                 datasets, numbers = mixer.advance(first + assignment.batch)
                 for d, k in zip(datasets.tolist(), numbers.tolist()):
-                    row_segments, row_epoch = self.order.datasets[d].sequence(k)
+                    row_segments, row_epoch = self.order.datasets[d].output(k)
                     dataset.append(d)
                     sequence.append(k)
                     epoch.append(row_epoch)

@@ -13,6 +13,10 @@ stream of sequences.
                           sequence k = ids kT .. (k+1)T-1 of that endless stream
       otherwise           each piece cut into windows (one image, or ≤ T ids of a document or
                           clip); sequence k = window k of the endless list of windows
+    then the sequences themselves, in fixed blocks of `shuffle_sequences`, each block permuted
+      by a generator seeded (seed, SEQUENCE_ORDER, d, block): consecutive sequences come from one
+      piece, and a batch of them would hold a few documents only; permuted, a batch draws from
+      many. Output number k of the dataset is sequence block·M + π_block(k mod M).
     the global stream: position j = the next sequence of dataset mix(j); Mixer draws the datasets
       with the weights, MIX_CHUNK at a time from a generator seeded (seed, MIX_ORDER, chunk)
 
@@ -33,7 +37,7 @@ from pipeline.format.shards import sample_bound
 
 log = logging.getLogger("megabyte.loader")
 
-PIECE_ORDER, MIX_ORDER = 1, 3  # tags that keep the seeded generators apart
+PIECE_ORDER, MIX_ORDER, SEQUENCE_ORDER = 1, 3, 4  # tags that keep the seeded generators apart
 MIX_CHUNK = 4096  # dataset choices drawn at a time
 
 
@@ -111,14 +115,28 @@ class Segment:
 
 
 class DatasetOrder:
-    """Dataset d's endless, seeded stream of sequences: sequence k → its segments and its epoch."""
+    """Dataset d's endless, seeded stream of sequences: output k → its segments and its epoch."""
 
     def __init__(self, table: SampleTable, pieces: Pieces, *, seq_len: int, concat: bool, seed: int,
-                 dataset: int):
+                 dataset: int, shuffle_sequences: int = 1):
         self.table, self.pieces = table, pieces
         self.seq_len, self.concat, self.seed, self.dataset = seq_len, concat, seed, dataset
+        self.shuffle_sequences = shuffle_sequences
         self.epoch_units = pieces.epoch_units
         self._epochs = {}  # epoch → (piece order, first unit of each piece in that order); two kept
+        self._blocks = {}  # block → its permutation of shuffle_sequences; two kept
+
+    def shuffled(self, k: int) -> int:
+        """The sequence that output k of this dataset is (see the module docstring)."""
+        if self.shuffle_sequences == 1:
+            return k
+        block, within = divmod(k, self.shuffle_sequences)
+        if block not in self._blocks:
+            if len(self._blocks) >= 2:
+                self._blocks.pop(min(self._blocks))
+            rng = np.random.default_rng([self.seed, SEQUENCE_ORDER, self.dataset, block])
+            self._blocks[block] = rng.permutation(self.shuffle_sequences)
+        return block * self.shuffle_sequences + int(self._blocks[block][within])
 
     def epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         if epoch not in self._epochs:
@@ -136,6 +154,10 @@ class DatasetOrder:
         order, starts = self.epoch(epoch)
         place = int(np.searchsorted(starts, within, side="right")) - 1
         return epoch, int(order[place]), within - int(starts[place])
+
+    def output(self, k: int) -> tuple[list[Segment], int]:
+        """(segments, epoch) of output k of this dataset: sequence shuffled(k)."""
+        return self.sequence(self.shuffled(k))
 
     def sequence(self, k: int) -> tuple[list[Segment], int]:
         """(segments, epoch) of sequence k; the segments hold T ids, or one window (≤ T)."""
@@ -157,14 +179,16 @@ class DatasetOrder:
         return segments, first_epoch
 
 
-def dataset_order(source, *, piece_len: int, seed: int, dataset: int) -> DatasetOrder:
+def dataset_order(source, *, piece_len: int, shuffle_sequences: int, seed: int,
+                  dataset: int) -> DatasetOrder:
     table = sample_table(source)
     concat = source.text_packing == "concat" and source.modality == "text"
     pieces = cut_pieces(table, piece_len, concat)
     if pieces.epoch_units == 0:
         raise DataError(f"{source.directory}: holds no data to train on ({len(table.ids)} samples, "
                         "all empty)")
-    return DatasetOrder(table, pieces, seq_len=source.seq_len, concat=concat, seed=seed, dataset=dataset)
+    return DatasetOrder(table, pieces, seq_len=source.seq_len, concat=concat, seed=seed, dataset=dataset,
+                        shuffle_sequences=shuffle_sequences)
 
 
 class Mixer:
