@@ -132,14 +132,14 @@ def test_group_sigterm_three_times_on_two_ranks_then_the_run_completes(tmp_path,
     for attempt in range(3):
         process = subprocess.Popen(train_command(config, ranks=2), cwd=REPO, env=ENV, start_new_session=True,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        wait_for_steps(process, run_dir, saved + 2)
+        wait_for_steps(process, run_dir, saved + 1)  # a step past the resume: room for 3 stops in 12
         os.killpg(process.pid, signal.SIGTERM)  # the launchers, both ranks and their workers
         stderr = process.communicate(timeout=120)[1]  # until every process holding stderr (the
         # launchers, ranks and loader workers) has ended: none outlives the stop
         if saved:
             assert f"resuming from {run_dir / 'checkpoints' / f'step-{saved:06d}'} (step {saved})" in stderr
         steps = len(losses(run_dir))  # metrics of redone steps are dropped on resume
-        assert saved + 2 <= steps < 12, f"attempt {attempt}: {stderr[-2000:]}"
+        assert saved + 1 <= steps < 12, f"attempt {attempt}: {stderr[-2000:]}"
         folder = run_dir / "checkpoints" / f"step-{steps:06d}"
         assert f"stopped (SIGTERM) at step {steps}: saved {folder}" in stderr, stderr[-2000:]
         assert checkpoint.latest(run_dir / "checkpoints") == folder and checkpoint.damage(folder) is None
