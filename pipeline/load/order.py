@@ -71,7 +71,7 @@ def sample_table(source) -> SampleTable:
     shard = np.repeat(np.arange(len(indexes), dtype=np.int32), [len(index) for index in indexes])
     length = rows[:, 2].astype(np.int64)
     longest = int(length.max()) if len(length) else 0
-    ids, window = source.transform.length_and_window(source.dataset_meta(longest))
+    _, window = source.transform.length_and_window(source.dataset_meta(longest))  # also checks it fits
     return SampleTable(shard, rows[:, 0].copy(), rows[:, 1].copy(), length,
                        source.transform.id_count(length), window)
 
@@ -105,6 +105,16 @@ def cut_pieces(table: SampleTable, piece_len: int, concat: bool) -> Pieces:
     return Pieces(sample, start, stop, units)
 
 
+def recent(cache: dict, key: int, make):
+    """cache[key], made by make() when missing; the cache keeps the two highest keys (a stream
+    moves forward: its current epoch or block, and the next one it reaches into)."""
+    if key not in cache:
+        if len(cache) >= 2:
+            cache.pop(min(cache))
+        cache[key] = make()
+    return cache[key]
+
+
 @dataclass(frozen=True)
 class Segment:
     """Ids start..stop-1 of one sample: a sequence is one or more of them."""
@@ -123,30 +133,26 @@ class DatasetOrder:
         self.seq_len, self.concat, self.seed, self.dataset = seq_len, concat, seed, dataset
         self.shuffle_sequences = shuffle_sequences
         self.epoch_units = pieces.epoch_units
-        self._epochs = {}  # epoch → (piece order, first unit of each piece in that order); two kept
-        self._blocks = {}  # block → its permutation of shuffle_sequences; two kept
+        self._epochs = {}  # epoch → (piece order, first unit of each piece in that order), recent()
+        self._blocks = {}  # block → its permutation of shuffle_sequences, recent()
 
     def shuffled(self, k: int) -> int:
         """The sequence that output k of this dataset is (see the module docstring)."""
         if self.shuffle_sequences == 1:
             return k
         block, within = divmod(k, self.shuffle_sequences)
-        if block not in self._blocks:
-            if len(self._blocks) >= 2:
-                self._blocks.pop(min(self._blocks))
-            rng = np.random.default_rng([self.seed, SEQUENCE_ORDER, self.dataset, block])
-            self._blocks[block] = rng.permutation(self.shuffle_sequences)
-        return block * self.shuffle_sequences + int(self._blocks[block][within])
+        permutation = recent(self._blocks, block, lambda: np.random.default_rng(
+            [self.seed, SEQUENCE_ORDER, self.dataset, block]).permutation(self.shuffle_sequences))
+        return block * self.shuffle_sequences + int(permutation[within])
 
     def epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        if epoch not in self._epochs:
-            if len(self._epochs) >= 2:
-                self._epochs.pop(min(self._epochs))
-            rng = np.random.default_rng([self.seed, PIECE_ORDER, self.dataset, epoch])
-            order = rng.permutation(len(self.pieces.units))
+        """(piece order, first unit of each piece in that order) of an epoch."""
+        def make():
+            order = np.random.default_rng([self.seed, PIECE_ORDER, self.dataset, epoch]).permutation(
+                len(self.pieces.units))
             units = self.pieces.units[order]
-            self._epochs[epoch] = order, np.cumsum(units) - units
-        return self._epochs[epoch]
+            return order, np.cumsum(units) - units
+        return recent(self._epochs, epoch, make)
 
     def _piece_at(self, unit: int) -> tuple[int, int, int]:
         """(epoch, piece, units into it) of unit number `unit` of the endless stream."""

@@ -152,11 +152,12 @@ class SampleReader:
         self._usable = int((table.ids > 0).sum())
         self._kept_ids = 0
         self._pool = None  # threads for prefetch, started on first use
+        self._remote = storage.is_url(source.directory)
 
     def prefetch(self, samples) -> None:
         """Read the members of these samples (those not kept) concurrently, for `tokens`."""
         wanted = [s for s in dict.fromkeys(samples) if s not in self._kept and s not in self._fetched]
-        if len(wanted) < 2 or not storage.is_url(self.source.directory):
+        if len(wanted) < 2 or not self._remote:
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.PREFETCH, thread_name_prefix="prefetch")
