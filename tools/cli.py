@@ -8,10 +8,10 @@ DataError and their subclasses) become one line on stderr and a non-zero exit co
 import argparse
 import sys
 
-from tools import cmd_convert, cmd_demo, cmd_flops, cmd_inspect, cmd_model, cmd_plot, cmd_train
+from tools import cmd_compare, cmd_convert, cmd_demo, cmd_flops, cmd_inspect, cmd_model, cmd_plot, cmd_train
 from tools.errors import report_errors
 
-COMMAND_MODULES = [cmd_convert, cmd_inspect, cmd_train, cmd_model, cmd_flops, cmd_plot, cmd_demo]
+COMMAND_MODULES = [cmd_convert, cmd_inspect, cmd_train, cmd_model, cmd_flops, cmd_plot, cmd_compare, cmd_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,1 @@
+"""Compute-controlled comparisons of models: suites, budgets, runs, results (`megabyte compare`)."""

@@ -1,0 +1,116 @@
+"""Run a suite: each run trains in its own process, then is measured here; results at the end.
+
+    for each run, in the suite's order:
+        OUT/runs/NAME/result.json exists  → done before: skipped
+        else  launcher -m train.main ...  → trains, or resumes from its newest checkpoint
+              newest checkpoint's step < the plan's steps → the run was stopped: stop here too
+              measure (compare/measure.py) → OUT/runs/NAME/result.json
+    then OUT/results.json, OUT/results.md and OUT/curves.png from every run's result
+
+A SIGINT or SIGTERM while a run trains reaches the trainer (Ctrl-C reaches the whole process
+group; a SIGTERM sent to this process alone is passed on), which saves a checkpoint and exits;
+this process then stops too, with the line that says how to continue: the same command.
+"""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from compare.plan import RunPlan, plan_suite
+from compare.suite import RunSpec, Suite
+from pipeline.format.errors import DataError, UsageError
+from tools.outputs import write_atomically
+from train import checkpoint
+
+WALL = "compare-wall.json"  # seconds each launch of the run's trainer took, in the run directory
+
+
+class RunStopped(UsageError):
+    """A run's trainer stopped before its last step (a signal, or it failed)."""
+
+    exit_code = 130
+
+
+def run_suite(suite: Suite, device=None) -> list[dict]:
+    """Train and measure every run not done yet; returns every run's result, in the suite's order."""
+    from compare.report import write_reports
+
+    plans = plan_suite(suite)  # checks every run before any trains
+    results = []
+    for run in suite.runs:
+        result_path = suite.run_dir(run) / "result.json"
+        if result_path.is_file():
+            print(f"{run.name}: done before, skipped ({result_path})", flush=True)
+        else:
+            plan = plans[run.name]
+            print(f"{run.name}: {plan.steps} steps of {plan.flops_per_step:.3g} FLOPs "
+                  f"({plan.positions_per_step:,} bytes each)", flush=True)
+            train(suite, run, plan)
+            from compare.measure import measure_run  # imports torch: only when a run is measured
+
+            result = measure_run(suite, run, plan, device)
+            text = json.dumps(result, indent=1) + "\n"
+            write_atomically(result_path, lambda tmp: tmp.write_text(text))
+        results.append(json.loads(result_path.read_text()))
+    write_reports(suite, results)
+    return results
+
+
+def train(suite: Suite, run: RunSpec, plan: RunPlan) -> None:
+    """Run (or resume) the run's trainer to its last step, adding its wall time to WALL."""
+    run_dir = suite.run_dir(run)
+    if trained_steps(run_dir) >= plan.steps:
+        return  # trained before, measuring was cut short
+    command = suite.train_command(run, plan.steps)
+    started = time.perf_counter()
+    try:
+        process = subprocess.Popen(command)
+    except OSError as error:
+        raise UsageError(f"launcher {suite.launcher[0]!r}: cannot start it ({error.strerror or error})") from None
+    received = wait_passing_signals(process)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    wall = run_dir / WALL
+    launches = json.loads(wall.read_text()) if wall.is_file() else []
+    launches.append(round(time.perf_counter() - started, 3))
+    write_atomically(wall, lambda tmp: tmp.write_text(json.dumps(launches) + "\n"))
+    step = trained_steps(run_dir)
+    if process.returncode != 0 or received or step < plan.steps:
+        why = (f"{signal.Signals(received).name} received" if received
+               else f"its trainer exited with {process.returncode}" if process.returncode else "it was stopped")
+        raise RunStopped(f"run {run.name!r}: {why} at step {step} of {plan.steps}; rerun the same command "
+                         "to continue from its last checkpoint")
+
+
+def wait_passing_signals(process: subprocess.Popen) -> int | None:
+    """Wait for the trainer; a SIGINT or SIGTERM meanwhile is passed on to it (not acted on here,
+    so that it can save). Returns the signal received, if any."""
+    received = []
+
+    def pass_on(signum, frame):
+        received.append(signum)
+        if process.poll() is None:
+            process.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, pass_on) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        process.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return received[0] if received else None
+
+
+def trained_steps(run_dir: Path) -> int:
+    """The step of the run's newest complete checkpoint, step-NNNNNN (0 without one)."""
+    folder = checkpoint.latest(run_dir / "checkpoints")
+    return int(folder.name.removeprefix("step-")) if folder else 0
+
+
+def wall_seconds(run_dir: Path) -> float:
+    wall = run_dir / WALL
+    if not wall.is_file():
+        raise DataError(f"{wall}: missing: the run was not trained by `megabyte compare`")
+    return sum(json.loads(wall.read_text()))

@@ -1,0 +1,226 @@
+"""A comparison suite: one TOML file naming the data, the budget, the shared recipe and the runs.
+
+    title = "Text: prose"                 # the heading of results.md (default: the file's name)
+    train = "data/real/kjv-train"         # one converted dataset (a directory or a URL)
+    validation = "data/real/kjv-val"      # scored on every byte after training
+    out_dir = "runs/compare-kjv"          # OUT/runs/NAME per run, then OUT/results.{md,json}, curves.png
+    budget_flops = 2e13                   # training FLOPs per run; or budget_minutes = 10
+    config = "tiny-cpu"                   # the shared train config (a file or a shipped name)
+    generate_bytes = 8192                 # bytes generated (batch 1) to time each model
+    curve_points = 8                      # validations during each run, for curves.png
+    curve_batches = 16                    # validation batches each of those scores (run.eval_batches)
+    launcher = ["deepspeed", "--num_gpus", "8"]   # default: this Python, one process
+    ranks = 8                             # processes the launcher starts (timing budget_minutes)
+    [set]                                 # keys of the train config, for every run
+    "model.seq_len" = 512
+    [[runs]]
+    name = "megabyte"                     # letters, digits, '.', '_', '-'
+    preset = "tiny"
+    set = { "model.dropout" = 0.0 }       # this run's own keys, over [set]
+
+Relative paths are taken from the directory the command runs in, as for `megabyte train`. A run's
+train config is CONFIG, then [set], then the run's `set`, then what the comparison itself decides
+(OWNED_KEYS): each run is the command line `-m train.main --config CONFIG --set ...` that
+`train_command` returns, and the same overrides build its config here for checking and planning.
+Everything is checked before anything trains: a bad suite is one UsageError line.
+"""
+
+import hashlib
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from pipeline.format.errors import UsageError
+from train.config import TrainConfig, load_config
+
+SHIPPED_SUITES = Path(__file__).parent / "suites"
+# train config keys the comparison sets for every run; a suite may not set them
+OWNED_KEYS = ("data.datasets", "data.validation", "optim.total_steps", "run.out_dir", "run.eval_every",
+              "run.eval_batches", "run.checkpoint_every", "run.max_minutes")
+RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+@dataclass
+class RunSpec:
+    name: str
+    preset: str
+    overrides: dict[str, object] = field(default_factory=dict)  # "section.key" → value
+
+
+@dataclass
+class Suite:
+    path: Path
+    title: str
+    train: str
+    validation: str
+    out_dir: Path
+    budget_flops: float  # 0 when the budget is in minutes
+    budget_minutes: float  # 0 when the budget is in FLOPs
+    overrides: dict[str, object]
+    runs: list[RunSpec]
+    config: str = "tiny-cpu"
+    generate_bytes: int = 8192
+    curve_points: int = 8
+    curve_batches: int = 16
+    launcher: list[str] = field(default_factory=lambda: [sys.executable])
+    ranks: int = 1
+
+    def run_dir(self, run: RunSpec) -> Path:
+        return self.out_dir / "runs" / run.name
+
+    def budget_text(self) -> str:
+        return (f"{self.budget_flops:.3g} training FLOPs" if self.budget_flops
+                else f"{self.budget_minutes:g} minutes")
+
+    def train_overrides(self, run: RunSpec, total_steps: int) -> list[str]:
+        """--set arguments of the run's trainer: [set], the run's set, then the comparison's own."""
+        every = max(1, total_steps // self.curve_points)
+        owned = {"data.datasets": [self.train], "data.validation": self.validation,
+                 "optim.total_steps": total_steps, "run.out_dir": str(self.run_dir(run)),
+                 "run.eval_every": every, "run.eval_batches": self.curve_batches,
+                 "run.checkpoint_every": every, "run.max_minutes": 0}  # the budget is the steps
+        values = {**self.overrides, "model.preset": run.preset, **run.overrides, **owned}
+        return [f"{key}={json.dumps(value)}" for key, value in values.items()]
+
+    def train_config(self, run: RunSpec, total_steps: int) -> TrainConfig:
+        return load_config(self.config, self.train_overrides(run, total_steps))
+
+    def train_command(self, run: RunSpec, total_steps: int) -> list[str]:
+        sets = [part for o in self.train_overrides(run, total_steps) for part in ("--set", o)]
+        return [*self.launcher, "-m", "train.main", "--config", self.config, *sets]
+
+    def fingerprint(self, run: RunSpec) -> str:
+        """What decides a run's training: the same fingerprint, the same run (plan.json)."""
+        facts = [self.train, self.validation, self.budget_flops, self.budget_minutes, self.config,
+                 self.overrides, run.preset, run.overrides, self.curve_points, self.curve_batches]
+        return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# top-level keys and their types; REQUIRED ones have no default (Suite has the others')
+KEYS = {"title": str, "train": str, "validation": str, "out_dir": str, "budget_flops": (int, float),
+        "budget_minutes": (int, float), "config": str, "set": dict, "runs": list, "generate_bytes": int,
+        "curve_points": int, "curve_batches": int, "launcher": list, "ranks": int}
+REQUIRED = ("train", "validation", "out_dir", "runs")
+OPTIONAL = ("config", "generate_bytes", "curve_points", "curve_batches", "launcher", "ranks")
+
+
+def resolve_suite_path(name: str) -> Path:
+    """A file path, or the name of a shipped suite (e.g. "text-prose")."""
+    candidate = Path(name)
+    if candidate.is_file():
+        return candidate
+    shipped = SHIPPED_SUITES / f"{name}.toml"
+    if shipped.is_file():
+        return shipped
+    names = sorted(p.stem for p in SHIPPED_SUITES.glob("*.toml"))
+    raise UsageError(f"{name}: no such suite file (shipped suites: {', '.join(names)})")
+
+
+def load_suite(name: str) -> Suite:
+    path = resolve_suite_path(name)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"{path}: not valid TOML ({error})") from None
+    except OSError as error:
+        raise UsageError(f"{path}: cannot read it ({error.strerror or error})") from None
+    return build_suite(path, raw)
+
+
+def build_suite(path: Path, raw: dict) -> Suite:
+    check_top_level(path, raw)
+    budgets = [key for key in ("budget_flops", "budget_minutes") if key in raw]
+    if not budgets:
+        raise UsageError(f"{path}: no budget: set budget_flops (training FLOPs per run) or budget_minutes")
+    if len(budgets) == 2:
+        raise UsageError(f"{path}: both budget_flops and budget_minutes: keep one")
+    budget = raw[budgets[0]]
+    if not (math.isfinite(budget) and budget > 0):
+        raise UsageError(f"{path}: {budgets[0]} = {budget}: the budget must be above 0")
+    for key in ("generate_bytes", "curve_points", "curve_batches", "ranks"):
+        if raw.get(key, 1) < 1:
+            raise UsageError(f"{path}: {key} = {raw[key]}: must be at least 1")
+    if not all(isinstance(part, str) and part for part in raw.get("launcher", ["python"])):
+        raise UsageError(f"{path}: launcher = {raw['launcher']!r}: a list of words, e.g. [\"deepspeed\", "
+                         "\"--num_gpus\", \"8\"]")
+    optional = {key: raw[key] for key in OPTIONAL if key in raw}
+    suite = Suite(path=path, title=raw.get("title") or path.stem, train=raw["train"],
+                  validation=raw["validation"], out_dir=Path(raw["out_dir"]),
+                  budget_flops=float(raw.get("budget_flops", 0)), budget_minutes=float(raw.get("budget_minutes", 0)),
+                  overrides=flat_keys(path, "set", raw.get("set", {})),
+                  runs=[build_run(path, index, entry) for index, entry in enumerate(raw["runs"])], **optional)
+    if not suite.runs:
+        raise UsageError(f"{path}: no runs: add at least one [[runs]] table with a name and a preset")
+    names = [run.name for run in suite.runs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise UsageError(f"{path}: run name {repeated[0]!r} is used twice: each run needs its own name")
+    return suite
+
+
+def check_top_level(path: Path, raw: dict) -> None:
+    unknown = sorted(set(raw) - set(KEYS))
+    if unknown:
+        raise UsageError(f"{path}: unknown key(s) {unknown}; known keys are {sorted(KEYS)}")
+    missing = [key for key in REQUIRED if key not in raw]
+    if missing:
+        raise UsageError(f"{path}: {missing[0]} is missing")
+    for key, value in raw.items():
+        kind = KEYS[key]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise UsageError(f"{path}: {key} = {value!r}: expected {type_name(kind)}")
+
+
+def type_name(kind) -> str:
+    names = {str: "a string", int: "an integer", dict: "a table", list: "a list", (int, float): "a number"}
+    return names[kind]
+
+
+def flat_keys(path: Path, where: str, table: dict) -> dict[str, object]:
+    """{"model": {"seq_len": 512}} or {"model.seq_len": 512} → {"model.seq_len": 512}; the owned
+    keys are refused."""
+    flat = {}
+    for key, value in table.items():
+        if isinstance(value, dict) and "." not in key:
+            flat.update({f"{key}.{inner}": v for inner, v in value.items()})
+        else:
+            flat[key] = value
+    for key, value in flat.items():
+        if key.count(".") != 1:
+            raise UsageError(f"{path}: {where}: {key!r} is not a train config key (section.key, "
+                             "e.g. \"model.seq_len\")")
+        if key in OWNED_KEYS:
+            raise UsageError(f"{path}: {where}: {key} is set by the comparison itself (from train, "
+                             "validation, out_dir, the budget and curve_points); leave it out")
+        if key == "model.preset":
+            raise UsageError(f"{path}: {where}: model.preset is the run's `preset` key")
+        if isinstance(value, dict):
+            raise UsageError(f"{path}: {where}: {key} = {value!r}: a table is not a config value")
+    return flat
+
+
+def build_run(path: Path, index: int, entry) -> RunSpec:
+    where = f"runs[{index}]"
+    if not isinstance(entry, dict):
+        raise UsageError(f"{path}: {where}: expected a table with name and preset")
+    unknown = sorted(set(entry) - {"name", "preset", "set"})
+    if unknown:
+        raise UsageError(f"{path}: {where}: unknown key(s) {unknown}; a run has name, preset and set")
+    for key in ("name", "preset"):
+        if not isinstance(entry.get(key), str):
+            raise UsageError(f"{path}: {where}: {key} is missing (a string)")
+    if not RUN_NAME.fullmatch(entry["name"]):
+        raise UsageError(f"{path}: {where}: name {entry['name']!r}: letters, digits, '.', '_' and '-' "
+                         "only (it names a folder)")
+    overrides = entry.get("set", {})
+    if not isinstance(overrides, dict):
+        raise UsageError(f"{path}: {where}: set = {overrides!r}: expected a table")
+    return RunSpec(entry["name"], entry["preset"], flat_keys(path, f"{where}.set", overrides))

@@ -1,0 +1,173 @@
+"""`megabyte compare`: budgets, resumable runs, results, and bad suites refused before training."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from compare.suite import SHIPPED_SUITES, build_suite, load_suite
+from pipeline.format.errors import UsageError
+from test_train import ENV, REPO, make_dataset, write_config
+from tools.cli import main as cli
+
+SMALL = {"model.global_dim": 64, "model.global_layers": 2, "model.global_heads": 2, "model.local_dim": 32,
+         "model.local_layers": 1, "model.local_heads": 2}
+# the same MegaByte with twice the global layers: about twice the training FLOPs per byte
+DEEP = {**SMALL, "model.global_layers": 6}
+# what must come out the same however often the comparison was interrupted
+FIXED = ("name", "preset", "architecture", "parameters", "flops_per_byte", "steps", "bytes_trained",
+         "flops_spent", "bpb", "bpb_strided")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare-data")
+    train, validation = make_dataset(root, "train", 60, seed=1), make_dataset(root, "val", 6, seed=2)
+    config = write_config(root, train, validation, run={"log_every": 5, "trace_batches": False})
+    return {"train": train, "validation": validation, "config": config}
+
+
+def write_suite(path: Path, data: dict, out_dir: Path, budget: str = "budget_flops = 1.5e10",
+                runs: dict | None = None) -> Path:
+    runs = runs or {"megabyte": ("tiny", SMALL), "deep": ("tiny", DEEP)}
+    lines = ['title = "test"', f'train = "{data["train"]}"', f'validation = "{data["validation"]}"',
+             f'out_dir = "{out_dir}"', f'config = "{data["config"]}"', budget, "generate_bytes = 32",
+             "curve_points = 3", "curve_batches = 1", "[set]", '"model.seq_len" = 64',
+             '"model.dropout" = 0.0', '"optim.warmup_steps" = 5']
+    for name, (preset, overrides) in runs.items():
+        table = ", ".join(f'"{key}" = {json.dumps(value)}' for key, value in overrides.items())
+        lines += ["[[runs]]", f'name = "{name}"', f'preset = "{preset}"', f"set = {{ {table} }}"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def compare_command(suite: Path) -> list[str]:
+    return [sys.executable, "-m", "tools.cli", "compare", str(suite)]
+
+
+@pytest.fixture(scope="module")
+def finished(data, tmp_path_factory):
+    """A whole comparison of two runs, run once: the reference for the tests below."""
+    root = tmp_path_factory.mktemp("compare-finished")
+    suite = write_suite(root / "suite.toml", data, root / "out")
+    result = subprocess.run(compare_command(suite), cwd=REPO, env=ENV, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return root / "out"
+
+
+def test_runs_that_cost_twice_as_much_per_byte_spend_the_same_flops(finished):
+    results = json.loads((finished / "results.json").read_text())
+    megabyte, deep = results["runs"]
+    assert 1.7 < deep["flops_per_byte"] / megabyte["flops_per_byte"] < 2.3
+    assert deep["flops_spent"] == pytest.approx(megabyte["flops_spent"], rel=0.01)
+    assert megabyte["flops_spent"] == pytest.approx(1.5e10, rel=0.01)
+    # FLOPs spent are the trained bytes at the model's price: the dearer model saw fewer bytes
+    for run in (megabyte, deep):
+        assert run["flops_spent"] == pytest.approx(run["bytes_trained"] * run["flops_per_byte"])
+        steps = [r["step"] for r in map(json.loads, (finished / "runs" / run["name"] / "metrics.jsonl")
+                                        .read_text().splitlines()) if r["kind"] == "train"]
+        assert steps[-1] == run["steps"]
+    assert deep["bytes_trained"] < 0.6 * megabyte["bytes_trained"]
+    for run in (megabyte, deep):
+        assert 0 < run["bpb"] < 8 and 0 < run["bpb_strided"] < 8 and run["generate_bytes_per_s"] > 0
+    table = (finished / "results.md").read_text()
+    assert "| megabyte | tiny |" in table and "| deep | tiny |" in table
+    assert (finished / "curves.png").stat().st_size > 0
+
+
+def test_a_rerun_skips_finished_runs(finished, data, tmp_path, capsys):
+    suite = write_suite(tmp_path / "suite.toml", data, finished)
+    before = (finished / "results.json").read_text()
+    assert cli(["compare", str(suite)]) == 0
+    out = capsys.readouterr().out
+    assert "megabyte: done before, skipped" in out and "deep: done before, skipped" in out
+    assert json.loads(before)["runs"] == json.loads((finished / "results.json").read_text())["runs"]
+
+
+def test_an_interrupted_comparison_continues_to_the_same_results(finished, data, tmp_path):
+    suite = write_suite(tmp_path / "suite.toml", data, tmp_path / "out")
+    process = subprocess.Popen(compare_command(suite), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    checkpoints = tmp_path / "out" / "runs" / "deep" / "checkpoints"  # the second run
+    deadline = time.time() + 300
+    while not any(checkpoints.glob("step-*/COMPLETE")):
+        assert process.poll() is None and time.time() < deadline, process.stderr.read()[-2000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)  # to the comparison alone: it passes it on to the trainer
+    assert process.wait(timeout=120) == 130
+    error = process.stderr.read().strip().splitlines()[-1]
+    assert error.startswith("megabyte compare: error: run 'deep': SIGTERM received at step ")
+    assert error.endswith("rerun the same command to continue from its last checkpoint")
+    assert not (tmp_path / "out" / "results.json").exists()
+
+    again = subprocess.run(compare_command(suite), cwd=REPO, env=ENV, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "megabyte: done before, skipped" in again.stdout
+    resumed = json.loads((tmp_path / "out" / "results.json").read_text())["runs"]
+    reference = json.loads((finished / "results.json").read_text())["runs"]
+    assert [{k: run[k] for k in FIXED} for run in resumed] == [{k: run[k] for k in FIXED} for run in reference]
+    assert len(json.loads((tmp_path / "out" / "runs" / "deep" / "compare-wall.json").read_text())) == 2
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"runs": {"megabyte": ("tiny-nonexistent", {})}}, "model.preset 'tiny-nonexistent' is not a preset"),
+    ({"budget": "budget_flops = 0"}, "budget_flops = 0: the budget must be above 0"),
+    ({"budget": "budget_minutes = -1"}, "budget_minutes = -1: the budget must be above 0"),
+    ({"budget": "budget_flops = 1e3"}, "buys 0 steps"),
+    ({"missing": True}, "not a converted dataset (no index.json)"),
+])
+def test_a_bad_suite_is_one_line_and_trains_nothing(data, tmp_path, capsys, change, message):
+    if change.get("missing"):
+        data = {**data, "train": tmp_path / "no-such-dataset"}
+    kwargs = {k: v for k, v in change.items() if k != "missing"}
+    suite = write_suite(tmp_path / "suite.toml", data, tmp_path / "out", **kwargs)
+    assert cli(["compare", str(suite)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("megabyte compare: error: ")
+    assert message in err
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_suite_keys_are_checked(tmp_path):
+    base = {"train": "t", "validation": "v", "out_dir": "o", "budget_flops": 1e12,
+            "runs": [{"name": "a", "preset": "tiny"}]}
+    bad = [({"budget_minutes": 3}, "both budget_flops and budget_minutes"),
+           ({"budget_flops": None}, "no budget"),
+           ({"runs": []}, "no runs"),
+           ({"runs": [{"name": "a", "preset": "tiny"}] * 2}, "run name 'a' is used twice"),
+           ({"runs": [{"name": "a/b", "preset": "tiny"}]}, "letters, digits"),
+           ({"runs": [{"name": "a", "preset": "tiny", "seed": 1}]}, "unknown key(s) ['seed']"),
+           ({"set": {"optim.total_steps": 5}}, "optim.total_steps is set by the comparison"),
+           ({"set": {"seq_len": 5}}, "not a train config key"),
+           ({"epochs": 5}, "unknown key(s) ['epochs']"),
+           ({"train": 5}, "train = 5: expected a string"),
+           ({"launcher": ["deepspeed", 8]}, "a list of words")]
+    for change, message in bad:
+        raw = {k: v for k, v in {**base, **change}.items() if v is not None}
+        with pytest.raises(UsageError, match=None) as error:
+            build_suite(tmp_path / "s.toml", raw)
+        assert message in str(error.value), (change, str(error.value))
+    nested = build_suite(tmp_path / "s.toml", {**base, "set": {"model": {"seq_len": 256}}})
+    assert nested.overrides == {"model.seq_len": 256}
+
+
+def test_a_changed_run_is_not_continued_under_another_plan(finished, data, tmp_path, capsys):
+    suite = write_suite(tmp_path / "suite.toml", data, finished, runs={"megabyte": ("tiny", DEEP)})
+    assert cli(["compare", str(suite), "--plan"]) == 2
+    assert "run 'megabyte' was planned from other settings" in capsys.readouterr().err
+
+
+def test_every_shipped_suite_builds_a_config_for_each_run():
+    names = sorted(p.stem for p in SHIPPED_SUITES.glob("*.toml"))
+    assert names, "no shipped suites"
+    for name in names:
+        suite = load_suite(name)
+        for run in suite.runs:
+            config = suite.train_config(run, total_steps=100)  # keys, types and presets: no data needed
+            assert config.model.seq_len > 0, (name, run.name)
