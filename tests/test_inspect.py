@@ -93,3 +93,25 @@ def test_verify_checks_the_member_indexes(dataset, capsys):
     (dataset / "index.json").write_text(json.dumps(manifest))
     assert main(["inspect", "verify", str(dataset)]) == 1
     assert "its member index does not match its members" in capsys.readouterr().err
+
+
+def test_compressed_bits_per_byte_are_each_compressors_own_figure(dataset):
+    import bz2
+    import gzip
+    import lzma
+
+    from tools.inspect import compressed_bits_per_byte, dataset_chunks
+
+    rng = np.random.default_rng(0)
+    repetitive = b"def f(x):\n    return x + 1\n" * 2000
+    noise = rng.integers(0, 256, 50_000, dtype=np.uint8).tobytes()
+    for data in (repetitive, noise):
+        chunks = [data[i:i + 7000] for i in range(0, len(data), 7000)]  # fed in pieces
+        bpb = compressed_bits_per_byte(iter(chunks))
+        assert bpb == {"gzip -9": 8 * len(gzip.compress(data, 9)) / len(data),
+                       "bzip2 -9": 8 * len(bz2.compress(data, 9)) / len(data),
+                       "xz -9": 8 * len(lzma.compress(data, preset=9)) / len(data)}
+        assert all(v < 0.2 for v in bpb.values()) if data is repetitive else all(v > 7.9 for v in bpb.values())
+    # the dataset's bytes: every document's, in order, nothing between them
+    payloads = [b"abc\n" * (i + 1) + bytes([i]) for i in range(30)]
+    assert b"".join(dataset_chunks([dataset])) == b"".join(payloads)

@@ -17,11 +17,12 @@ from unittest import mock
 
 import torch
 
-from model import MegaByteConfig, build_model
+from model import build_model
 from model.weights import load_weights, save_weights
 from pipeline.format.errors import UsageError
 from pipeline.format.shards import load_manifest
 from train import checkpoint
+from train.config import stored_model_config
 
 
 def find_checkpoint(path) -> Path:
@@ -117,9 +118,8 @@ def model_from_checkpoint(path, trust: bool = False) -> tuple[torch.nn.Module, d
     engine, one process; `trust`: DeepSpeed's pickles may hold anything (see plain_torch_load)."""
     folder = find_checkpoint(path)
     config = checkpoint.read_config(folder)
-    model_fields = {k: v for k, v in config["model"].items() if k != "preset"}
     try:
-        model = build_model(MegaByteConfig.from_dict(model_fields))
+        model = build_model(stored_model_config(config))
     except ValueError as error:
         raise UsageError(f"{folder}: {error}") from None
     weights = consolidated_state_dict(folder, config["deepspeed"]["zero_stage"], trust)
