@@ -70,8 +70,9 @@ def test_image_patch_order_is_invertible_and_padded_with_pad_only():
     assert row[:48] == sequence and row[48:] == [PAD_ID] * 48
     raster = Transform("image", seq_len=48, patch_size=patch)(meta, pixels)
     assert bytes(np.concatenate(raster.slice(0, 48)).tolist()) == pixels
-    with pytest.raises(ValueError, match="seq_len >= 48"):
-        Transform("image", seq_len=24, patch_size=patch)(meta, pixels)
+    # longer than the context: 24-byte segments, one per sequence, the image's bytes in order
+    segments = pack_all(WindowPacker(24), [Transform("image", seq_len=24, patch_size=patch)(meta, pixels)])
+    assert [len(s) for s in segments] == [24, 24] and bytes(sum(segments, [])) == pixels
 
 
 def test_byte_zero_is_data_and_carry_survives_json():

@@ -103,7 +103,7 @@ def cmd_eval(args) -> int:
         streams = partial(dataset_streams, args.data, config, order, max_ids=args.max_bytes)
         try:
             results = evaluate_streams(model.to(device), streams, modes, device, args.batch_size, progress=bar)
-        except ValueError as error:  # samples this model cannot read, e.g. images larger than its context
+        except ValueError as error:  # samples this model cannot read, e.g. audio frames longer than its context
             raise UsageError(f"{args.data}: {error}") from None
     print_eval(args.data, model, results)
     return 0
