@@ -33,13 +33,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 from pipeline.format.errors import UsageError
-from train.config import TrainConfig, load_config
+from train.config import TrainConfig, load_config, read_toml, resolve_shipped
 
 SHIPPED_SUITES = Path(__file__).parent / "suites"
 # train config keys the comparison sets for every run; a suite may not set them
@@ -112,27 +107,10 @@ REQUIRED = ("train", "validation", "out_dir", "runs")
 OPTIONAL = ("config", "generate_bytes", "curve_points", "curve_batches", "launcher", "ranks")
 
 
-def resolve_suite_path(name: str) -> Path:
-    """A file path, or the name of a shipped suite (e.g. "text-prose")."""
-    candidate = Path(name)
-    if candidate.is_file():
-        return candidate
-    shipped = SHIPPED_SUITES / f"{name}.toml"
-    if shipped.is_file():
-        return shipped
-    names = sorted(p.stem for p in SHIPPED_SUITES.glob("*.toml"))
-    raise UsageError(f"{name}: no such suite file (shipped suites: {', '.join(names)})")
-
-
 def load_suite(name: str) -> Suite:
-    path = resolve_suite_path(name)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise UsageError(f"{path}: not valid TOML ({error})") from None
-    except OSError as error:
-        raise UsageError(f"{path}: cannot read it ({error.strerror or error})") from None
-    return build_suite(path, raw)
+    """A suite file, or the name of a shipped suite (e.g. "text-prose")."""
+    path = resolve_shipped(name, SHIPPED_SUITES, "suite")
+    return build_suite(path, read_toml(path))
 
 
 def build_suite(path: Path, raw: dict) -> Suite:

@@ -274,36 +274,33 @@ def parse_override(text: str) -> tuple[str, str, object]:
     return section, key.strip(), value
 
 
-def resolve_config_path(path: str) -> Path:
-    """A file path, or the name of a shipped config (e.g. "tiny-cpu")."""
-    candidate = Path(path)
+def resolve_shipped(name: str, folder: Path, what: str) -> Path:
+    """A file path, or the name of a file shipped in `folder` (e.g. "tiny-cpu" for a config)."""
+    candidate = Path(name)
     if candidate.is_file():
         return candidate
-    shipped = SHIPPED_CONFIGS / f"{path}.toml"
+    shipped = folder / f"{name}.toml"
     if shipped.is_file():
         return shipped
-    names = sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.toml"))
-    raise ConfigError(f"{path}: no such config file (shipped configs: {', '.join(names)})")
+    names = sorted(p.stem for p in folder.glob("*.toml"))
+    raise ConfigError(f"{name}: no such {what} file (shipped {what}s: {', '.join(names)})")
+
+
+def read_toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read it ({error.strerror or error})") from None
 
 
 def load_config(path: str, overrides: list[str] = ()) -> TrainConfig:
-    config_path = resolve_config_path(path)
-    try:
-        raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{config_path}: not valid TOML ({error})") from None
-    except OSError as error:
-        raise ConfigError(f"{config_path}: cannot read it ({error.strerror or error})") from None
+    raw = read_toml(resolve_shipped(path, SHIPPED_CONFIGS, "config"))
     for override in overrides:
         section, key, value = parse_override(override)
         raw.setdefault(section, {})[key] = value
     return TrainConfig.from_dict(raw)
-
-
-def stored_model_config(raw: dict) -> MegaByteConfig:
-    """The model of a config as `to_dict` stored it (a run's OUT/config.json, a checkpoint's
-    config.json): its [model] section less the preset's name. ValueError if it is not one."""
-    return MegaByteConfig.from_dict({k: v for k, v in raw["model"].items() if k != "preset"})
 
 
 def dump_config(config: TrainConfig) -> str:
