@@ -171,3 +171,16 @@ def test_every_shipped_suite_builds_a_config_for_each_run():
         for run in suite.runs:
             config = suite.train_config(run, total_steps=100)  # keys, types and presets: no data needed
             assert config.model.seq_len > 0, (name, run.name)
+
+
+def test_a_wall_clock_budget_is_planned_from_timed_steps(data, tmp_path, capsys):
+    suite = write_suite(tmp_path / "suite.toml", data, tmp_path / "out", budget="budget_minutes = 0.5")
+    assert cli(["compare", str(suite), "--plan"]) == 0
+    plan = json.loads((tmp_path / "out" / "plan.json").read_text())
+    for name in ("megabyte", "deep"):
+        seconds = plan[name]["seconds_per_step"]
+        assert seconds > 0 and plan[name]["steps"] == max(1, int(30 / seconds))
+    assert not (tmp_path / "out" / "runs").exists()
+    # planned once: a second look reuses the timing rather than measuring again
+    assert cli(["compare", str(suite), "--plan"]) == 0
+    assert json.loads((tmp_path / "out" / "plan.json").read_text()) == plan
