@@ -1,0 +1,1 @@
+"""Comparing architectures on real data: the pinned corpora the comparisons train on."""
