@@ -1,1 +1,1 @@
-"""Compute-controlled comparisons of models: suites, budgets, runs, results (`megabyte compare`)."""
+"""Compute-controlled comparisons of models: suites, budgets, runs, results (`megabyte compare`), and the real data they run on."""

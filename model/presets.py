@@ -7,6 +7,8 @@ Names are TASK or TASK-VARIANT:
               no-local, no-global, no-cross-patch, cnn    the ablations of Table 10
               controlled                         imagenet64's compute-controlled MegaByte (Table 5)
     tiny*     CPU-sized twins of every architecture and option, for tests, benchmarks and the demo
+    tiny-image32*, tiny-audio*   CPU-sized MegaByte, transformer and PerceiverAR for 32×32 images
+              and 8 kHz audio, for comparisons on real data
 
 Every paper preset follows the recipe of App. A.1: pre-norm (the only block there is), ReLU,
 dropout 0.1 (none on embeddings), truncated-normal initialisation with std 0.006, tied byte
@@ -165,6 +167,31 @@ PRESETS: dict[str, MegaByteConfig] = {
                                        local_dim=128, local_layers=2, local_heads=4, local_cross_patch=8),
     "tiny-cnn": MegaByteConfig(seq_len=512, patch_size=8, global_dim=256, global_layers=4, global_heads=4,
                                local_dim=128, local_layers=2, local_heads=4, conv_encoder=True),
+    # 32×32 RGB images (3072 bytes, raster order) for comparisons on real photographs. P=12 is
+    # four pixels of a row, so a patch never splits a pixel and a row is 8 patches (K=256); the
+    # global width must be a multiple of P: 240 = 12·20, 4 heads of 60.
+    "tiny-image32": MegaByteConfig(seq_len=3072, patch_size=12, global_dim=240, global_layers=4, global_heads=4,
+                                   local_dim=128, local_layers=2, local_heads=4),
+    # a third of an image, as the paper's image transformers see a fraction of theirs: full
+    # attention over 3072 bytes is ~10× slower per step on a CPU
+    "tiny-image32-transformer": MegaByteConfig(architecture="transformer", seq_len=1024, patch_size=1,
+                                               global_dim=256, global_layers=4, global_heads=4, local_layers=0),
+    # the whole image, predicting its last 256 bytes (imagenet64-perceiver-ar's 1 in 12)
+    "tiny-image32-perceiver-ar": MegaByteConfig(architecture="perceiver_ar", seq_len=3072, latents=256,
+                                                patch_size=1, global_dim=256, global_layers=4, global_heads=4,
+                                                local_layers=0),
+    # audio: 8192 bytes (1 s of 8 kHz µ-law, 0.26 s of 16 kHz 16-bit PCM), P=32 as the paper's
+    # audio runs, so K=256 and D_G = 256/32 = 8
+    "tiny-audio": MegaByteConfig(seq_len=8192, patch_size=32, global_dim=256, global_layers=4, global_heads=4,
+                                 local_dim=128, local_layers=2, local_heads=4),
+    # 1024 bytes, as audio-transformer
+    "tiny-audio-transformer": MegaByteConfig(architecture="transformer", seq_len=1024, patch_size=1,
+                                             global_dim=256, global_layers=4, global_heads=4, local_layers=0),
+    # 8192 bytes with 1024 latents, as audio-perceiver-ar; larger than its twins only by the
+    # 8192-row position table (2.1M parameters, no compute)
+    "tiny-audio-perceiver-ar": MegaByteConfig(architecture="perceiver_ar", seq_len=8192, latents=1024,
+                                              patch_size=1, global_dim=256, global_layers=4, global_heads=4,
+                                              local_layers=0),
 }
 
 # name: (our parameter count, the size the paper states or None); tests check ours against the
@@ -210,4 +237,10 @@ PRESET_SIZES: dict[str, tuple[int, int | None]] = {
     "tiny-no-global": (827_520, None),
     "tiny-cross-patch": (3_618_624, None),
     "tiny-cnn": (3_634_080, None),
+    "tiny-image32": (3_277_240, None),
+    "tiny-image32-transformer": (3_488_000, None),
+    "tiny-image32-perceiver-ar": (4_802_048, None),
+    "tiny-audio": (3_658_512, None),
+    "tiny-audio-transformer": (3_488_000, None),
+    "tiny-audio-perceiver-ar": (6_112_768, None),
 }

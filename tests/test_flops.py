@@ -2,6 +2,7 @@
 the trainer's MFU using the same function, and the Figure 3 plot."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -57,8 +58,10 @@ def test_perceiver_ar_by_hand():
 
 
 def small(name: str):
+    """The preset at 64 bytes, or the least multiple of its patch size above (192 for P=12)."""
     config = PRESETS[name]
-    return dataclasses.replace(config, seq_len=64, **({"latents": 16} if config.latents else {}))
+    seq_len = math.lcm(64, config.patch_size)
+    return dataclasses.replace(config, seq_len=seq_len, **({"latents": 16} if config.latents else {}))
 
 
 @pytest.mark.parametrize("name", sorted(n for n in PRESETS if n.startswith("tiny")))
@@ -69,7 +72,7 @@ def test_the_count_matches_the_modules_own_products(name, activation):
     config = dataclasses.replace(small(name), activation=activation)
     model = build_model(config).eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.randint(0, 256, (1, 64)))
+        model(torch.randint(0, 256, (1, config.seq_len)))
     parts = count_flops(config).parts
     assert counter.get_total_flops() == sum(v for k, v in parts.items() if not k.endswith("attention"))
 

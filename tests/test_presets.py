@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from model import PRESET_SIZES, PRESETS, MegaByteConfig, build_model
+from model import PRESET_SIZES, PRESETS, MegaByteConfig, build_model, byte_loss
 from train.config import ConfigError, TrainConfig
 
 # Table 15, row by row (task, model) → preset
@@ -73,10 +73,35 @@ def test_paper_presets_follow_the_recipe_and_table_14_heads(name):
         assert config.local_cross_patch == (0 if name.endswith("no-cross-patch") else config.patch_size)
 
 
-def test_tiny_presets_are_comparable_in_size():
+@pytest.mark.parametrize("family", ["tiny", "tiny-image32", "tiny-audio"])
+def test_tiny_presets_are_comparable_in_size(family):
     with torch.device("meta"):
-        sizes = [build_model(PRESETS[name]).num_parameters() for name in ("tiny", "tiny-transformer")]
+        sizes = [build_model(PRESETS[name]).num_parameters() for name in (family, f"{family}-transformer")]
     assert abs(sizes[0] - sizes[1]) / sizes[1] < 0.15
+
+
+def test_tiny_image32_patches_hold_whole_pixels_of_one_row():
+    """32×32 RGB in raster order: a patch is whole pixels (P a multiple of 3) and a row is whole
+    patches, and MegaByte and PerceiverAR see the whole image."""
+    row_bytes = 32 * 3
+    megabyte = PRESETS["tiny-image32"]
+    assert megabyte.patch_size % 3 == 0 and row_bytes % megabyte.patch_size == 0
+    assert megabyte.seq_len == PRESETS["tiny-image32-perceiver-ar"].seq_len == 32 * row_bytes
+
+
+@pytest.mark.parametrize("family", ["tiny-image32", "tiny-audio"])
+def test_tiny_modality_presets_train_a_step(family):
+    """One forward and backward of each architecture at its own context (the meta-device test
+    above builds them; this one runs them)."""
+    for name in (family, f"{family}-transformer", f"{family}-perceiver-ar"):
+        config = PRESETS[name]
+        torch.manual_seed(0)
+        model = build_model(config)
+        ids = torch.randint(0, 256, (1, config.seq_len))
+        loss = byte_loss(model(ids), ids)
+        loss.backward()
+        assert torch.isfinite(loss) and 5.0 < loss.item() < 6.5  # about ln(258) = 5.55 at initialisation
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
 def test_an_unknown_preset_is_one_error_naming_the_valid_ones():
