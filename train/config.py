@@ -303,6 +303,12 @@ def load_config(path: str, overrides: list[str] = ()) -> TrainConfig:
     return TrainConfig.from_dict(raw)
 
 
+def stored_model_config(raw: dict) -> MegaByteConfig:
+    """The model of a config as `to_dict` stored it (a run's OUT/config.json, a checkpoint's
+    config.json): its [model] section less the preset's name. ValueError if it is not one."""
+    return MegaByteConfig.from_dict({k: v for k, v in raw["model"].items() if k != "preset"})
+
+
 def dump_config(config: TrainConfig) -> str:
     return json.dumps(config.to_dict(), indent=1)
 
