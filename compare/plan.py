@@ -14,8 +14,9 @@ backward and AdamW on the micro-batch, times the micro-batches per step and rank
 trains for exactly that many steps, whatever the clock says later, so a resumed run finishes the
 same. Each run's schedule (warm-up, decay) is fitted to its own steps.
 
-plan.json keeps, per run, the suite facts that decided it (Suite.fingerprint): a rerun reuses the
-plan, and a run whose facts changed is refused rather than continued under another budget.
+plan.json keeps, per run, a fingerprint of what decides it (the budget and the resolved train config,
+Suite.fingerprint): a rerun reuses the plan, and a run whose settings changed is refused rather
+than continued under another budget.
 """
 
 import json
@@ -27,7 +28,7 @@ from compare.suite import RunSpec, Suite
 from model.flops import training_flops_per_byte
 from pipeline.format.errors import UsageError
 from tools.outputs import write_atomically
-from train.config import ConfigError, TrainConfig
+from train.config import TrainConfig
 from train.windows import predicted_per_window
 
 MIN_STEPS = 50  # half a step of rounding is then at most 1% of the budget
@@ -54,13 +55,15 @@ def plan_suite(suite: Suite) -> dict[str, RunPlan]:
     saved = read_plan(path)
     plans = {}
     for run in suite.runs:
-        fingerprint = suite.fingerprint(run)
+        config = suite.train_config(run, total_steps=1)  # every key, the preset: checked here
+        config.check_paths()
+        fingerprint = suite.fingerprint(config)
         old = saved.get(run.name)
         if old is not None and old.fingerprint != fingerprint:
             raise UsageError(f"{suite.out_dir}: run {run.name!r} was planned from other settings (the "
                              "data, budget, config or the run changed since): choose another out_dir, or "
                              f"remove {suite.run_dir(run)} and its entry in {path}")
-        plans[run.name] = old or plan_run(suite, run, fingerprint)
+        plans[run.name] = old or plan_run(suite, run, config, fingerprint)
     suite.out_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps({name: asdict(plan) for name, plan in plans.items()}, indent=1) + "\n"
     write_atomically(path, lambda tmp: tmp.write_text(text))
@@ -76,13 +79,8 @@ def read_plan(path: Path) -> dict[str, RunPlan]:
         raise UsageError(f"{path}: not a comparison plan ({error}); remove it to plan again") from None
 
 
-def plan_run(suite: Suite, run: RunSpec, fingerprint: str) -> RunPlan:
-    """Check the run's config (every key, the preset, the datasets) and size its steps."""
-    try:
-        config = suite.train_config(run, total_steps=1)
-    except ConfigError as error:
-        raise UsageError(f"run {run.name!r}: {error}") from None
-    config.check_paths()
+def plan_run(suite: Suite, run: RunSpec, config: TrainConfig, fingerprint: str) -> RunPlan:
+    """Size the run's steps (UsageError if the budget buys too few)."""
     if config.data.batch_size < 1:
         raise UsageError(f"run {run.name!r}: data.batch_size is 0 (micro-batch × ranks): set it in the "
                          "config or [set], so that the budget can be counted in sequences")

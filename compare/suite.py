@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.format.errors import UsageError
-from train.config import TrainConfig, load_config, read_toml, resolve_shipped
+from train.config import ConfigError, TrainConfig, load_config, read_toml, resolve_shipped
 
 SHIPPED_SUITES = Path(__file__).parent / "suites"
 # train config keys the comparison sets for every run; a suite may not set them
@@ -86,16 +86,20 @@ class Suite:
         return [f"{key}={json.dumps(value)}" for key, value in values.items()]
 
     def train_config(self, run: RunSpec, total_steps: int) -> TrainConfig:
-        return load_config(self.config, self.train_overrides(run, total_steps))
+        """The run's config as its trainer will read it (UsageError naming the run if it cannot)."""
+        try:
+            return load_config(self.config, self.train_overrides(run, total_steps))
+        except ConfigError as error:
+            raise UsageError(f"run {run.name!r}: {error}") from None
 
     def train_command(self, run: RunSpec, total_steps: int) -> list[str]:
         sets = [part for o in self.train_overrides(run, total_steps) for part in ("--set", o)]
         return [*self.launcher, "-m", "train.main", "--config", self.config, *sets]
 
-    def fingerprint(self, run: RunSpec) -> str:
-        """What decides a run's training: the same fingerprint, the same run (plan.json)."""
-        facts = [self.train, self.validation, self.budget_flops, self.budget_minutes, self.config,
-                 self.overrides, run.preset, run.overrides, self.curve_points, self.curve_batches]
+    def fingerprint(self, config: TrainConfig) -> str:
+        """What decides a run's training: the budget and its whole resolved train config (so an
+        edited config file counts too). The same fingerprint, the same run (plan.json)."""
+        facts = [self.budget_flops, self.budget_minutes, config.to_dict()]
         return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
 
 
