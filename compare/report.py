@@ -12,7 +12,7 @@ import platform
 import shlex
 import sys
 
-from compare.suite import Suite
+from compare.suite import SHIPPED_SUITES, Suite
 from tools.outputs import write_atomically
 
 # results.md's columns: heading, the result's key, its format
@@ -25,7 +25,7 @@ COLUMNS = [("run", "name", "{}"), ("preset", "preset", "{}"), ("parameters", "pa
 
 
 def write_reports(suite: Suite, results: list[dict]) -> None:
-    header = {"title": suite.title, "suite": str(suite.path), "date": datetime.date.today().isoformat(),
+    header = {"title": suite.title, "suite": suite_name(suite), "date": datetime.date.today().isoformat(),
               "machine": machine(), "command": command(), "train": suite.train, "validation": suite.validation,
               "budget": suite.budget_text(), "generate_bytes": suite.generate_bytes}
     text = json.dumps({**header, "runs": results}, indent=1) + "\n"
@@ -58,6 +58,12 @@ def results_markdown(header: dict, results: list[dict]) -> str:
 def cell(result: dict, key: str, form: str) -> str:
     value = result.get(key)
     return "–" if value is None else form.format(value)
+
+
+def suite_name(suite: Suite) -> str:
+    """A shipped suite by its place in the project, any other by the path it was given as."""
+    shipped = suite.path.parent.resolve() == SHIPPED_SUITES.resolve()
+    return f"compare/suites/{suite.path.name}" if shipped else str(suite.path)
 
 
 def machine() -> str:
