@@ -15,7 +15,6 @@ this process then stops too, with the line that says how to continue: the same c
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
