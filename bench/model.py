@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from common import machine as machine_line  # noqa: E402  (bench/: this runs as a script)
-from model import MegaByteConfig, build_model, byte_loss, generate  # noqa: E402
+from model import MegaByteConfig, build_model, generate  # noqa: E402
 
 
 def megabyte_config(args, seq_len: int) -> MegaByteConfig:
@@ -111,7 +111,7 @@ def run_one(job: dict) -> dict:
 
         def step():
             with torch.autocast(device, dtype=torch.bfloat16, enabled=args.bf16):
-                loss = model(ids, return_loss=True) if job["impl"] == "peer" else byte_loss(model(ids), ids)
+                loss = model(ids, return_loss=True) if job["impl"] == "peer" else model(ids, loss=True)[0]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

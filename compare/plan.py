@@ -103,7 +103,7 @@ def time_step(config: TrainConfig, ranks: int) -> float:
     TIMED_STEPS after WARM_UP_SECONDS of steps (random bytes: the cost does not depend on them)."""
     import torch
 
-    from model import build_model, byte_loss
+    from model import build_model
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_model(config.model).to(device)
@@ -116,7 +116,7 @@ def time_step(config: TrainConfig, ranks: int) -> float:
         started = time.perf_counter()
         for _ in range(accumulation):
             with torch.autocast(device.type, dtype=precision, enabled=device.type == "cuda"):
-                loss = byte_loss(model(ids), ids)
+                loss, _ = model(ids, loss=True)  # as the trainer computes it
             loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -15,7 +15,8 @@ from model.ablations import NoGlobal, NoLocal
 from model.baseline import ByteTransformer
 from model.config import MegaByteConfig
 from model.generate import generate, generate_ids, sample
-from model.layers import KVCache, bits_per_byte, byte_loss
+from model.layers import KVCache
+from model.loss import ByteHead, bits_per_byte, byte_loss
 from model.megabyte import MegaByte
 from model.perceiver_ar import PerceiverAR
 from model.presets import PRESET_SIZES, PRESETS
@@ -34,5 +35,5 @@ def build_model(config: MegaByteConfig) -> nn.Module:
 __all__ = [
     "MegaByteConfig", "PRESETS", "PRESET_SIZES", "MegaByte", "ByteTransformer", "PerceiverAR", "NoLocal",
     "NoGlobal", "build_model",
-    "byte_loss", "bits_per_byte", "generate", "generate_ids", "sample", "KVCache",
+    "byte_loss", "bits_per_byte", "ByteHead", "generate", "generate_ids", "sample", "KVCache",
 ]

@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from model.config import MegaByteConfig
 from model.layers import trunc_normal_
+from model.loss import byte_loss
 from model.megabyte import MegaByte
 
 
@@ -33,12 +34,14 @@ class NoLocal(MegaByte):
         """Global output (..., P·D_G) → logits for the P bytes of its patch (..., P, V)."""
         return self.head(h).unflatten(-1, (self.config.patch_size, -1))  # (..., P, V)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B, T') with T' ≤ T → logits (B, T', V)."""
+    def forward(self, ids: torch.Tensor, loss: bool = False):
+        """ids (B, T') with T' ≤ T → logits (B, T', V); with loss, (mean nats, targets) from them
+        (P heads of the whole patch output: no byte head to fuse the loss with)."""
         B, T = ids.shape
-        ids = self.pad_to_patches(ids)  # (B, K·P)
-        h = self.global_forward(ids[:, : -self.config.patch_size])  # (B, K, P·D_G)
-        return self.patch_logits(h).flatten(1, 2)[:, :T]  # (B, K, P, V) → (B, T, V)
+        padded = self.pad_to_patches(ids)  # (B, K·P)
+        h = self.global_forward(padded[:, : -self.config.patch_size])  # (B, K, P·D_G)
+        logits = self.patch_logits(h).flatten(1, 2)[:, :T]  # (B, K, P, V) → (B, T, V)
+        return (byte_loss(logits, ids), (ids != self.config.pad_id).sum()) if loss else logits
 
     @torch.no_grad()
     def prefill(self, ids: torch.Tensor, max_len: int) -> tuple[torch.Tensor, dict]:

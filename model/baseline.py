@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from model.config import MegaByteConfig
 from model.layers import Transformer, trunc_normal_
+from model.loss import ByteHead
 
 
 class ByteTransformer(nn.Module):
@@ -24,7 +25,7 @@ class ByteTransformer(nn.Module):
         self.pos_embed = nn.Embedding(config.seq_len, D) if config.pos_embedding == "learned" else None
         self.start = nn.Parameter(torch.empty(D))  # stands before the first byte, like MegaByte's pads
         self.transformer = Transformer(config, D, config.global_layers, config.global_heads)
-        self.head = nn.Linear(D, config.vocab_size, bias=False)
+        self.head = ByteHead(D, config.vocab_size)
         for tensor in (self.embed.weight, self.start, self.head.weight):
             trunc_normal_(tensor, config.init_std)
         if self.pos_embed is not None:
@@ -46,13 +47,14 @@ class ByteTransformer(nn.Module):
         start = self.start.expand(ids.shape[0], 1, -1)  # (B, 1, D)
         return self.add_positions(torch.cat([start, self.embed(ids)], dim=1), 0)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B, T') with T' ≤ T → logits (B, T', V)."""
+    def forward(self, ids: torch.Tensor, loss: bool = False):
+        """ids (B, T') with T' ≤ T → logits (B, T', V); with loss, (mean nats, targets) instead."""
         B, T = ids.shape
         if T > self.config.seq_len:
             raise ValueError(f"sequence of {T} bytes is longer than the model's seq_len={self.config.seq_len}")
         x = self.inputs(ids[:, : max(T - 1, 0)])  # (B, T, D): the last byte predicts nothing here
-        return self.head(self.transformer(x))[:, :T]  # (B, T, V)
+        x = self.transformer(x)[:, :T]  # (B, T, D)
+        return self.head(x, ids) if loss else self.head(x)  # (B, T, V)
 
     @torch.no_grad()
     def prefill(self, ids: torch.Tensor, max_len: int) -> tuple[torch.Tensor, dict]:

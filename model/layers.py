@@ -1,6 +1,6 @@
 """The transformer pieces every model is built from: attention (with MegaByte's cross-patch
 option and PerceiverAR's last-n queries), MLP, pre-norm block, causal stack, a KV cache for
-generation, the convolutional patch encoder, and the byte loss.
+generation, and the convolutional patch encoder.
 
 Shapes: B batch, K patches (the local model's input is (B, K, P, C)), T positions in this call,
 S positions in the KV cache including this call (keys), n ≤ T positions that ask (queries),
@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from model.config import PAD_ID, MegaByteConfig
+from model.config import MegaByteConfig
 
 
 def trunc_normal_(tensor: torch.Tensor, std: float) -> torch.Tensor:
@@ -253,18 +253,3 @@ class ConvEncoder(nn.Module):
             x = x + self.act(conv(F.pad(x, (conv.kernel_size[0] - 1, 0))))  # (B, D, T)
         return x.transpose(1, 2)  # (B, T, D)
 
-
-def byte_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy in nats over the predicted positions whose target is not PAD.
-
-    logits (B, L, V) from model(ids), ids (B, T): logits[:, j] already predicts ids[:, T - L + j]
-    (the models shift internally, so no shift here). L = T for every model but PerceiverAR, which
-    predicts only its last L = latents bytes. Every byte value, 0 included, is a target; divide by
-    ln 2 for bits per byte. A batch of nothing but PAD gives NaN (0/0)."""
-    targets = ids[:, ids.shape[1] - logits.shape[1]:]  # (B, L): the bytes the logits predict
-    # (B·L, V) against (B·L,); fp32 so that a bf16 forward still gets an exact softmax
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=PAD_ID)
-
-
-def bits_per_byte(loss_nats: torch.Tensor | float) -> torch.Tensor | float:
-    return loss_nats / math.log(2)

@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from model.config import MegaByteConfig
 from model.layers import ConvEncoder, Transformer, trunc_normal_
+from model.loss import ByteHead
 
 
 class MegaByte(nn.Module):
@@ -56,7 +57,7 @@ class MegaByte(nn.Module):
         self.local_embed = nn.Embedding(config.vocab_size, D_L)
         self.local_pad = nn.Parameter(torch.empty(D_L))
         self.local_model = Transformer(config, D_L, config.local_layers, config.local_heads, config.local_cross_patch)
-        self.head = nn.Linear(D_L, config.vocab_size, bias=False)
+        self.head = ByteHead(D_L, config.vocab_size)
         for tensor in (self.local_embed.weight, self.local_pad, self.head.weight):
             trunc_normal_(tensor, config.init_std)
         if config.tie_embeddings:
@@ -135,16 +136,18 @@ class MegaByte(nn.Module):
             raise ValueError(f"sequence of {T} bytes: the model reads 1 to seq_len={self.config.seq_len} bytes")
         return nn.functional.pad(ids, (0, -ids.shape[1] % self.config.patch_size), value=self.config.pad_id)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B, T') with T' ≤ T → logits (B, T', V)."""
+    def forward(self, ids: torch.Tensor, loss: bool = False):
+        """ids (B, T') with T' ≤ T → logits (B, T', V); with loss, (mean nats, targets) instead
+        (the head's fused loss: the logits are never held whole)."""
         B, T = ids.shape
-        ids = self.pad_to_patches(ids)  # (B, K·P)
-        P, D_L, K = self.config.patch_size, self.config.local_dim, ids.shape[1] // self.config.patch_size
-        context = self.patch_contexts(ids)  # (B, K, P, D_L)
+        padded = self.pad_to_patches(ids)  # (B, K·P)
+        P, D_L, K = self.config.patch_size, self.config.local_dim, padded.shape[1] // self.config.patch_size
+        context = self.patch_contexts(padded)  # (B, K, P, D_L)
         assert context.shape == (B, K, P, D_L), f"global→local handover: {tuple(context.shape)} != {(B, K, P, D_L)}"
-        x = self.local_inputs(context, ids.view(B, K, P)[..., :-1])  # (B, K, P, D_L); bytes before slots 1..P-1
+        x = self.local_inputs(context, padded.view(B, K, P)[..., :-1])  # (B, K, P, D_L); bytes before slots 1..P-1
         x = self.local_model(x)  # (B, K, P, D_L): every patch at once (and its predecessor's last r)
-        return self.head(x).view(B, K * P, -1)[:, :T]  # (B, T, V)
+        x = x.view(B, K * P, D_L)[:, :T]  # (B, T, D_L)
+        return self.head(x, ids) if loss else self.head(x)  # (B, T, V)
 
     # ---- cached decoding: one global step per completed patch, one local step per byte ----
 

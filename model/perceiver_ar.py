@@ -27,14 +27,16 @@ class PerceiverAR(ByteTransformer):
         self.cross = Block(config, config.global_dim, config.global_heads)  # the latents' cross-attention
         init_block(self.cross, config, config.global_layers + 1)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B, T') with T' ≤ T → logits (B, n, V) for the last n = min(latents, T') bytes."""
+    def forward(self, ids: torch.Tensor, loss: bool = False):
+        """ids (B, T') with T' ≤ T → logits (B, n, V) for the last n = min(latents, T') bytes; with
+        loss, (mean nats, targets) over those n instead."""
         B, T = ids.shape
         if not 0 < T <= self.config.seq_len:
             raise ValueError(f"sequence of {T} bytes: the model reads 1 to seq_len={self.config.seq_len} bytes")
+        n = min(self.config.latents, T)
         x = self.inputs(ids[:, : T - 1])  # (B, T, D): the last byte predicts nothing here
-        x = self.cross(x, queries=min(self.config.latents, T))  # (B, n, D)
-        return self.head(self.transformer(x))  # (B, n, V)
+        x = self.transformer(self.cross(x, queries=n))  # (B, n, D)
+        return self.head(x, ids[:, T - n:]) if loss else self.head(x)  # (B, n, V)
 
     # ---- cached decoding ----
     # The cross-attention's keys and values, and its output at every position, depend on earlier

@@ -18,12 +18,10 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from model import byte_loss
 from model.flops import training_flops_per_byte
-from pipeline.format.vocab import PAD_ID
 from train import checkpoint
 from train.config import TrainConfig
-from train.evaluate import evaluate, predicted_targets
+from train.evaluate import evaluate
 from train.metrics import peak_flops
 from train.trainer import Trainer
 
@@ -71,11 +69,11 @@ def train_loop(t: Trainer, stop: StopRequest) -> dict:
         for _ in range(accumulation):
             batch = next(t.batches)
             ids = batch["ids"].to(t.device, non_blocking=True)  # (B, T)
-            logits = engine(ids)  # (B, L, V)
-            loss = byte_loss(logits, ids)  # the mean over the targets counted here
+            # the mean nats over the targets counted here, and their number; the head's fused
+            # loss never holds the (B, L, V) logits
+            loss, targets = engine(ids, loss=True)
             engine.backward(loss)
             engine.step()
-            targets = (predicted_targets(logits, ids) != PAD_ID).sum()
             sums[0] += loss.detach().double() * targets  # stays on the device: no sync per micro-batch
             sums[1] += targets
             t.trace.add(batch)
