@@ -1,4 +1,5 @@
-"""Model presets: a MegaByteConfig for every run of the paper's Table 15, and small ones for tests.
+"""Model presets: a MegaByteConfig for every run of the paper's Table 15 (and the text runs that
+only Tables 13 and 9 size), and small ones for tests.
 
 Names are TASK or TASK-VARIANT:
     tasks     text (the arXiv / PG-19 / Books / Stories / Code runs, one configuration for all),
@@ -6,6 +7,8 @@ Names are TASK or TASK-VARIANT:
     variants  transformer, perceiver-ar          the baselines, at the paper's compute budget
               no-local, no-global, no-cross-patch, cnn    the ablations of Table 10
               controlled                         imagenet64's compute-controlled MegaByte (Table 5)
+              split-350m, split-760m, split-1.3b    text's global/local split (Table 13)
+              transformer-350m                   Table 9's transformer, against split-1.3b
     tiny*     CPU-sized twins of every architecture and option, for tests, benchmarks and the demo
     tiny-image32*, tiny-audio*   CPU-sized MegaByte, transformer and PerceiverAR for 32×32 images
               and 8 kHz audio, for comparisons on real data
@@ -65,6 +68,19 @@ PRESETS: dict[str, MegaByteConfig] = {
     # convolutions. BS 48, LR 2e-4
     "text-cnn": megabyte(seq_len=8192, patch_size=8, global_dim=2048, global_layers=13, global_heads=32,
                          local_dim=1024, local_layers=18, local_heads=16, conv_encoder=True),
+
+    # the global/local split of Table 13 (PG-19, compute-matched), P=8, 8192 bytes: global
+    # 350M (1024, 24) + local 290M (1024, 20); 760M (1536, 24) + 262M (1024, 18); 1.3B (2048, 24) +
+    # 218M (1024, 15), the best, also Table 9's generation model. LR 2e-4 as the text runs
+    "text-split-350m": megabyte(seq_len=8192, patch_size=8, global_dim=1024, global_layers=24, global_heads=16,
+                                local_dim=1024, local_layers=20, local_heads=16),
+    "text-split-760m": megabyte(seq_len=8192, patch_size=8, global_dim=1536, global_layers=24, global_heads=16,
+                                local_dim=1024, local_layers=18, local_heads=16),
+    "text-split-1.3b": megabyte(seq_len=8192, patch_size=8, global_dim=2048, global_layers=24, global_heads=32,
+                                local_dim=1024, local_layers=15, local_heads=16),
+    # Table 9's transformer: 350M (1024, 24) with a 1024-byte context, against text-split-1.3b
+    "text-transformer-350m": baseline("transformer", seq_len=1024, global_dim=1024, global_layers=24,
+                                      global_heads=16),
 
     # ---- ImageNet 64×64: 12288 bytes per image, P=12 (2×2×3 patch scan) ----
     # state of the art (Table 4): global 2.7B (2560, 32) + local 350M (1024, 24). BS 2, LR 2e-4.
@@ -208,6 +224,10 @@ PRESET_SIZES: dict[str, tuple[int, int | None]] = {
     "text-no-global": (302_584_832, 350_000_000),  # -14%
     "text-no-cross-patch": (1_161_099_776, 1_271_000_000),  # -9%
     "text-cnn": (885_073_152, 966_000_000),  # -8%
+    "text-split-350m": (555_717_888, 640_000_000),  # -13%
+    "text-split-760m": (908_780_416, 1_022_000_000),  # -11%
+    "text-split-1.3b": (1_400_241_664, 1_518_000_000),  # -8%
+    "text-transformer-350m": (303_625_216, 350_000_000),  # -13%
     "imagenet64": (2_982_995_624, 3_050_000_000),  # -2%
     "imagenet64-controlled": (2_497_005_600, 2_600_000_000),  # -4%
     "imagenet64-transformer": (683_503_104, 760_000_000),  # -10%

@@ -1,4 +1,4 @@
-"""Presets: every Table 15 run, built on the meta device with its counted parameters, the paper's
+"""Presets: every Table 15 run (and the Table 13 and 9 runs), built on the meta device with its counted parameters, the paper's
 model recipe and Table 14's head widths; unknown names are one error line."""
 
 import json
@@ -28,14 +28,20 @@ TABLE_15 = {
     ("Audio", "w/o global"): "audio-no-global", ("Audio", "w/o cross-patch"): "audio-no-cross-patch",
     ("Audio", "w/ CNN"): "audio-cnn",
 }
-PAPER_PRESETS = sorted(TABLE_15.values())
+# the runs Tables 13 and 9 size beyond Table 15: the global/local split, and Table 9's transformer
+OTHER_TABLES = {
+    ("Table 13", "350M / 290M"): "text-split-350m", ("Table 13", "760M / 262M"): "text-split-760m",
+    ("Table 13", "1.3B / 218M"): "text-split-1.3b", ("Table 9", "Transformer 350M"): "text-transformer-350m",
+}
+PAPER_PRESETS = sorted({*TABLE_15.values(), *OTHER_TABLES.values()})
 TABLE_14_HEAD_WIDTH = {768: 64, 1024: 64, 1536: 96, 2048: 64, 2560: 80, 4096: 128}
 CLASS_OF = {"megabyte": "MegaByte", "transformer": "ByteTransformer", "perceiver_ar": "PerceiverAR",
             "no_local": "NoLocal", "no_global": "NoGlobal"}
 
 
 def test_every_table_15_row_has_a_preset_and_every_preset_a_size():
-    assert len(TABLE_15) == 28 and len(set(PAPER_PRESETS)) == 28
+    assert len(TABLE_15) == 28 and len(set(TABLE_15.values())) == 28
+    assert len(PAPER_PRESETS) == 28 + len(OTHER_TABLES)
     assert set(PAPER_PRESETS) <= set(PRESETS)
     assert set(PRESET_SIZES) == set(PRESETS)
     assert all(PRESET_SIZES[name][1] for name in PAPER_PRESETS)  # the paper's stated size beside ours
