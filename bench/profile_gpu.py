@@ -17,8 +17,9 @@ reshape, concatenation and pad of the model's forward outside the blocks), head 
 optimizer, communication (nccl/gloo/c10d ops; none in a single-process step), other (gradient
 accumulation into .grad, and whatever no scope claims). "ideal" is the part's training FLOPs
 (3 × model/flops.py's forward count × batch) at the peak: train/metrics.py's bf16 peak for known
-GPUs, or --peak-tflops. Plain PyTorch, no DeepSpeed: on one GPU ZeRO-2 has nothing to
-communicate, and its bf16 weights would change what is measured.
+GPUs, or --peak-tflops. Plain PyTorch under autocast, no DeepSpeed: the trainer's engine keeps
+bf16 weights with fp32 master copies in ZeRO's optimizer, so its casts, optimizer step and
+gradient reductions differ from what this measures.
 """
 
 import argparse
@@ -252,7 +253,7 @@ def parse_args(argv=None):
     parser.add_argument("--activation-checkpointing", action="store_true", help="recompute each block in backward")
     parser.add_argument("--peak-tflops", type=float,
                         help="the device's peak, for the ideal column and MFU (default: the bf16 peak of "
-                             "known GPUs; none on CPU, where those columns read n/a)")
+                             "known GPUs, so give the fp32 one with --dtype fp32; none on CPU: n/a)")
     parser.add_argument("--trace", help="also write the step's Chrome trace (chrome://tracing, Perfetto) here")
     parser.add_argument("--top", type=int, default=15, help="kernels (ops on CPU) listed (default: 15)")
     args = parser.parse_args(argv)

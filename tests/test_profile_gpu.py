@@ -1,5 +1,6 @@
 """bench/profile_gpu.py on CPU: one tiny training step, its time split by model part."""
 
+import argparse
 import importlib.util
 import sys
 from pathlib import Path
@@ -74,7 +75,7 @@ def test_transformer_has_no_local_blocks(bench):
 
 def test_report(bench, megabyte, capsys, tmp_path):
     args, result = megabyte
-    args.peak_tflops = 1.0  # CPUs have no peak of their own: the ideal columns read n/a without one
+    args = argparse.Namespace(**{**vars(args), "peak_tflops": 1.0})  # CPUs have no peak of their own
     bench.report(args, result)
     out = capsys.readouterr().out
     rows = {line[:26].strip(): line[26:].split() for line in out.splitlines() if line[:26].strip() in bench.PARTS}
