@@ -1,0 +1,87 @@
+"""bench/profile_gpu.py on CPU: one tiny training step, its time split by model part."""
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from model.flops import count_flops
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """The script as a module; it imports bench/common.py as `common`, as when run from bench/."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("profile_gpu", BENCH / "profile_gpu.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
+    return module
+
+
+def profile(bench, preset: str, *flags: str):
+    args = bench.parse_args(["--preset", preset, "--device", "cpu", "--batch-size", "2", "--warmup", "1",
+                             "--set", "seq_len=64", "dropout=0", *flags])
+    return args, bench.profile_step(args)
+
+
+@pytest.fixture(scope="module")
+def megabyte(bench):
+    return profile(bench, "tiny")
+
+
+def test_parts_with_flops_are_measured_and_add_up(bench, megabyte):
+    args, result = megabyte
+    parts = result["parts"]
+    with_flops = {bench.PART_OF_FLOPS[name] for name in count_flops(result["config"]).parts}
+    assert with_flops == {bench.GLOBAL, bench.LOCAL, bench.EMBED, bench.HEAD}
+    for part in with_flops | {bench.OPTIMIZER}:
+        assert parts[part] > 0, part
+    assert set(parts) <= set(bench.PARTS)
+    assert sum(parts.values()) == pytest.approx(result["total"], rel=0.01)
+
+
+def test_backward_ops_take_their_forward_part(bench, megabyte):
+    _, result = megabyte
+    backward = result["backward_events"]
+    for part in (bench.GLOBAL, bench.LOCAL, bench.EMBED, bench.HEAD):
+        assert backward[part] > 0, part
+    assert backward[bench.OPTIMIZER] == 0 and backward[bench.OTHER] == 0
+
+
+def test_recomputed_blocks_count_as_their_blocks(bench, megabyte):
+    """With activation checkpointing each block's forward runs again inside backward, under a
+    backward node of that block: those ops go to the blocks too."""
+    _, plain = megabyte
+    _, checkpointed = profile(bench, "tiny", "--activation-checkpointing")
+    assert checkpointed["config"].activation_checkpointing
+    for part in (bench.GLOBAL, bench.LOCAL):
+        assert checkpointed["backward_events"][part] > plain["backward_events"][part], part
+    assert checkpointed["backward_events"][bench.HEAD] == plain["backward_events"][bench.HEAD]
+
+
+def test_transformer_has_no_local_blocks(bench):
+    _, result = profile(bench, "tiny-transformer")
+    assert result["parts"][bench.LOCAL] == 0
+    assert result["parts"][bench.GLOBAL] > 0 and result["backward_events"][bench.GLOBAL] > 0
+    assert sum(result["parts"].values()) == pytest.approx(result["total"], rel=0.01)
+
+
+def test_report(bench, megabyte, capsys, tmp_path):
+    args, result = megabyte
+    args = argparse.Namespace(**{**vars(args), "peak_tflops": 1.0})  # CPUs have no peak of their own
+    bench.report(args, result)
+    out = capsys.readouterr().out
+    rows = {line[:26].strip(): line[26:].split() for line in out.splitlines() if line[:26].strip() in bench.PARTS}
+    assert set(rows) == set(bench.PARTS)
+    ideal_ms = 3 * sum(count_flops(result["config"]).parts.get(name, 0) for name in ("global", "global attention")) \
+        * args.batch_size / 1e12 * 1e3
+    assert float(rows[bench.GLOBAL][2]) == pytest.approx(ideal_ms, abs=0.01)
+    assert rows[bench.OPTIMIZER][2:] == ["n/a", "n/a"]  # no FLOPs counted
+    assert "MFU" in out and len(result["top"]) == args.top
