@@ -5,11 +5,12 @@ take at the device's peak FLOP rate.
     python bench/profile_gpu.py --preset gpu-350m --batch-size 8 --trace step.json
     python bench/profile_gpu.py --preset text --set global_layers=4 seq_len=4096 --activation-checkpointing
 
-One step (zero_grad, forward, byte_loss, backward, AdamW step; fused on CUDA) after --warmup steps,
-recorded with torch.profiler. Hooks open a record_function scope around each part's forward
-(the model code is untouched); backward ops run outside those scopes, so each takes the part of
-the forward op that made its autograd node: both carry the same sequence number. Every op (CPU)
-or kernel (CUDA) counts its own time only, so the parts add up to the profiler's total.
+One step (zero_grad, forward with the head's fused loss as the trainer's or --plain-loss, backward,
+AdamW step; fused on CUDA) after --warmup steps, recorded with torch.profiler. Hooks open a
+record_function scope around each part's forward (the model code is untouched); backward ops run
+outside those scopes, so each takes the part of the forward op that made its autograd node: both
+carry the same sequence number. Every op (CPU) or kernel (CUDA) counts its own time only, so the
+parts add up to the profiler's total.
 
 Parts: global blocks (global_model; a baseline's transformer and PerceiverAR's cross block),
 local blocks (local_model), embeddings and handover (the embeddings, conv encoder, w_GL and every
@@ -101,16 +102,19 @@ def label_parts(model: torch.nn.Module) -> None:
             add_scope(child, PART_OF_CHILD[name])
 
 
-def train_step(model, optimizer, ids: torch.Tensor, bf16: bool) -> float:
+def train_step(model, optimizer, ids: torch.Tensor, bf16: bool, plain_loss: bool) -> float:
     """One training step; its wall-clock seconds, the device's queue drained."""
     device = ids.device.type
     start = time.perf_counter()
     with torch.profiler.record_function(SCOPE + OPTIMIZER):
         optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-        logits = model(ids)
-        with torch.profiler.record_function(SCOPE + HEAD):
-            loss = byte_loss(logits, ids)
+        if plain_loss:  # the logits of every position, then byte_loss on them
+            logits = model(ids)
+            with torch.profiler.record_function(SCOPE + HEAD):
+                loss = byte_loss(logits, ids)
+        else:  # as the trainer: the head's fused loss, inside the head's scope
+            loss, _ = model(ids, loss=True)
     loss.backward()
     with torch.profiler.record_function(SCOPE + OPTIMIZER):
         optimizer.step()
@@ -185,10 +189,10 @@ def profile_step(args) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=on_cuda)
     ids = torch.randint(0, 256, (args.batch_size, config.seq_len), device=args.device)
     bf16 = args.dtype == "bf16"
-    seconds = [train_step(model, optimizer, ids, bf16) for _ in range(args.warmup)]
+    seconds = [train_step(model, optimizer, ids, bf16, args.plain_loss) for _ in range(args.warmup)]
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_cuda else [])
     with torch.profiler.profile(activities=activities) as prof:
-        seconds.append(train_step(model, optimizer, ids, bf16))
+        seconds.append(train_step(model, optimizer, ids, bf16, args.plain_loss))
     if args.trace:
         prof.export_chrome_trace(args.trace)
     rows = attribute(prof.events(), on_cuda)
@@ -254,6 +258,8 @@ def parse_args(argv=None):
     parser.add_argument("--peak-tflops", type=float,
                         help="the device's peak, for the ideal column and MFU (default: the bf16 peak of "
                              "known GPUs, so give the fp32 one with --dtype fp32; none on CPU: n/a)")
+    parser.add_argument("--plain-loss", action="store_true",
+                        help="logits of every position, then byte_loss (default: the head's fused loss, as the trainer)")
     parser.add_argument("--trace", help="also write the step's Chrome trace (chrome://tracing, Perfetto) here")
     parser.add_argument("--top", type=int, default=15, help="kernels (ops on CPU) listed (default: 15)")
     args = parser.parse_args(argv)
