@@ -6,12 +6,12 @@ V vocabulary, n rows in one chunk.
 
 Why fused: the 258-way head is cheap in FLOPs (2·D·V per byte) but its output is not. Computed
 whole, a training step keeps (B, L, V) logits in the compute dtype, their fp32 copy for an exact
-softmax, the fp32 log-probabilities for backward and a gradient of the same size: at T = 8192
-and batch 16, about 0.5 GB written and read several times for a layer that is ~1% of the
-FLOPs. ByteHead(h, targets) walks the rows in chunks of CHUNK_ROWS instead; for each chunk it
-computes the logits, the loss, and at once the gradients with respect to h and the head's weight
-(softmax − one-hot, through the two matmuls a linear layer's backward does). Backward only scales
-what forward left. What is kept is the size of h plus one V × D matrix.
+softmax and the fp32 log-probabilities for backward, and backward writes a gradient of the same
+size: at T = 8192 and batch 16, about 0.5 GB written and read several times for a layer that is
+~1% of the FLOPs. ByteHead(h, targets) walks the rows in chunks of CHUNK_ROWS instead, keeping
+one number per row (the log of the softmax's denominator); backward computes each chunk's logits
+again and turns them into both gradients (softmax − one-hot, through the two matmuls a linear
+layer's backward does). Nothing of size N·V outlives a chunk.
 """
 
 import math
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from model.config import PAD_ID
 
-CHUNK_ROWS = 16384  # 16 MiB of fp32 logits per chunk
+CHUNK_ROWS = 8192  # 8 MiB of fp32 logits per chunk
 
 
 def byte_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -43,43 +43,53 @@ def bits_per_byte(loss_nats: torch.Tensor | float) -> torch.Tensor | float:
 
 class FusedHeadLoss(torch.autograd.Function):
     """h (N, D), weight (V, D), targets (N,) → the mean cross-entropy of softmax(h · weightᵀ) at the
-    rows whose target is not PAD, with both gradients computed chunk by chunk in forward."""
+    rows whose target is not PAD. Forward keeps one number per row (the log of the softmax's
+    denominator); backward computes the logits of each chunk again, the price of never holding
+    them all: one more head matmul, 2·D·V FLOPs per byte."""
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         counted = targets != PAD_ID  # (N,)
-        count = counted.sum()
-        grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None  # (N, D)
-        summed = torch.promote_types(weight.dtype, torch.float32)  # the weight's gradient sums in fp32 at least
-        grad_w = torch.zeros(weight.shape, dtype=summed, device=weight.device) if ctx.needs_input_grad[1] else None
+        log_z = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)  # (N,)
         nats = torch.zeros((), dtype=torch.float32, device=h.device)
-        for start in range(0, h.shape[0], CHUNK_ROWS):
-            rows = slice(start, start + CHUNK_ROWS)
-            h_c, t_c, keep = h[rows], targets[rows], counted[rows]  # (n, D), (n,), (n,)
-            logits = F.linear(h_c, weight)  # (n, V) in the compute dtype (bf16 under autocast)
-            log_p = logits.float().log_softmax(dim=-1)  # (n, V) fp32, as byte_loss's exact softmax
+        ctx.compute_dtype = h.dtype  # what F.linear computes in: h's, or autocast's (bf16)
+        for rows in chunks(h.shape[0]):
+            logits = F.linear(h[rows], weight)  # (n, V) in the compute dtype
+            ctx.compute_dtype = logits.dtype
+            logits = logits.float()  # fp32, as byte_loss's exact softmax
+            log_z[rows] = logits.logsumexp(dim=-1)
             # PAD is an id of the vocabulary: its rows are computed like the others, then not counted
-            nats -= (log_p.gather(1, t_c[:, None])[:, 0] * keep).sum()
-            if grad_h is None and grad_w is None:
-                continue
-            # d(mean nats)/d logits = (softmax − one-hot) / count at counted rows, 0 elsewhere
-            g = log_p.exp_()  # (n, V), reusing log_p's memory
-            g[torch.arange(g.shape[0], device=g.device), t_c] -= 1
-            g = (g * (keep[:, None] / count.clamp(min=1))).to(logits.dtype)  # (n, V)
-            if grad_h is not None:
-                grad_h[rows] = (g @ weight.to(g.dtype)).to(h.dtype)  # (n, D)
-            if grad_w is not None:
-                grad_w += (g.t() @ h_c.to(g.dtype)).to(summed)  # (V, D), summed over chunks
-        ctx.save_for_backward(grad_h, grad_w)
-        ctx.weight_dtype = weight.dtype
-        return nats / count  # NaN for a batch of nothing but PAD, as byte_loss
+            picked = logits.gather(1, targets[rows, None])[:, 0]  # (n,)
+            nats += ((log_z[rows] - picked) * counted[rows]).sum()
+        ctx.save_for_backward(h, weight, targets, log_z)
+        return nats / counted.sum()  # NaN for a batch of nothing but PAD, as byte_loss
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
-        grad_h, grad_w = ctx.saved_tensors
-        grad_h = grad_h * grad_loss.to(grad_h.dtype) if grad_h is not None else None
-        grad_w = (grad_w * grad_loss).to(ctx.weight_dtype) if grad_w is not None else None
-        return grad_h, grad_w, None
+        h, weight, targets, log_z = ctx.saved_tensors
+        dtype = ctx.compute_dtype
+        counted = targets != PAD_ID  # (N,)
+        scale = grad_loss / counted.sum().clamp(min=1)  # d loss / d nats of a counted row
+        w = weight.to(dtype)  # (V, D)
+        grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None  # (N, D)
+        summed = torch.promote_types(weight.dtype, torch.float32)  # the weight's gradient sums in fp32 at least
+        grad_w = torch.zeros(weight.shape, dtype=summed, device=weight.device) if ctx.needs_input_grad[1] else None
+        for rows in chunks(h.shape[0]):
+            h_c = h[rows].to(dtype)  # (n, D)
+            # d nats / d logits = softmax − one-hot, at counted rows
+            g = F.linear(h_c, w).float().sub_(log_z[rows, None]).exp_()  # (n, V): the softmax, in place
+            g[torch.arange(g.shape[0], device=g.device), targets[rows]] -= 1
+            g = g.mul_(counted[rows, None] * scale).to(dtype)  # (n, V)
+            if grad_h is not None:
+                grad_h[rows] = g @ w  # (n, D)
+            if grad_w is not None:
+                grad_w += (g.t() @ h_c).to(summed)  # (V, D), summed over chunks
+        return grad_h, grad_w.to(weight.dtype) if grad_w is not None else None, None
+
+
+def chunks(rows: int):
+    """Slices of at most CHUNK_ROWS rows covering 0..rows."""
+    return (slice(start, start + CHUNK_ROWS) for start in range(0, rows, CHUNK_ROWS))
 
 
 class ByteHead(nn.Linear):

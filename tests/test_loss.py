@@ -80,7 +80,7 @@ def test_the_logits_of_every_position_are_never_saved(monkeypatch):
         return max(sizes)
 
     assert largest_saved(fused=False) >= rows * V
-    assert largest_saved(fused=True) == rows * D_L  # the gradient for h; D_L = 128 < V = 258
+    assert largest_saved(fused=True) == rows * D_L  # h itself; D_L = 128 < V = 258
 
 
 def test_no_gradient_is_computed_without_grad():
