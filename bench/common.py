@@ -1,11 +1,12 @@
-"""What the benchmark scripts share: the machine line every table starts with, and the harness of
-the two converter benchmarks (convert_image.py, convert_audio.py): bare work against the
-converter, 1 and 2 processes, half the files and all of them.
+"""What the benchmark scripts share: the machine line every table starts with, KEY=VALUE model
+settings, and the harness of the two converter benchmarks (convert_image.py, convert_audio.py):
+bare work against the converter, 1 and 2 processes, half the files and all of them.
 
 The scripts run as `python bench/NAME.py`, which puts bench/ on sys.path: they import this as
 `common`.
 """
 
+import json
 import multiprocessing
 import os
 import platform
@@ -32,6 +33,19 @@ def machine(*versions: str) -> str:
     """CPU, cores and Python, then what else the figures depend on (e.g. "zstandard 0.23.0")."""
     return ", ".join([cpu_name(), f"{os.cpu_count()} cores", f"Python {platform.python_version()}",
                       *versions])
+
+
+def parse_setting(item: str) -> tuple[str, object]:
+    """"key=value" → (key, value), the value read as JSON where it is JSON (numbers, true, false),
+    else kept as a string; ValueError without the "="."""
+    key, equals, value = item.partition("=")
+    if not equals:
+        raise ValueError(f"{item!r}: write KEY=VALUE, e.g. seq_len=2048")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,23 +1,55 @@
 #!/usr/bin/env bash
-# One script for one H100/H200 GPU, under 8 minutes: the GPU tests, the model tests on a machine
-# with CUDA, then training throughput and model FLOPs utilisation of a ~350M MegaByte and the
-# equal-size baseline (bf16, fused AdamW, ZeRO-2, data from shards), each beside the same engine
-# fed from memory.
+# The GPU checks in one script for one H100/H200, in phases that can run apart (each well under
+# 10 minutes; all of them about 9):
+#   tests      the GPU tests and the model tests on CUDA                                 ~1 min
+#   profile    one training step of the ~350M MegaByte by model part (fused loss, the logits
+#              path, matmul local attention) and of the equal-size baseline; the loss and the
+#              local attention alone, each way                                           ~2 min
+#   train      trainer throughput and MFU (bf16, ZeRO-2) of the ~350M MegaByte at batch 16 and
+#              32 (sdpa and matmul local attention) and the baseline at batch 4; Table 13's
+#              1.3B/218M MegaByte and a 1.4B baseline under ZeRO-3 with activation checkpointing ~5 min
+#   generate   Table 9: MegaByte 1.3B/218M (8192-byte context) against a 350M transformer
+#              (1024), 8192 bytes, batch 1 and 16                                         ~1 min
 #
-#     bash bench/gpu.sh            # from the repository root, with the project importable
+#     bash bench/gpu.sh                     # every phase, from the repository root
+#     bash bench/gpu.sh profile generate    # some of them
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 DS_ACCELERATOR=cuda PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PYTHON=${PYTHON:-python3}
+PHASES=${*:-tests profile train generate}
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PYTHON" -c "import torch, deepspeed; print('torch', torch.__version__, 'deepspeed', deepspeed.__version__)"
 
-echo "== tests on CUDA"
-timeout 300 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_model.py tests/test_generate.py
-
-echo "== training throughput, ~350M, bf16, ZeRO-2"
-# MegaByte's step is cheap per byte: it needs a larger batch to keep the GPU busy; the baseline's
-# activations at T = 8192 (28 layers × 8192 × 1024) limit it to a few sequences per step
-timeout 200 "$PYTHON" bench/train.py --preset gpu-350m --models megabyte --steps 15 --warmup 5 --batch-size 16 --workers 6
-timeout 200 "$PYTHON" bench/train.py --preset gpu-350m --models baseline --steps 15 --warmup 5 --batch-size 4 --workers 4
+for phase in $PHASES; do
+  echo "== $phase"
+  case $phase in
+    tests)
+      timeout 300 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_model.py \
+        tests/test_generate.py tests/test_loss.py tests/test_local_attention.py ;;
+    profile)
+      for variant in "" "--plain-loss" "--set local_attention=matmul"; do
+        # shellcheck disable=SC2086  # the variant is several words
+        timeout 120 "$PYTHON" bench/profile_gpu.py --preset gpu-350m --batch-size 16 --top 12 $variant
+      done
+      timeout 120 "$PYTHON" bench/profile_gpu.py --preset gpu-350m:baseline --batch-size 4 --top 12
+      timeout 60 "$PYTHON" bench/loss.py --batch 16 --seq-len 8192 --dim 512 --bf16
+      timeout 120 "$PYTHON" bench/local_attention.py ;;
+    train)
+      # MegaByte's step is cheap per byte: it needs a larger batch to keep the GPU busy; the
+      # baseline's activations at T = 8192 (28 layers × 8192 × 1024) limit it to a few sequences
+      for batch in 16 32; do
+        for attention in sdpa matmul; do
+          timeout 150 "$PYTHON" bench/train.py --preset gpu-350m --models megabyte --steps 10 --warmup 4 \
+            --batch-size $batch --workers 6 --megabyte-set local_attention=$attention
+        done
+      done
+      timeout 150 "$PYTHON" bench/train.py --preset gpu-350m --models baseline --steps 10 --warmup 4 --batch-size 4 --workers 4
+      timeout 240 "$PYTHON" bench/train.py --preset gpu-table13 --zero-stage 3 --steps 6 --warmup 3 --batch-size 16 --workers 6 ;;
+    generate)
+      timeout 240 "$PYTHON" bench/generate.py --megabyte text-split-1.3b --transformer text-transformer-350m \
+        --new-bytes 8192 --batch-sizes 1 16 ;;
+    *) echo "unknown phase $phase: tests, profile, train or generate" >&2; exit 2 ;;
+  esac
+done

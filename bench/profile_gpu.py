@@ -25,7 +25,6 @@ gradient reductions differ from what this measures.
 
 import argparse
 import importlib.util
-import json
 import os
 import re
 import sys
@@ -38,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from torch.autograd import DeviceType  # noqa: E402
 
-from common import machine as machine_line  # noqa: E402  (bench/: this runs as a script)
+from common import machine as machine_line, parse_setting  # noqa: E402  (bench/: this runs as a script)
 from model import PRESETS, MegaByteConfig, build_model, byte_loss  # noqa: E402
 from model.flops import count_flops  # noqa: E402
 from train.metrics import peak_flops  # noqa: E402
@@ -73,15 +72,8 @@ def load_config(name: str, overrides: list[str], checkpointing: bool) -> MegaByt
         fields = dict(bench_train.MODELS[section][1 if which else 0])
         fields = {**PRESETS[fields.pop("preset")].to_dict(), **fields}
     fields["activation_checkpointing"] |= checkpointing
-    for override in overrides:
-        key, equals, value = override.partition("=")
-        if not equals:
-            raise SystemExit(f"--set {override}: write KEY=VALUE, e.g. seq_len=2048")
-        try:
-            fields[key] = json.loads(value)
-        except ValueError:
-            fields[key] = value
     try:
+        fields.update(parse_setting(override) for override in overrides)
         return MegaByteConfig.from_dict(fields)
     except (TypeError, ValueError) as error:
         raise SystemExit(f"--set: {error}") from None

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import train.loop  # noqa: E402
-from common import machine as machine_line  # noqa: E402  (bench/: this runs as a script)
+from common import machine as machine_line, parse_setting  # noqa: E402  (bench/: this runs as a script)
 from pipeline.convert.driver import ConvertOptions, convert  # noqa: E402
 from pipeline.convert.text import TextConverter  # noqa: E402
 from tools.cmd_demo import stdlib_sources  # noqa: E402
@@ -52,6 +52,11 @@ MODELS = {
                  {"preset": "text-transformer", "seq_len": 8192, "global_dim": 1024,
                   "global_layers": 28, "global_heads": 8, "dropout": 0.0, "activation": "gelu",
                   "init_std": 0.02}),
+    # Table 13's best split, global 1.3B (2048 × 24) + local 218M (1024 × 15), P = 8, and a 1.4B
+    # baseline (2048 × 28), T = 8192; run under ZeRO-3 with activation checkpointing
+    "gpu-table13": ({"preset": "text-split-1.3b", "dropout": 0.0, "activation_checkpointing": True},
+                    {"preset": "text-transformer", "seq_len": 8192, "global_dim": 2048, "global_layers": 28,
+                     "global_heads": 32, "dropout": 0.0, "activation_checkpointing": True}),
 }
 
 
@@ -109,6 +114,8 @@ def main() -> None:
     parser.add_argument("--zero-stage", type=int, default=2, help="ZeRO stage (default: 2)")
     parser.add_argument("--models", default="megabyte,baseline", help="which to run (default: both)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
+    parser.add_argument("--megabyte-set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="model settings over the preset's, for MegaByte only (e.g. local_attention=matmul)")
     args = parser.parse_args()
 
     rank, world, device = init_distributed()
@@ -118,10 +125,13 @@ def main() -> None:
         for name, section in zip(["megabyte", "baseline"], MODELS[args.preset]):
             if name not in args.models.split(","):
                 continue
+            if name == "megabyte":
+                section = {**section, **dict(parse_setting(item) for item in args.megabyte_set)}
             rows.append((name, *bench_model(section, args, data, Path(tmp) / name, rank, world, device)))
     if rank != 0:
         return
-    print(f"machine: {machine()}; preset {args.preset}, batch {args.batch_size}, ZeRO-{args.zero_stage}, "
+    print(f"machine: {machine()}; preset {args.preset}{''.join(' ' + s for s in args.megabyte_set)}, "
+          f"batch {args.batch_size}, ZeRO-{args.zero_stage}, "
           f"{args.workers} loader workers, median of {args.steps} steps"
           f"{', blocks compiled' if args.compile else ''}")
     print(f"{'model':<10} {'params':>8} {'shards B/s':>12} {'memory B/s':>12} {'ratio':>6} {'MFU':>12}")
