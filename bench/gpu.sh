@@ -46,7 +46,10 @@ for phase in $PHASES; do
         done
       done
       timeout 150 "$PYTHON" bench/train.py --preset gpu-350m --models baseline --steps 10 --warmup 4 --batch-size 4 --workers 4
-      timeout 240 "$PYTHON" bench/train.py --preset gpu-table13 --zero-stage 3 --steps 6 --warmup 3 --batch-size 16 --workers 6 ;;
+      timeout 200 "$PYTHON" bench/train.py --preset gpu-table13 --models megabyte --zero-stage 3 --steps 5 --warmup 3 \
+        --batch-size 16 --workers 6
+      timeout 200 "$PYTHON" bench/train.py --preset gpu-table13 --models baseline --zero-stage 3 --steps 5 --warmup 3 \
+        --batch-size 8 --workers 4 ;;
     generate)
       timeout 240 "$PYTHON" bench/generate.py --megabyte text-split-1.3b --transformer text-transformer-350m \
         --new-bytes 8192 --batch-sizes 1 16 ;;
