@@ -19,9 +19,14 @@ architecture="no_local": the "w/o local model" ablation (Table 10): the global m
     global output, so tie_embeddings has nothing to tie there).
 architecture="no_global": the "w/o global model" ablation: the local model alone, over patches of P
     bytes that see nothing of each other.
+local_attention chooses the kernel of the local model's attention, not what it computes: "sdpa"
+    (F.scaled_dot_product_attention) or "matmul" (q·kᵀ, softmax in fp32, ·v as batched matmuls).
+    The local model attends over P ≤ 16 bytes (r+P keys with cross-patch attention) in B·K tiny
+    sequences, which the flash kernel pads up to its block size, so plain matmuls may be faster
+    there; a GPU profile (bench/local_attention.py) decides. The global models always use sdpa.
 A field that an architecture does not use must keep its "off" value (patch_size=1, local_layers=0,
-global_layers=0, latents=0, local_cross_patch=0, conv_encoder=False, as the error says), so that a
-config never carries numbers that mean nothing.
+global_layers=0, latents=0, local_cross_patch=0, conv_encoder=False, local_attention="sdpa", as the
+error says), so that a config never carries numbers that mean nothing.
 """
 
 import dataclasses
@@ -46,6 +51,7 @@ UNPATCHED = ("transformer", "perceiver_ar")  # read single bytes: patch_size=1
 ACTIVATIONS = ("gelu", "relu", "swiglu")
 NORMS = ("layernorm", "rmsnorm")
 POS_EMBEDDINGS = ("learned", "none")
+LOCAL_ATTENTIONS = ("sdpa", "matmul")  # kernels of the local model's attention
 
 
 @dataclass
@@ -71,6 +77,7 @@ class MegaByteConfig:
     latents: int = 0  # perceiver_ar only: N, the last N positions (queries of its cross-attention)
     local_cross_patch: int = 0  # megabyte only: r ≤ P positions of the previous patch (0 = off)
     conv_encoder: bool = False  # megabyte, no_local: causal convolutions (kernels 3, 5, 7)
+    local_attention: str = "sdpa"  # megabyte, no_global: the local attention's kernel (see above)
 
     def __post_init__(self):
         def check(ok: bool, message: str):
@@ -81,6 +88,8 @@ class MegaByteConfig:
         check(self.activation in ACTIVATIONS, f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         check(self.norm in NORMS, f"norm must be one of {NORMS}, got {self.norm!r}")
         check(self.pos_embedding in POS_EMBEDDINGS, f"pos_embedding must be one of {POS_EMBEDDINGS}, got {self.pos_embedding!r}")
+        check(self.local_attention in LOCAL_ATTENTIONS,
+              f"local_attention must be one of {LOCAL_ATTENTIONS}, got {self.local_attention!r}")
         check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
         check(self.mlp_ratio > 0 and self.init_std > 0, "mlp_ratio and init_std must be positive")
         check(self.patch_size >= 1 and self.seq_len >= 1, "patch_size and seq_len must be positive")
@@ -126,6 +135,9 @@ class MegaByteConfig:
         else:
             check(self.local_cross_patch == 0,
                   f"local_cross_patch is a megabyte option: set local_cross_patch=0 for {arch}")
+        check(self.local_attention == "sdpa" or arch in WITH_LOCAL,
+              f"local_attention chooses the local model's kernel, and {arch} has no local model: set "
+              f"local_attention=\"sdpa\" for {arch}")
         check(not self.conv_encoder or arch in ("megabyte", "no_local"),
               f"conv_encoder is an option of megabyte and no_local (the patch embedder): set "
               f"conv_encoder=false for {arch}")

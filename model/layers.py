@@ -76,15 +76,38 @@ class KVCache:
         self.length = n
 
 
+def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                     is_causal: bool = False, dropout_p: float = 0.0) -> torch.Tensor:
+    """F.scaled_dot_product_attention as plain batched matmuls, for the local model's short
+    sequences (P ≤ 16 queries), which a flash kernel would pad up to its block size.
+    q (N, nh, n, hs), k and v (N, nh, S, hs), attn_mask broadcast to (N, nh, n, S) with True where a
+    query may look → (N, nh, n, hs). is_causal aligns the queries with the end of the keys (SDPA's
+    with their start: the same where it is used, n = S)."""
+    n, S, hs = q.shape[-2], k.shape[-2], q.shape[-1]
+    if is_causal:
+        attn_mask = torch.ones(n, S, dtype=torch.bool, device=q.device).tril(diagonal=S - n)  # (n, S)
+    # the softmax in fp32 at least: bf16 scores would round the probabilities (float64 stays float64)
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    att = (q @ k.transpose(-2, -1)).to(dtype) * (1.0 / math.sqrt(hs))  # (N, nh, n, S)
+    if attn_mask is not None:
+        att = att.masked_fill(~attn_mask, float("-inf"))
+    att = F.softmax(att, dim=-1)
+    if dropout_p:
+        att = F.dropout(att, dropout_p)
+    return att.to(v.dtype) @ v  # (N, nh, n, hs)
+
+
 class CausalSelfAttention(nn.Module):
     """Causal multi-head attention. x is (B, T, C), or (B, K, P, C) for the local model, whose
     patches attend within themselves (folded into the batch) and, with cross_patch = r > 0, also
-    to the last r positions of the previous patch (MegaByte §2.3), with rotary positions."""
+    to the last r positions of the previous patch (MegaByte §2.3), with rotary positions.
+    kernel: "sdpa" or "matmul" (matmul_attention), the same attention by another kernel."""
 
-    def __init__(self, config: MegaByteConfig, dim: int, heads: int, cross_patch: int = 0):
+    def __init__(self, config: MegaByteConfig, dim: int, heads: int, cross_patch: int = 0, kernel: str = "sdpa"):
         super().__init__()
         self.heads = heads
         self.cross_patch = cross_patch
+        self.kernel = kernel
         self.dropout = config.dropout
         self.qkv = nn.Linear(dim, 3 * dim, bias=config.bias)
         self.proj = nn.Linear(dim, dim, bias=config.bias)
@@ -140,8 +163,8 @@ class CausalSelfAttention(nn.Module):
         # is_causal only when queries and keys start together (training, or prefill into an empty
         # cache): that is the case the flash / memory-efficient kernels serve
         is_causal = mask is None and n > 1 and S == n
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        attend = matmul_attention if self.kernel == "matmul" else F.scaled_dot_product_attention
+        y = attend(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(*lead, n, C)  # (..., n, C): heads side by side again
         return self.resid_drop(self.proj(y))
 
@@ -170,10 +193,10 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, config: MegaByteConfig, dim: int, heads: int, cross_patch: int = 0):
+    def __init__(self, config: MegaByteConfig, dim: int, heads: int, cross_patch: int = 0, kernel: str = "sdpa"):
         super().__init__()
         self.norm1 = make_norm(config, dim)
-        self.attn = CausalSelfAttention(config, dim, heads, cross_patch)
+        self.attn = CausalSelfAttention(config, dim, heads, cross_patch, kernel)
         self.norm2 = make_norm(config, dim)
         self.mlp = MLP(config, dim)
 
@@ -198,11 +221,13 @@ def init_block(block: Block, config: MegaByteConfig, layers: int):
 
 class Transformer(nn.Module):
     """A causal decoder stack without embeddings or head: blocks, then a final norm.
-    MegaByte's global and local models and the whole baseline are each one of these."""
+    MegaByte's global and local models and the whole baseline are each one of these; the local
+    model passes config.local_attention as its attention kernel, the others keep "sdpa"."""
 
-    def __init__(self, config: MegaByteConfig, dim: int, layers: int, heads: int, cross_patch: int = 0):
+    def __init__(self, config: MegaByteConfig, dim: int, layers: int, heads: int, cross_patch: int = 0,
+                 kernel: str = "sdpa"):
         super().__init__()
-        self.blocks = nn.ModuleList(Block(config, dim, heads, cross_patch) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(config, dim, heads, cross_patch, kernel) for _ in range(layers))
         self.norm = make_norm(config, dim)
         self.checkpointing = config.activation_checkpointing
         for block in self.blocks:

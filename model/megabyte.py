@@ -56,7 +56,8 @@ class MegaByte(nn.Module):
         D_L = config.local_dim
         self.local_embed = nn.Embedding(config.vocab_size, D_L)
         self.local_pad = nn.Parameter(torch.empty(D_L))
-        self.local_model = Transformer(config, D_L, config.local_layers, config.local_heads, config.local_cross_patch)
+        self.local_model = Transformer(config, D_L, config.local_layers, config.local_heads, config.local_cross_patch,
+                                       config.local_attention)
         self.head = ByteHead(D_L, config.vocab_size)
         for tensor in (self.local_embed.weight, self.local_pad, self.head.weight):
             trunc_normal_(tensor, config.init_std)

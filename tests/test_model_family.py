@@ -24,6 +24,10 @@ FAMILY = {  # name → config fields on top of SMALL
     "no_local": dict(architecture="no_local", patch_size=4, local_layers=0),
     "no_local+conv": dict(architecture="no_local", patch_size=4, local_layers=0, conv_encoder=True),
     "no_global": dict(architecture="no_global", patch_size=4, global_layers=0),
+    # the local model's attention by batched matmuls instead of SDPA (tests/test_local_attention.py)
+    "matmul": dict(patch_size=4, local_attention="matmul"),
+    "cross-patch+matmul": dict(patch_size=4, local_cross_patch=2, local_attention="matmul"),
+    "no_global+matmul": dict(architecture="no_global", patch_size=4, global_layers=0, local_attention="matmul"),
 }
 
 
