@@ -12,8 +12,9 @@ produces every byte).
         --new-bytes 8192 --batch-sizes 1 16                   # Table 9 on a GPU (bf16)
 
 Each row: new bytes per second (all rows of the batch together), prefill and window slides
-included, after one untimed warm-up call of --warmup-bytes; the ratio is MegaByte's over the
-transformer's at the same batch size.
+included, after one untimed warm-up call of --warmup-bytes; "× transformer" is the row's bytes/s
+over the transformer's at the same batch size. On CUDA MegaByte is also timed with its local step
+as CUDA graphs (generate(..., cuda_graphs=True): one launch per byte; capture counted in its time).
 """
 
 import argparse
@@ -34,14 +35,16 @@ def synchronize(device: torch.device):
         torch.cuda.synchronize()
 
 
-def bytes_per_second(net, batch_size: int, new_bytes: int, warmup_bytes: int) -> float:
-    """New bytes per second of one generate call from an empty prompt, after a warm-up call."""
+def bytes_per_second(net, batch_size: int, new_bytes: int, warmup_bytes: int, cuda_graphs: bool) -> float:
+    """New bytes per second of one generate call from an empty prompt, after a warm-up call
+    (graphs are captured anew in every call: their capture is part of the time)."""
     device = next(net.parameters()).device
     prompt = torch.zeros(batch_size, 0, dtype=torch.long, device=device)  # (B, 0): from nothing
-    generate(net, prompt, warmup_bytes, seed=0, stop_at_boundary=False)  # kernels chosen, caches allocated
+    options = dict(seed=0, stop_at_boundary=False, cuda_graphs=cuda_graphs)
+    generate(net, prompt, warmup_bytes, **options)  # kernels chosen, caches allocated
     synchronize(device)
     started = time.perf_counter()
-    out = generate(net, prompt, new_bytes, seed=0, stop_at_boundary=False)  # (B, new_bytes)
+    out = generate(net, prompt, new_bytes, **options)  # (B, new_bytes)
     synchronize(device)
     assert out.shape == (batch_size, new_bytes)
     return batch_size * new_bytes / (time.perf_counter() - started)
@@ -56,23 +59,31 @@ def main():
     parser.add_argument("--warmup-bytes", type=int, default=64, help="untimed bytes generated first")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="rows generated at once")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction,
+                        help="also time MegaByte with its local step as CUDA graphs (default: on CUDA)")
     args = parser.parse_args()
 
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # the weights themselves, not autocast
+    graphs = device.type == "cuda" if args.cuda_graphs is None else args.cuda_graphs
+    # label → (preset, with CUDA graphs)
+    runs = {args.megabyte: (args.megabyte, False), args.transformer: (args.transformer, False)}
+    if graphs:
+        runs[f"{args.megabyte} +graphs"] = (args.megabyte, True)
     nets = {}
     for name in (args.megabyte, args.transformer):
         torch.manual_seed(0)
         nets[name] = build_model(PRESETS[name]).to(device, dtype).eval()
     print(f"machine: {machine(f'torch {torch.__version__}', device.type, str(dtype).replace('torch.', ''))}")
     print(f"{args.new_bytes} new bytes per row from an empty prompt, warm-up {args.warmup_bytes} bytes")
-    print(f"{'model':<24}{'params':>9}{'context':>9}{'batch':>7}{'bytes/s':>12}{'MegaByte ×':>12}")
+    print(f"{'model':<24}{'params':>9}{'context':>9}{'batch':>7}{'bytes/s':>12}{'× transformer':>15}")
     for batch_size in args.batch_sizes:
-        rates = {name: bytes_per_second(net, batch_size, args.new_bytes, args.warmup_bytes)
-                 for name, net in nets.items()}
-        for name, net in nets.items():
-            print(f"{name:<24}{net.num_parameters() / 1e6:>8.1f}M{net.config.seq_len:>9}{batch_size:>7}"
-                  f"{rates[name]:>12,.0f}{rates[args.megabyte] / rates[name]:>12.2f}")
+        rates = {label: bytes_per_second(nets[name], batch_size, args.new_bytes, args.warmup_bytes, with_graphs)
+                 for label, (name, with_graphs) in runs.items()}
+        for label, (name, _) in runs.items():
+            net = nets[name]
+            print(f"{label:<24}{net.num_parameters() / 1e6:>8.1f}M{net.config.seq_len:>9}{batch_size:>7}"
+                  f"{rates[label]:>12,.0f}{rates[label] / rates[args.transformer]:>15.2f}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from model.megabyte import MegaByte
 
 
 class NoLocal(MegaByte):
+    decodes_with_cuda_graphs = False  # no local model to capture
+
     def build_local(self, config: MegaByteConfig):
         # P heads of global_dim → V each, in one matrix; they read the whole global output, so
         # there is no byte table of their width to tie them to

@@ -73,16 +73,23 @@ def window_start(length: int, patch_size: int, room: int) -> int:
 def generate_ids(model: nn.Module, prompt: torch.Tensor, max_new_bytes: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
                  generator: torch.Generator | None = None, stop_at_boundary: bool = True,
-                 keep: int | None = None) -> torch.Tensor:
+                 keep: int | None = None, cuda_graphs: bool = False) -> torch.Tensor:
     """prompt (B, L) of byte ids → (B, L + n) with n ≤ max_new_bytes. A row that produced the
     boundary id has PAD after it; generation ends when every row has stopped or after N bytes.
     keep: at most how many bytes the window keeps when it slides past the context, rounded down to
-    whole patches (default: half the context)."""
+    whole patches (default: half the context). cuda_graphs: MegaByte's local step (once per byte)
+    runs as CUDA graphs, the same numbers with one launch per byte (model/cuda_graphs.py)."""
     config = model.config
     B, L = prompt.shape
     context, P = config.seq_len, config.patch_size
     keep = context // 2 if keep is None else keep
     check_generation(max_new_bytes, temperature, top_k, top_p, keep=keep, context=context)
+    if cuda_graphs and not getattr(model, "decodes_with_cuda_graphs", False):
+        raise ValueError(f"cuda_graphs: {config.architecture} has no local step to capture "
+                         "(megabyte and no_global have)")
+    if cuda_graphs and prompt.device.type != "cuda":
+        raise ValueError(f"cuda_graphs needs the model on a CUDA device, not {prompt.device.type}")
+    graphs = {"cuda_graphs": True} if cuda_graphs else {}  # only the models that have it take the keyword
     # only bytes may be sampled (and the boundary when it means stop): PAD is never a target
     banned = torch.ones(config.vocab_size, dtype=torch.bool, device=prompt.device)
     banned[:256] = False
@@ -91,7 +98,7 @@ def generate_ids(model: nn.Module, prompt: torch.Tensor, max_new_bytes: int, tem
     ids = torch.cat([prompt, prompt.new_full((B, max_new_bytes), config.pad_id)], dim=1)  # (B, L + N)
     stopped = torch.zeros(B, dtype=torch.bool, device=prompt.device)
     start = window_start(L, P, context - 1)  # room for the next byte
-    logits, state = model.prefill(ids[:, start:L], min(context, L + max_new_bytes - start))
+    logits, state = model.prefill(ids[:, start:L], min(context, L + max_new_bytes - start), **graphs)
     for end in range(L + 1, L + max_new_bytes + 1):  # ids[:, :end] once this byte is sampled
         next_ids = sample(logits.masked_fill(banned, float("-inf")), temperature, top_k, top_p, generator)
         next_ids = next_ids.masked_fill(stopped, config.pad_id)  # (B,)
@@ -101,7 +108,7 @@ def generate_ids(model: nn.Module, prompt: torch.Tensor, max_new_bytes: int, tem
             break
         if end - start == context:  # the window is full: slide it and read it again
             start = window_start(end, P, keep)
-            logits, state = model.prefill(ids[:, start:end], min(context, L + max_new_bytes - start))
+            logits, state = model.prefill(ids[:, start:end], min(context, L + max_new_bytes - start), **graphs)
         else:
             logits = model.decode_step(next_ids, state)  # the rows that stopped decode PAD, unread
     return ids[:, :end]
@@ -110,7 +117,8 @@ def generate_ids(model: nn.Module, prompt: torch.Tensor, max_new_bytes: int, tem
 def generate(model: nn.Module, prompt: torch.Tensor | list[bytes], max_new_bytes: int,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              seed: int | None = None, generator: torch.Generator | None = None,
-             stop_at_boundary: bool = True, keep: int | None = None) -> torch.Tensor | list[bytes]:
+             stop_at_boundary: bool = True, keep: int | None = None,
+             cuda_graphs: bool = False) -> torch.Tensor | list[bytes]:
     """Continue prompts with any model of the family, past its context if asked (see generate_ids).
 
     prompt: a LongTensor (B, L) of ids → a LongTensor (B, L + n) (see generate_ids); or a list of
@@ -126,7 +134,7 @@ def generate(model: nn.Module, prompt: torch.Tensor | list[bytes], max_new_bytes
     model.eval()
     try:
         kwargs = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
-                      stop_at_boundary=stop_at_boundary, keep=keep)
+                      stop_at_boundary=stop_at_boundary, keep=keep, cuda_graphs=cuda_graphs)
         if isinstance(prompt, torch.Tensor):
             return generate_ids(model, prompt.to(device), max_new_bytes, **kwargs)
         by_length = defaultdict(list)  # prompt length → indices of the prompts of that length

@@ -19,11 +19,14 @@ import torch
 import torch.nn as nn
 
 from model.config import MegaByteConfig
+from model.cuda_graphs import LocalStepGraphs
 from model.layers import ConvEncoder, Transformer, trunc_normal_
 from model.loss import ByteHead
 
 
 class MegaByte(nn.Module):
+    decodes_with_cuda_graphs = True  # prefill(..., cuda_graphs=True): the local step as CUDA graphs
+
     def __init__(self, config: MegaByteConfig):
         super().__init__()
         self.config = config
@@ -162,9 +165,10 @@ class MegaByte(nn.Module):
         return state
 
     @torch.no_grad()
-    def prefill(self, ids: torch.Tensor, max_len: int) -> tuple[torch.Tensor, dict]:
+    def prefill(self, ids: torch.Tensor, max_len: int, cuda_graphs: bool = False) -> tuple[torch.Tensor, dict]:
         """Read a prompt ids (B, L), L ≥ 0, and make room to continue it up to max_len bytes in
-        all. Returns the logits for byte L (B, V) and the decoding state for decode_step."""
+        all. Returns the logits for byte L (B, V) and the decoding state for decode_step.
+        cuda_graphs: decode_step runs the local model and head through CUDA graphs (model/cuda_graphs.py)."""
         P, r = self.config.patch_size, self.config.local_cross_patch
         state = self.new_state(ids, max_len)
         done = ids.shape[1] // P  # complete patches; the rest is the current one
@@ -175,6 +179,9 @@ class MegaByte(nn.Module):
         state["context"] = contexts[:, -1]  # (B, P, D_L) for the current patch
         x = self.local_inputs(state["context"], ids[:, done * P:])  # (B, L-done·P+1, D_L)
         x = self.local_model(x, state["local_caches"])  # (B, L-done·P+1, D_L)
+        if cuda_graphs:
+            state["local_graphs"] = LocalStepGraphs(lambda x: self.local_step(x, state["local_caches"]),
+                                                    state["local_caches"], x[:, -1:])
         return self.head(x[:, -1]), state  # (B, V)
 
     def prefill_previous_patches(self, contexts: torch.Tensor, ids: torch.Tensor, state: dict):
@@ -202,5 +209,11 @@ class MegaByte(nn.Module):
             x = state["context"][:, 0] + self.local_pad  # (B, D_L): slot 0 sees the local pad
         else:
             x = state["context"][:, p + 1] + self.local_embed(next_ids)  # (B, D_L)
-        x = self.local_model(x.unsqueeze(1), state["local_caches"])  # (B, 1, D_L)
-        return self.head(x[:, 0])  # (B, V)
+        x = x.unsqueeze(1)  # (B, 1, D_L)
+        if "local_graphs" in state:
+            return state["local_graphs"](x)  # (B, V)
+        return self.local_step(x, state["local_caches"])  # (B, V)
+
+    def local_step(self, x: torch.Tensor, caches) -> torch.Tensor:
+        """One position, x (B, 1, D_L), through the local model with its caches and the head → (B, V)."""
+        return self.head(self.local_model(x, caches)[:, 0])

@@ -1,6 +1,6 @@
 """The GPU paths, on CUDA only (skipped elsewhere; bench/gpu.sh runs them on an H100/H200):
-bf16 autocast, the flash-attention kernel through SDPA, cached generation on the device, and
-the trainer with bf16 + fused AdamW + ZeRO-2 in one process."""
+bf16 autocast, the flash-attention kernel through SDPA, cached generation on the device (also
+through CUDA graphs), and the trainer with bf16 + fused AdamW + ZeRO-2 in one process."""
 
 import json
 import os
@@ -48,6 +48,19 @@ def test_cached_generation_on_gpu_matches_cpu(architecture):
     on_cpu = generate(model, prompts, 48, temperature=0)
     on_gpu = generate(model.cuda(), prompts, 48, temperature=0)
     assert on_gpu == on_cpu
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-cross-patch", "tiny-no-global"])
+def test_cuda_graph_decoding_equals_eager_decoding(preset):
+    """Real CUDA graphs of MegaByte's local step: the same bytes as eager decoding, past the
+    context too (the window slides: new caches, graphs captured again)."""
+    torch.manual_seed(0)
+    model = build_model(PRESETS[preset]).cuda().eval()
+    prompt = torch.randint(0, 256, (2, 13), device="cuda")
+    eager = generate(model, prompt, model.config.seq_len + 100, temperature=0, stop_at_boundary=False)
+    graphs = generate(model, prompt, model.config.seq_len + 100, temperature=0, stop_at_boundary=False,
+                      cuda_graphs=True)
+    assert torch.equal(graphs, eager)
 
 
 def test_trainer_bf16_zero2_on_one_gpu(tmp_path):
