@@ -24,16 +24,18 @@ class LocalStepGraphs:
     """step(x (B, 1, D_L)) → logits (B, V): the local model over one position with `caches`, then
     the head. Calling this runs the same computation through one CUDA graph per cache length."""
 
-    def __init__(self, step, caches: list[KVCache], x: torch.Tensor):
+    def __init__(self, step, caches: list[KVCache]):
         self.step = step
         self.caches = caches
-        self.x = torch.empty_like(x)  # (B, 1, D_L): the graphs' input, copied into before each replay
+        self.x = None  # (B, 1, D_L): the graphs' input, made like the first x, copied into before each replay
         self.graphs = {}  # cache length before the step → (graph, its logits (B, V))
         self.pool = None  # one memory pool for all the graphs
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, 1, D_L) → logits (B, V), the caches one position longer, as step(x)."""
         length = self.caches[0].length
+        if self.x is None:
+            self.x = torch.empty_like(x)
         self.x.copy_(x)
         if length not in self.graphs:
             self.graphs[length] = self.capture(length)

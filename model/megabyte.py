@@ -181,7 +181,7 @@ class MegaByte(nn.Module):
         x = self.local_model(x, state["local_caches"])  # (B, L-done·P+1, D_L)
         if cuda_graphs:
             state["local_graphs"] = LocalStepGraphs(lambda x: self.local_step(x, state["local_caches"]),
-                                                    state["local_caches"], x[:, -1:])
+                                                    state["local_caches"])
         return self.head(x[:, -1]), state  # (B, V)
 
     def prefill_previous_patches(self, contexts: torch.Tensor, ids: torch.Tensor, state: dict):
