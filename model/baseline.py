@@ -16,6 +16,8 @@ from model.loss import ByteHead
 
 
 class ByteTransformer(nn.Module):
+    decodes_with_cuda_graphs = False  # its caches grow with every byte: no shape repeats to capture
+
     def __init__(self, config: MegaByteConfig):
         super().__init__()
         assert config.architecture in ("transformer", "perceiver_ar"), "build_model picks the class for a config"

@@ -84,7 +84,7 @@ def generate_ids(model: nn.Module, prompt: torch.Tensor, max_new_bytes: int, tem
     context, P = config.seq_len, config.patch_size
     keep = context // 2 if keep is None else keep
     check_generation(max_new_bytes, temperature, top_k, top_p, keep=keep, context=context)
-    if cuda_graphs and not getattr(model, "decodes_with_cuda_graphs", False):
+    if cuda_graphs and not model.decodes_with_cuda_graphs:
         raise ValueError(f"cuda_graphs: {config.architecture} has no local step to capture "
                          "(megabyte and no_global have)")
     if cuda_graphs and prompt.device.type != "cuda":

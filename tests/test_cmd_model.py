@@ -82,3 +82,14 @@ def test_an_exported_model_must_use_the_datas_vocabulary(tmp_path, capsys, pad_i
         assert not out.exists()
     else:
         assert len(out.read_bytes()) == 5
+
+
+def test_cuda_graphs_are_refused_in_one_line_off_cuda(tmp_path, capsys):
+    weights = tmp_path / "text.safetensors"
+    save_model(weights, seq_len=64, patch_size=8, modality="text")
+    assert cli(["generate", "--model", str(weights), "--device", "cpu", "--cuda-graphs"]) == 2
+    assert "--cuda-graphs: needs a CUDA device, and this runs on cpu" in capsys.readouterr().err
+    out = tmp_path / "out.txt"
+    assert cli(["generate", "--model", str(weights), "--device", "cpu", "--bytes", "20", "--seed", "1",
+                "--out", str(out)]) == 0
+    assert 0 < len(out.read_bytes()) <= 20

@@ -13,6 +13,7 @@ from pipeline.format.errors import DataError, UsageError
 from tools.outputs import check_output_file, write_atomically
 
 MODEL_HELP = "an exported .safetensors file, a run directory, or a step-NNNNNN checkpoint folder"
+DEVICE_HELP = "torch device, e.g. cpu or cuda:0 (default: cuda when there is one)"
 TRUST_HELP = ("read a checkpoint's DeepSpeed files even if they hold more than plain data (unpickling "
               "them can run code): only for checkpoints you trust")
 
@@ -35,8 +36,7 @@ def register(subparsers) -> None:
     evaluate.add_argument("--image-order", choices=["raster", "patch"], default=None,
                           help="byte order of images (default: the order the model was trained on)")
     evaluate.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
-    evaluate.add_argument("--device", default=None,
-                          help="torch device, e.g. cpu or cuda:0 (default: cuda when there is one)")
+    evaluate.add_argument("--device", default=None, help=DEVICE_HELP)
     evaluate.add_argument("--no-progress", action="store_true",
                           help="hide the progress bar (it shows only on a terminal anyway)")
     evaluate.set_defaults(func=cmd_eval)
@@ -70,6 +70,9 @@ def register(subparsers) -> None:
     generate.add_argument("--out", type=Path, default=None,
                           help="output file: required for image (.png) and audio (.wav) models; "
                                "text goes to stdout unless given")
+    generate.add_argument("--device", default=None, help=DEVICE_HELP)
+    generate.add_argument("--cuda-graphs", action="store_true",
+                          help="MegaByte on a CUDA device: run its local step (once per byte) as CUDA graphs")
     generate.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     generate.set_defaults(func=cmd_generate)
 
@@ -148,7 +151,14 @@ def cmd_generate(args) -> int:
     check_generate_args(args)
     from model import generate
 
+    device = pick_device(args.device)
+    if args.cuda_graphs and device.type != "cuda":
+        raise UsageError(f"--cuda-graphs: needs a CUDA device, and this runs on {device.type} (--device cuda)")
     model, metadata = load_model(args.model, args.trust_checkpoint)
+    if args.cuda_graphs and not model.decodes_with_cuda_graphs:
+        raise UsageError(f"--cuda-graphs: a {model.config.architecture} model has no local step to capture "
+                         "(megabyte and no_global have)")
+    model.to(device)
     modality = metadata.get("modality", "text")
     data_arguments = json.loads(metadata.get("data_arguments", "{}"))
     if modality in ("image", "audio") and args.out is None:
@@ -170,7 +180,8 @@ def cmd_generate(args) -> int:
         whole = (len(prompt) + count) // width * width - len(prompt)  # down to whole samples,
         count = whole if whole > 0 else whole + width  # or up to one when that leaves nothing
     [new] = generate(model, [prompt], count, temperature=args.temperature, top_k=args.top_k,
-                     top_p=args.top_p, seed=args.seed, stop_at_boundary=modality == "text")
+                     top_p=args.top_p, seed=args.seed, stop_at_boundary=modality == "text",
+                     cuda_graphs=args.cuda_graphs)
     write_output(args, modality, data_arguments, metadata, model, prompt + new)
     return 0
 
