@@ -27,7 +27,7 @@ for phase in $PHASES; do
   case $phase in
     tests)
       timeout 300 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_model.py \
-        tests/test_generate.py tests/test_loss.py tests/test_local_attention.py ;;
+        tests/test_generate.py tests/test_loss.py tests/test_local_attention.py tests/test_cuda_graphs.py ;;
     profile)
       for variant in "" "--plain-loss" "--set local_attention=matmul"; do
         # shellcheck disable=SC2086  # the variant is several words
