@@ -277,4 +277,3 @@ class ConvEncoder(nn.Module):
             # left padding k-1: the output at t sees inputs t-k+1..t only (zeros before byte 0)
             x = x + self.act(conv(F.pad(x, (conv.kernel_size[0] - 1, 0))))  # (B, D, T)
         return x.transpose(1, 2)  # (B, T, D)
-
