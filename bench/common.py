@@ -1,6 +1,7 @@
 """What the benchmark scripts share: the machine line every table starts with, KEY=VALUE model
-settings, and the harness of the two converter benchmarks (convert_image.py, convert_audio.py):
-bare work against the converter, 1 and 2 processes, half the files and all of them.
+settings, peak memory, and the harness of the two converter benchmarks (convert_image.py,
+convert_audio.py): bare work against the converter, 1 and 2 processes, half the files and all of
+them.
 
 The scripts run as `python bench/NAME.py`, which puts bench/ on sys.path: they import this as
 `common`.
@@ -33,6 +34,16 @@ def machine(*versions: str) -> str:
     """CPU, cores and Python, then what else the figures depend on (e.g. "zstandard 0.23.0")."""
     return ", ".join([cpu_name(), f"{os.cpu_count()} cores", f"Python {platform.python_version()}",
                       *versions])
+
+
+def peak_memory_mb(device: str) -> float:
+    """The peak so far: CUDA's max allocated, or on a CPU the process's peak resident set (VmHWM)."""
+    if device == "cuda":
+        import torch  # the converter benchmarks do without it
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
 
 
 def parse_setting(item: str) -> tuple[str, object]:

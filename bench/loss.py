@@ -21,16 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from common import machine  # noqa: E402  (bench/: this runs as a script)
+from common import machine, peak_memory_mb  # noqa: E402  (bench/: this runs as a script)
 from model import ByteHead, byte_loss  # noqa: E402
 from model.config import VOCAB_SIZE  # noqa: E402
-
-
-def peak_mb(device: str) -> float:
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    with open("/proc/self/status") as status:  # VmHWM: the peak resident set so far
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
 
 
 def run(args) -> dict:
@@ -40,7 +33,7 @@ def run(args) -> dict:
     head = ByteHead(args.dim, VOCAB_SIZE).to(device)
     h = torch.randn(args.batch, args.seq_len, args.dim, device=device, requires_grad=True)  # (B, T, D)
     ids = torch.randint(0, 256, (args.batch, args.seq_len), device=device)  # (B, T)
-    before = peak_mb(device)
+    before = peak_memory_mb(device)
 
     def step():
         with torch.autocast(device, dtype=torch.bfloat16, enabled=args.bf16):
@@ -58,7 +51,7 @@ def run(args) -> dict:
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
-    return {"ms": statistics.median(times) * 1e3, "memory": peak_mb(device) - before}
+    return {"ms": statistics.median(times) * 1e3, "memory": peak_memory_mb(device) - before}
 
 
 def main():

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from common import machine as machine_line  # noqa: E402  (bench/: this runs as a script)
+from common import machine as machine_line, peak_memory_mb  # noqa: E402  (bench/: this runs as a script)
 from model import MegaByteConfig, build_model, generate  # noqa: E402
 
 
@@ -77,13 +77,6 @@ def peer_model(config: MegaByteConfig, seq_len: int):
     return model
 
 
-def memory_now_mb(device: str) -> float:
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    with open("/proc/self/status") as status:  # VmHWM: the peak resident set so far
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
-
-
 def baseline_or_megabyte(args, impl: str, seq_len: int) -> MegaByteConfig:
     config = megabyte_config(args, seq_len)
     if impl == "baseline":
@@ -101,7 +94,7 @@ def run_one(job: dict) -> dict:
     args = argparse.Namespace(**job["args"])
     device = args.device
     torch.manual_seed(0)
-    memory_before = memory_now_mb(device)
+    memory_before = peak_memory_mb(device)
     if job["kind"] == "train":
         config = baseline_or_megabyte(args, job["impl"], job["seq_len"])
         model = peer_model(config, job["seq_len"]) if job["impl"] == "peer" else build_model(config)
@@ -131,7 +124,7 @@ def run_one(job: dict) -> dict:
             times.append(time.perf_counter() - start)
         seconds = min(times)
         return dict(rate=args.batch * job["seq_len"] / seconds, seconds=seconds, params=count(model),
-                    memory=memory_now_mb(device) - memory_before, profile=profile, layers=config.global_layers)
+                    memory=peak_memory_mb(device) - memory_before, profile=profile, layers=config.global_layers)
 
     # generation: one prompt of args.prompt bytes
     new_bytes = args.peer_new_bytes if job["impl"] == "peer" else args.new_bytes
@@ -153,7 +146,7 @@ def run_one(job: dict) -> dict:
     seconds = time.perf_counter() - start
     assert out.numel() == args.prompt + new_bytes
     return dict(rate=new_bytes / seconds, seconds=seconds, params=count(model),
-                memory=memory_now_mb(device) - memory_before, new_bytes=new_bytes, layers=config.global_layers)
+                memory=peak_memory_mb(device) - memory_before, new_bytes=new_bytes, layers=config.global_layers)
 
 
 def synchronize(device: str):

@@ -4,6 +4,7 @@ PerceiverAR baselines, all called the same way.
     from model import PRESETS, build_model, byte_loss, generate
     model = build_model(PRESETS["tiny"])
     loss = byte_loss(model(ids), ids)            # ids (B, T) LongTensor; nats, PAD ignored
+    loss, targets = model(ids, loss=True)        # the same, fused with the head: what training uses
     text = generate(model, [b"Hello"], 100, temperature=0.8, top_p=0.95, seed=0)
 
 Pure PyTorch; imports nothing else of this project.
