@@ -14,6 +14,9 @@ import torch
 
 # dense bf16 tensor-core peak by device name; MFU is reported only for devices listed here
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
+# memory bandwidth (bytes/s) of the same cards, from their data sheets (H100 SXM, A100 80GB SXM), for
+# bench/roofline.py
+PEAK_MEMORY_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.039e12, "L40S": 0.864e12}
 
 
 def peak_flops() -> float | None:

@@ -1,0 +1,126 @@
+"""bench/roofline.py: the kernels of one training step on the meta device, their parts, FLOPs and bytes."""
+
+import importlib.util
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.flops import count_flops
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+BATCH = 2
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """The script as a module; it imports bench/common.py and bench/profile_gpu.py as when run from bench/."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("roofline", BENCH / "roofline.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
+    return module
+
+
+def step(bench, *settings: str, checkpointing: bool = False):
+    """(config, Counter (part, op) → FLOPs, the kernels) of one tiny step."""
+    config = bench.load_config("tiny", ["seq_len=64", "dropout=0", *settings], checkpointing)
+    kernels = bench.record_step(config, BATCH)
+    flops = Counter()
+    for part, name, count, _ in kernels:
+        flops[part, name] += count
+    return config, flops, kernels
+
+
+def dense(flops: Counter, part: str) -> float:
+    return flops[part, "mm"] + flops[part, "addmm"]
+
+
+def test_views_launch_no_kernel_and_copies_do(bench):
+    aten = torch.ops.aten
+    for op in (aten.view.default, aten.transpose.int, aten.expand.default, aten._unsafe_view.default,
+               aten.split.Tensor, aten.detach.default):
+        assert not bench.launches_kernel(op), op
+    for op in (aten.add.Tensor, aten.add_.Tensor, aten.copy_.default, aten.clone.default, aten.mm.default,
+               aten._fused_adamw_.default):
+        assert bench.launches_kernel(op), op
+
+
+def test_bytes_read_and_written_once_each(bench):
+    recorder = bench.KernelRecorder(parts=type("Parts", (), {"current": lambda self: "x"})())
+    with torch.device("meta"):
+        a, b = torch.empty(1000), torch.empty(1000)
+        row = torch.empty(1, 1000)
+        half = torch.empty(1000, dtype=torch.bfloat16)
+    with recorder:
+        a + b  # reads 2 × 4000, writes 4000
+        a.add_(b)  # reads a and b, writes a
+        row.expand(8, 1000) * 2  # the broadcast row is read once; the output is 8 rows
+        a.copy_(half)  # the destination is written, not read
+        a + a  # one tensor read once
+    assert [nbytes for *_, nbytes in recorder.kernels] == [12000, 12000, 4000 + 32000, 2000 + 4000, 8000]
+
+
+def test_products_land_in_their_parts_with_model_flops(bench):
+    """Every product of the step, forward and backward, counted in its part: 3 × the forward
+    FLOPs of model/flops.py (the fused loss computes the head's logits again in backward: 4 ×)."""
+    config, flops, _ = step(bench)
+    forward = {name: BATCH * count for name, count in count_flops(config).parts.items()}
+    assert dense(flops, bench.PARTS[0]) == 3 * forward["global"]  # global blocks
+    assert dense(flops, "local blocks") == 3 * forward["local"]
+    assert dense(flops, "embeddings and handover") == 3 * forward["global to local"]
+    assert dense(flops, "head and loss") == 4 * forward["head"]
+    # causal flash attention: the kernel's FLOPs are model/flops.py's (S+1)/2 keys per query
+    assert flops["global blocks", "_scaled_dot_product_flash_attention"] == pytest.approx(forward["global attention"])
+    assert flops["local blocks", "_scaled_dot_product_flash_attention"] == pytest.approx(forward["local attention"])
+
+
+def test_every_kernel_has_a_part(bench):
+    _, _, kernels = step(bench)
+    parts = Counter(part for part, *_ in kernels)
+    assert set(parts) <= set(bench.PARTS)
+    assert parts["other"] == 1  # the seed of backward, d loss / d loss = 1
+    assert parts["optimizer"] > 0 and parts["embeddings and handover"] > 0
+
+
+def test_checkpointing_recomputes_the_blocks_forward(bench):
+    """Backward runs each block's forward again, up to its last saved tensor (torch.utils.checkpoint
+    stops early): all of it but the MLP's output projection, whose output nothing saves."""
+    config, flops, _ = step(bench, checkpointing=True)
+    forward = {name: BATCH * count for name, count in count_flops(config).parts.items()}
+    last_product = config.mlp_ratio / (4 + 2 * config.mlp_ratio)  # its share of a block's products
+    assert dense(flops, "global blocks") == (4 - last_product) * forward["global"]
+    assert dense(flops, "local blocks") == (4 - last_product) * forward["local"]
+
+
+def test_cross_patch_attention_runs_the_masked_kernel(bench):
+    _, flops, kernels = step(bench, "local_cross_patch=2")
+    names = Counter(name for part, name, *_ in kernels if part == "local blocks")
+    assert names["_scaled_dot_product_efficient_attention"] == names["_scaled_dot_product_efficient_attention_backward"] > 0
+    assert names["_scaled_dot_product_flash_attention"] == 0
+
+
+def test_matmul_attention_moves_more_bytes_than_flash(bench):
+    """The plain-matmul local attention writes its (N, nh, P, P) scores; the flash kernel does not."""
+    moved = {}
+    for kernel in ("sdpa", "matmul"):
+        _, _, kernels = step(bench, f"local_attention={kernel}")
+        moved[kernel] = sum(nbytes for part, _, _, nbytes in kernels if part == "local blocks")
+    assert moved["matmul"] > moved["sdpa"]
+
+
+def test_report_prints_the_mfu_ceiling(bench, capsys):
+    args = bench.parse_args(["--preset", "tiny", "--set", "seq_len=64", "--batch-size", str(BATCH), "--gpu", "H200"])
+    config = bench.load_config(args.preset, args.set, args.activation_checkpointing)
+    rows = bench.roofline(bench.record_step(config, BATCH), 989e12, 4.8e12)
+    bench.report(args, config, rows)
+    out = capsys.readouterr().out
+    assert "MFU ≤" in out and "global blocks" in out and "H200: 989 TFLOP/s, 4.8 TB/s" in out
+    bound = sum(row["bound"] for row in rows.values())
+    assert bound >= sum(row["compute"] for row in rows.values())
+    assert bound >= sum(row["memory"] for row in rows.values())
