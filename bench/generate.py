@@ -26,8 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from common import machine  # noqa: E402  (bench/: this runs as a script)
-from model import PRESETS, build_model, generate  # noqa: E402
+from common import machine, parse_setting  # noqa: E402  (bench/: this runs as a script)
+from model import PRESETS, MegaByteConfig, build_model, generate  # noqa: E402
 
 
 def synchronize(device: torch.device):
@@ -53,6 +53,8 @@ def bytes_per_second(net, batch_size: int, new_bytes: int, warmup_bytes: int, cu
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--megabyte", default="tiny", help="MegaByte preset (Table 9: text-split-1.3b)")
+    parser.add_argument("--megabyte-set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="MegaByte config overrides, e.g. local_cross_patch=8")
     parser.add_argument("--transformer", default="tiny-transformer",
                         help="transformer preset (Table 9: text-transformer-350m)")
     parser.add_argument("--new-bytes", type=int, default=2048, help="bytes generated per row (Table 9: 8192)")
@@ -70,11 +72,16 @@ def main():
     runs = {args.megabyte: (args.megabyte, False), args.transformer: (args.transformer, False)}
     if graphs:
         runs[f"{args.megabyte} +graphs"] = (args.megabyte, True)
+    configs = {args.megabyte: MegaByteConfig.from_dict({**PRESETS[args.megabyte].to_dict(),
+                                                         **dict(map(parse_setting, args.megabyte_set))}),
+               args.transformer: PRESETS[args.transformer]}
     nets = {}
-    for name in (args.megabyte, args.transformer):
+    for name, config in configs.items():
         torch.manual_seed(0)
-        nets[name] = build_model(PRESETS[name]).to(device, dtype).eval()
+        nets[name] = build_model(config).to(device, dtype).eval()
     print(f"machine: {machine(f'torch {torch.__version__}', device.type, str(dtype).replace('torch.', ''))}")
+    if args.megabyte_set:
+        print(f"{args.megabyte} with {' '.join(args.megabyte_set)}")
     print(f"{args.new_bytes} new bytes per row from an empty prompt, warm-up {args.warmup_bytes} bytes")
     print(f"{'model':<24}{'params':>9}{'context':>9}{'batch':>7}{'bytes/s':>12}{'× transformer':>15}")
     for batch_size in args.batch_sizes:

@@ -33,16 +33,21 @@ def make_activation(config: MegaByteConfig) -> nn.Module:
     return nn.ReLU() if config.activation == "relu" else nn.GELU()
 
 
-def rotate(x: torch.Tensor, start: int) -> torch.Tensor:
-    """Rotary position embedding (Su et al. 2021) of x (..., S, hs) at positions start..start+S-1:
-    each pair of dimensions (i, i + hs/2) turns by position · 10000^(-2i/hs), so that the score of a
-    query and a key depends only on how far apart they are."""
-    S, hs = x.shape[-2:]
-    freq = 10000.0 ** (-torch.arange(0, hs, 2, device=x.device, dtype=torch.float32) / hs)  # (hs/2,)
-    angle = torch.arange(start, start + S, device=x.device, dtype=torch.float32)[:, None] * freq  # (S, hs/2)
-    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+def rotary_table(positions: int, hs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary position embedding (Su et al. 2021): each pair of dimensions (i, i + hs/2) of a query
+    or key at position t turns by the angle t · 10000^(-2i/hs), so that the score of a query and a
+    key depends only on how far apart they are. → cos and sin (positions, hs) for rotate(): the
+    cosine of pair i's angle in dimensions i and i + hs/2, its sine negated in dimension i."""
+    freq = 10000.0 ** (-torch.arange(0, hs, 2, dtype=torch.float32) / hs)  # (hs/2,)
+    angle = torch.arange(positions, dtype=torch.float32)[:, None] * freq  # (positions, hs/2)
+    return torch.cat([angle.cos(), angle.cos()], dim=-1), torch.cat([-angle.sin(), angle.sin()], dim=-1)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (..., S, hs) turned by rotary_table's cos and sin of its S positions (S, hs): the pair
+    (x1, x2) becomes (x1·cos − x2·sin, x2·cos + x1·sin)."""
     x1, x2 = x.chunk(2, dim=-1)  # (..., S, hs/2) each
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (..., S, hs)
+    return x * cos.to(x.dtype) + torch.cat([x2, x1], dim=-1) * sin.to(x.dtype)  # (..., S, hs)
 
 
 class KVCache:
@@ -112,6 +117,10 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=config.bias)
         self.proj = nn.Linear(dim, dim, bias=config.bias)
         self.resid_drop = nn.Dropout(config.dropout)
+        if cross_patch:  # rotary angles of the r + P key positions, once (not saved: they follow from the config)
+            cos, sin = rotary_table(cross_patch + config.patch_size, dim // heads)  # (r+P, hs) each
+            self.register_buffer("rotary_cos", cos, persistent=False)
+            self.register_buffer("rotary_sin", sin, persistent=False)
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         """(..., T, C) → (N, nh, T, hs), every leading dimension folded into N."""
@@ -159,7 +168,8 @@ class CausalSelfAttention(nn.Module):
         if mask is None and 1 < n < S:  # queries sit at the end of the keys: bottom-right causal mask
             mask = torch.ones(n, S, dtype=torch.bool, device=x.device).tril(diagonal=S - n)
         if self.cross_patch:  # keys at positions 0..S-1 (the cache holds them unrotated), queries the last n
-            q, k = rotate(q, S - n), rotate(k, 0)
+            cos, sin = self.rotary_cos[:S], self.rotary_sin[:S]  # (S, hs) each
+            q, k = rotate(q, cos[S - n:], sin[S - n:]), rotate(k, cos, sin)
         # is_causal only when queries and keys start together (training, or prefill into an empty
         # cache): that is the case the flash / memory-efficient kernels serve
         is_causal = mask is None and n > 1 and S == n

@@ -1,7 +1,8 @@
 """local_attention="matmul": the local model's attention by batched matmuls computes what SDPA
 computes, in every call shape (training with and without the cross-patch mask, prefill, one
 query against the cache), with the same gradients; only architectures with a local model take it.
-Cached generation with it is checked with the rest of the family (tests/test_model_family.py)."""
+Cached generation with it is checked with the rest of the family (tests/test_model_family.py).
+Also the rotary positions of cross-patch attention: what they turn, and that they are not weights."""
 
 import math
 
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from model import MegaByteConfig, build_model, byte_loss
-from model.layers import matmul_attention
+from model.layers import matmul_attention, rotary_table, rotate
 
 SMALL = dict(seq_len=32, patch_size=4, global_dim=32, global_layers=2, global_heads=2, local_dim=16,
              local_layers=2, local_heads=2, dropout=0.0)
@@ -100,3 +101,33 @@ def test_matmul_attention_drops_probabilities_and_rescales_the_rest():
 def test_local_attention_config_errors_say_what_to_set(fields, message):
     with pytest.raises(ValueError, match=message):
         MegaByteConfig(**{**SMALL, **fields})
+
+
+def test_rotary_turns_each_pair_by_its_angle_so_that_scores_depend_on_distance_only():
+    hs, S = 8, 6
+    cos, sin = rotary_table(12, hs)  # (12, hs) each, fp32
+    x = torch.randn(3, S, hs, dtype=torch.float64)
+    turned = rotate(x, cos[2:2 + S].double(), sin[2:2 + S].double())  # positions 2..7
+    # as a complex number x1 + i·x2, pair i at position t is multiplied by e^(i·t·θ_i)
+    theta = 10000.0 ** (-torch.arange(0, hs, 2, dtype=torch.float64) / hs)  # (hs/2,)
+    angle = torch.arange(2, 2 + S, dtype=torch.float64)[:, None] * theta  # (S, hs/2)
+    z = torch.complex(*x.chunk(2, dim=-1)) * torch.polar(torch.ones_like(angle), angle)
+    assert torch.allclose(turned, torch.cat([z.real, z.imag], dim=-1), atol=1e-6)
+
+    q, k = torch.randn(1, hs, dtype=torch.float64), torch.randn(1, hs, dtype=torch.float64)
+
+    def score(t: int, u: int) -> float:  # query at position t, key at u
+        return (rotate(q, cos[t:t + 1].double(), sin[t:t + 1].double())
+                @ rotate(k, cos[u:u + 1].double(), sin[u:u + 1].double()).T).item()
+
+    assert score(5, 2) == pytest.approx(score(3, 0)) == pytest.approx(score(11, 8))
+    assert score(5, 2) != pytest.approx(score(5, 3))
+
+
+def test_rotary_tables_are_not_weights_and_follow_the_model_dtype():
+    torch.manual_seed(0)
+    model = build_model(MegaByteConfig(**{**SMALL, **LOCAL["cross-patch"]}))
+    assert not [key for key in model.state_dict() if "rotary" in key]  # weights files stay as they were
+    attention = model.local_model.blocks[0].attn
+    assert attention.rotary_cos.shape == (2 + 4, 16 // 2)  # r + P positions, head size 8
+    assert model.to(torch.bfloat16).local_model.blocks[0].attn.rotary_sin.dtype == torch.bfloat16
