@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The GPU checks in one script for one H100/H200, in phases that can run apart (each well under
-# 10 minutes; all of them about 9):
+# 10 minutes; all of them about 10):
 #   tests      the GPU tests and the model tests on CUDA                                 ~1 min
 #   profile    one training step of the ~350M MegaByte by model part (fused loss, the logits
-#              path, matmul local attention) and of the equal-size baseline; the loss and the
-#              local attention alone, each way                                           ~2 min
+#              path, matmul local attention; the trainer's DeepSpeed engine at batch 16 and 32)
+#              and of the equal-size baseline; the loss and the local attention alone   ~3 min
 #   train      trainer throughput and MFU (bf16, ZeRO-2) of the ~350M MegaByte at batch 16 and
 #              32 (sdpa and matmul local attention) and the baseline at batch 4; Table 13's
 #              1.3B/218M MegaByte and a 1.4B baseline under ZeRO-3 with activation checkpointing ~5 min
@@ -32,6 +32,10 @@ for phase in $PHASES; do
       for variant in "" "--plain-loss" "--set local_attention=matmul"; do
         # shellcheck disable=SC2086  # the variant is several words
         timeout 120 "$PYTHON" bench/profile_gpu.py --preset gpu-350m --batch-size 16 --top 12 $variant
+      done
+      # the trainer's engine: ZeRO's gradient buckets and step, and how busy the kernels keep the GPU
+      for batch in 16 32; do
+        timeout 150 "$PYTHON" bench/profile_gpu.py --preset gpu-350m --batch-size $batch --top 12 --deepspeed 2
       done
       timeout 120 "$PYTHON" bench/profile_gpu.py --preset gpu-350m:baseline --batch-size 4 --top 12
       timeout 60 "$PYTHON" bench/loss.py --batch 16 --seq-len 8192 --dim 512 --bf16

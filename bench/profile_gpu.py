@@ -4,9 +4,15 @@ take at the device's peak FLOP rate.
     python bench/profile_gpu.py --preset tiny --device cpu --batch-size 4
     python bench/profile_gpu.py --preset gpu-350m --batch-size 8 --trace step.json
     python bench/profile_gpu.py --preset text --set global_layers=4 seq_len=4096 --activation-checkpointing
+    python bench/profile_gpu.py --preset gpu-350m --batch-size 16 --deepspeed 2   # the trainer's engine
 
-One step (zero_grad, forward with the head's fused loss as the trainer's or --plain-loss, backward,
-AdamW step; fused on CUDA) after --warmup steps, recorded with torch.profiler. Hooks open a
+One step (forward with the head's fused loss as the trainer's or --plain-loss, backward, optimizer
+step) after --warmup steps, recorded with torch.profiler. By default in plain PyTorch: AdamW
+(fused on CUDA) under bf16 autocast. With --deepspeed STAGE, the trainer's own engine
+(train/engine.py) at that ZeRO stage: bf16 weights with fp32 master copies on a GPU, its gradient
+buckets, clipping and optimizer step, which the "optimizer" and "communication" parts then hold;
+on CUDA the report also says how much of the step's wall time the kernels keep the device busy
+(the rest it waits for the CPU: launches, Python, synchronisation). Hooks open a
 record_function scope around each part's forward (the model code is untouched); backward ops run
 outside those scopes, so each takes the part of the forward op that made its autograd node: both
 carry the same sequence number. Every op (CPU) or kernel (CUDA) counts its own time only, so the
@@ -15,12 +21,12 @@ parts add up to the profiler's total.
 Parts: global blocks (global_model; a baseline's transformer and PerceiverAR's cross block),
 local blocks (local_model), embeddings and handover (the embeddings, conv encoder, w_GL and every
 reshape, concatenation and pad of the model's forward outside the blocks), head and loss,
-optimizer, communication (nccl/gloo/c10d ops; none in a single-process step), other (gradient
-accumulation into .grad, and whatever no scope claims). "ideal" is the part's training FLOPs
+optimizer, gradients into .grad (autograd's AccumulateGrad nodes, with the hooks that run in them:
+DeepSpeed's copy every gradient into ZeRO's buckets there), communication (nccl/gloo/c10d ops;
+none in a single-process step), other (whatever no scope claims). "ideal" is the part's training FLOPs
 (3 × model/flops.py's forward count × batch) at the peak: train/metrics.py's bf16 peak for known
-GPUs, or --peak-tflops. Plain PyTorch under autocast, no DeepSpeed: the trainer's engine keeps
-bf16 weights with fp32 master copies in ZeRO's optimizer, so its casts, optimizer step and
-gradient reductions differ from what this measures.
+GPUs, or --peak-tflops. bench/roofline.py counts the same parts' kernels, FLOPs and bytes without
+a GPU, and the least time they can take.
 """
 
 import argparse
@@ -43,8 +49,8 @@ from model.flops import count_flops  # noqa: E402
 from train.metrics import peak_flops  # noqa: E402
 
 GLOBAL, LOCAL, EMBED, HEAD = "global blocks", "local blocks", "embeddings and handover", "head and loss"
-OPTIMIZER, COMMUNICATION, OTHER = "optimizer", "communication", "other"
-PARTS = (GLOBAL, LOCAL, EMBED, HEAD, OPTIMIZER, COMMUNICATION, OTHER)
+OPTIMIZER, GRADIENTS, COMMUNICATION, OTHER = "optimizer", "gradients into .grad", "communication", "other"
+PARTS = (GLOBAL, LOCAL, EMBED, HEAD, OPTIMIZER, GRADIENTS, COMMUNICATION, OTHER)
 # the model's children that have a scope of their own; the rest run inside the model's (EMBED)
 PART_OF_CHILD = {"global_model": GLOBAL, "transformer": GLOBAL, "cross": GLOBAL, "local_model": LOCAL, "head": HEAD}
 # model/flops.py's parts
@@ -94,12 +100,11 @@ def label_parts(model: torch.nn.Module) -> None:
             add_scope(child, PART_OF_CHILD[name])
 
 
-def train_step(model, optimizer, ids: torch.Tensor, bf16: bool, plain_loss: bool) -> float:
-    """One training step; its wall-clock seconds, the device's queue drained."""
+def train_step(model, ids: torch.Tensor, bf16: bool, plain_loss: bool, backward, optimizer_step) -> float:
+    """One training step: forward (under bf16 autocast if `bf16`), backward(loss), optimizer_step();
+    its wall-clock seconds, the device's queue drained."""
     device = ids.device.type
     start = time.perf_counter()
-    with torch.profiler.record_function(SCOPE + OPTIMIZER):
-        optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
         if plain_loss:  # the logits of every position, then byte_loss on them
             logits = model(ids)
@@ -107,12 +112,43 @@ def train_step(model, optimizer, ids: torch.Tensor, bf16: bool, plain_loss: bool
                 loss = byte_loss(logits, ids)
         else:  # as the trainer: the head's fused loss, inside the head's scope
             loss, _ = model(ids, loss=True)
-    loss.backward()
+    backward(loss)
     with torch.profiler.record_function(SCOPE + OPTIMIZER):
-        optimizer.step()
+        optimizer_step()
     if device == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
+
+
+def plain_step(config: MegaByteConfig, args):
+    """(model, step): plain PyTorch, AdamW (fused on CUDA), bf16 autocast or fp32 (--dtype)."""
+    model = build_model(config).to(args.device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=args.device == "cuda")
+
+    def optimizer_step():
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    ids = torch.randint(0, 256, (args.batch_size, config.seq_len), device=args.device)
+    return model, lambda: train_step(model, ids, args.dtype == "bf16", args.plain_loss, torch.Tensor.backward,
+                                     optimizer_step)
+
+
+def engine_step(config: MegaByteConfig, args):
+    """(model, step): the trainer's engine (train/engine.py) in a world of one: DeepSpeed at ZeRO
+    stage --deepspeed, bf16 weights on a GPU (fp32 on CPU), the trainer's AdamW and gradient
+    clipping; engine.backward, then engine.step (ZeRO's gradient and optimizer work)."""
+    os.environ.setdefault("DS_ACCELERATOR", args.device)
+    from train.config import TrainConfig
+    from train.engine import build_engine, init_distributed
+
+    _, world, device = init_distributed()
+    engine = build_engine(TrainConfig.from_dict({
+        "data": {"datasets": ["(batches made here)"], "batch_size": args.batch_size,
+                 "micro_batch_size": args.batch_size},
+        "model": config.to_dict(), "deepspeed": {"zero_stage": args.deepspeed}}), world)
+    ids = torch.randint(0, 256, (args.batch_size, config.seq_len), device=device)
+    return engine.module, lambda: train_step(engine, ids, False, args.plain_loss, engine.backward, engine.step)
 
 
 def scope_of(event):
@@ -153,9 +189,11 @@ def part_of(scope, made_by: dict) -> tuple[str, bool]:
         return OTHER, False
     if scope.name.startswith(SCOPE):
         return scope.name[len(SCOPE):], False
-    if scope.name.startswith(BACKWARD_NODE):  # AccumulateGrad has no number: other
+    if scope.name.startswith(BACKWARD_NODE):  # AccumulateGrad has no number: it has a part of its own
         key = scope.sequence_nr, scope.fwd_thread
-        return (made_by[key], True) if key in made_by else (OTHER, False)
+        if key in made_by:
+            return made_by[key], True
+        return (GRADIENTS if "AccumulateGrad" in scope.name else OTHER), False
     return COMMUNICATION, False
 
 
@@ -176,15 +214,12 @@ def profile_step(args) -> dict:
     torch.manual_seed(0)
     config = load_config(args.preset, args.set, args.activation_checkpointing)
     on_cuda = args.device == "cuda"
-    model = build_model(config).to(args.device).train()
+    model, step = plain_step(config, args) if args.deepspeed is None else engine_step(config, args)
     label_parts(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=on_cuda)
-    ids = torch.randint(0, 256, (args.batch_size, config.seq_len), device=args.device)
-    bf16 = args.dtype == "bf16"
-    seconds = [train_step(model, optimizer, ids, bf16, args.plain_loss) for _ in range(args.warmup)]
+    seconds = [step() for _ in range(args.warmup)]
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_cuda else [])
     with torch.profiler.profile(activities=activities) as prof:
-        seconds.append(train_step(model, optimizer, ids, bf16, args.plain_loss))
+        seconds.append(step())
     if args.trace:
         prof.export_chrome_trace(args.trace)
     rows = attribute(prof.events(), on_cuda)
@@ -208,7 +243,8 @@ def report(args, result: dict) -> None:
     gpu = [torch.cuda.get_device_name()] if args.device == "cuda" else []
     print(f"machine: {machine_line(*gpu, f'torch {torch.__version__}', f'{torch.get_num_threads()} threads')}")
     print(f"model: {args.preset} ({config.architecture}, T={config.seq_len}, P={config.patch_size}), "
-          f"batch {args.batch_size}, {args.device} {args.dtype}"
+          f"batch {args.batch_size}, {args.device} "
+          f"{f'DeepSpeed ZeRO-{args.deepspeed} (the trainer engine)' if args.deepspeed is not None else args.dtype}"
           f"{', activation checkpointing' if config.activation_checkpointing else ''}; "
           f"peak {f'{peak / 1e12:g} TFLOP/s' if peak else 'n/a (--peak-tflops)'}")
     time_kind = "kernel time" if args.device == "cuda" else "CPU self time"
@@ -228,6 +264,9 @@ def report(args, result: dict) -> None:
     print(f"\nstep: {seconds * 1e3:.1f} ms wall ({'fastest unprofiled step' if args.warmup else 'the profiled step'}), "
           f"{args.batch_size * config.seq_len / seconds:,.0f} bytes/s, "
           f"{step_flops / seconds / 1e12:.3f} TFLOP/s, MFU {mfu}")
+    if args.device == "cuda":  # kernel time barely grows under the profiler; the CPU's time does
+        print(f"device busy: {total / 1e3:.1f} ms of kernels in the {seconds * 1e3:.1f} ms step "
+              f"({total / 1e6 / seconds:.0%}); the rest it waits for the CPU")
     print(f"\ntop {args.top} {'kernels' if args.device == 'cuda' else 'ops'} by self time:")
     for name, part, microseconds in result["top"]:
         name = name if len(name) <= 70 else name[:67] + "..."
@@ -247,6 +286,9 @@ def parse_args(argv=None):
                         help="bf16: the step under bf16 autocast (default on cuda); fp32 (default on cpu)")
     parser.add_argument("--warmup", type=int, default=2, help="unprofiled steps first (default: 2)")
     parser.add_argument("--activation-checkpointing", action="store_true", help="recompute each block in backward")
+    parser.add_argument("--deepspeed", type=int, choices=(0, 1, 2, 3), metavar="STAGE",
+                        help="profile the trainer's DeepSpeed engine at this ZeRO stage (bf16 weights on "
+                             "a GPU, fp32 on CPU; --dtype is then ignored) instead of plain PyTorch")
     parser.add_argument("--peak-tflops", type=float,
                         help="the device's peak, for the ideal column and MFU (default: the bf16 peak of "
                              "known GPUs, so give the fp32 one with --dtype fp32; none on CPU: n/a)")

@@ -2,6 +2,8 @@
 
 import argparse
 import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -52,7 +54,7 @@ def test_backward_ops_take_their_forward_part(bench, megabyte):
     backward = result["backward_events"]
     for part in (bench.GLOBAL, bench.LOCAL, bench.EMBED, bench.HEAD):
         assert backward[part] > 0, part
-    assert backward[bench.OPTIMIZER] == 0 and backward[bench.OTHER] == 0
+    assert backward[bench.OPTIMIZER] == 0 and backward[bench.OTHER] == 0 and backward[bench.GRADIENTS] == 0
 
 
 def test_recomputed_blocks_count_as_their_blocks(bench, megabyte):
@@ -85,3 +87,22 @@ def test_report(bench, megabyte, capsys, tmp_path):
     assert float(rows[bench.GLOBAL][2]) == pytest.approx(ideal_ms, abs=0.01)
     assert rows[bench.OPTIMIZER][2:] == ["n/a", "n/a"]  # no FLOPs counted
     assert "MFU" in out and len(result["top"]) == args.top
+
+
+def test_the_trainer_engine_step_has_zero_gradient_hooks_and_its_optimizer_step(bench):
+    """--deepspeed 2: the trainer's engine in a world of one (a process of its own: it joins a
+    process group). DeepSpeed's hooks copy each gradient into its buckets inside AccumulateGrad,
+    and its step (clipping, AdamW on the flat partition) is the optimizer part."""
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    result = subprocess.run([sys.executable, str(BENCH / "profile_gpu.py"), "--preset", "tiny", "--device", "cpu",
+                             "--batch-size", "2", "--warmup", "1", "--set", "seq_len=64", "dropout=0",
+                             "--deepspeed", "2"], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {line[:26].strip(): line[26:].split() for line in result.stdout.splitlines()}
+    assert "DeepSpeed ZeRO-2 (the trainer engine)" in result.stdout
+    for part in (bench.GLOBAL, bench.LOCAL, bench.OPTIMIZER, bench.GRADIENTS):
+        assert float(rows[part][0]) > 0, part
+    parts = sum(float(rows[part][0]) for part in bench.PARTS)
+    assert parts == pytest.approx(float(rows["total (profiler)"][0]), rel=0.01)
