@@ -89,7 +89,7 @@ def timed_run(t, steps: int, warmup: int, run_dir: Path) -> tuple[float, float |
 
 def bench_model(model_section: dict, args, data: Path, folder: Path, rank, world, device):
     raw = {"data": {"datasets": [str(data)], "batch_size": args.batch_size,
-                    "micro_batch_size": args.batch_size, "num_workers": args.workers},
+                    "micro_batch_size": args.micro_batch_size or args.batch_size, "num_workers": args.workers},
            "model": model_section, "optim": {"warmup_steps": 5},
            "deepspeed": {"zero_stage": args.zero_stage},
            "run": {"out_dir": str(folder / "run"), "checkpoint_every": 0, "eval_every": 0,
@@ -110,6 +110,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps (default: 20)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per step (default: 8)")
+    parser.add_argument("--micro-batch-size", type=int,
+                        help="sequences per forward/backward; the step accumulates batch-size / this many "
+                             "(default: the batch size, no accumulation)")
     parser.add_argument("--workers", type=int, default=1, help="loader workers (default: 1)")
     parser.add_argument("--zero-stage", type=int, default=2, help="ZeRO stage (default: 2)")
     parser.add_argument("--models", default="megabyte,baseline", help="which to run (default: both)")
@@ -131,7 +134,8 @@ def main() -> None:
     if rank != 0:
         return
     print(f"machine: {machine()}; preset {args.preset}{''.join(' ' + s for s in args.megabyte_set)}, "
-          f"batch {args.batch_size}, ZeRO-{args.zero_stage}, "
+          f"batch {args.batch_size}"
+          f"{f' in micro-batches of {args.micro_batch_size}' if args.micro_batch_size else ''}, ZeRO-{args.zero_stage}, "
           f"{args.workers} loader workers, median of {args.steps} steps"
           f"{', blocks compiled' if args.compile else ''}")
     print(f"{'model':<10} {'params':>8} {'shards B/s':>12} {'memory B/s':>12} {'ratio':>6} {'MFU':>12}")
