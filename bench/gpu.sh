@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks in one script for one H100/H200, in phases that can run apart (each well under
-# 10 minutes; all of them about 10):
+# 10 minutes; all of them about 11):
 #   tests      the GPU tests and the model tests on CUDA                                 ~1 min
 #   profile    one training step of the ~350M MegaByte by model part (fused loss, the logits
 #              path, matmul local attention; the trainer's DeepSpeed engine at batch 16 and 32)
