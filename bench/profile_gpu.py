@@ -273,19 +273,25 @@ def report(args, result: dict) -> None:
         print(f"{microseconds / 1e3:>10.2f} ms {microseconds / total:>6.1%}  {part:<24} {name}")
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_step_arguments(parser: argparse.ArgumentParser, batch_size: int) -> None:
+    """The step's model and batch, as load_config takes them (bench/roofline.py's too)."""
     parser.add_argument("--preset", default="tiny",
                         help="a model preset (model/presets.py), or a section of bench/train.py: gpu-350m "
-                             "(its MegaByte), gpu-350m:baseline (its baseline)")
+                             "(its MegaByte), gpu-350m:baseline (its baseline), gpu-table13, ...")
     parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="model config overrides, e.g. seq_len=2048 global_layers=4")
-    parser.add_argument("--batch-size", type=int, default=8, help="sequences per step (default: 8)")
+                        help="model config overrides, e.g. seq_len=2048 local_attention=matmul")
+    parser.add_argument("--batch-size", type=int, default=batch_size,
+                        help=f"sequences per step (default: {batch_size})")
+    parser.add_argument("--activation-checkpointing", action="store_true", help="recompute each block in backward")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_step_arguments(parser, batch_size=8)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=("bf16", "fp32"),
                         help="bf16: the step under bf16 autocast (default on cuda); fp32 (default on cpu)")
     parser.add_argument("--warmup", type=int, default=2, help="unprofiled steps first (default: 2)")
-    parser.add_argument("--activation-checkpointing", action="store_true", help="recompute each block in backward")
     parser.add_argument("--deepspeed", type=int, choices=(0, 1, 2, 3), metavar="STAGE",
                         help="profile the trainer's DeepSpeed engine at this ZeRO stage (bf16 weights on "
                              "a GPU, fp32 on CPU; --dtype is then ignored) instead of plain PyTorch")

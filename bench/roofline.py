@@ -1,5 +1,7 @@
-"""Benchmark without a GPU: the kernels one eager bf16 training step launches, by model part, the
-FLOPs they do and the bytes they move, and the least time each would take on a given GPU.
+"""Benchmark without a GPU: one training step counted kernel by kernel, and its least time on a GPU.
+
+The kernels one eager bf16 training step launches, by model part, the FLOPs they do and the bytes
+they move, and the least time each would take on a given GPU.
 
     python bench/roofline.py --preset gpu-350m --batch-size 16 --gpu H200
     python bench/roofline.py --preset gpu-table13 --batch-size 16 --set local_attention=matmul
@@ -13,13 +15,13 @@ memory-efficient ones with one (their meta kernels give CUDA's shapes).
 
 A dispatch mode records every ATen op that launches a kernel (views, copy-free reshapes and
 allocations launch none) with its FLOPs (torch.utils.flop_counter's; a causal attention
-kernel's halved, as it skips the masked blocks) and its bytes: each tensor it reads and each it writes, once (a broadcast dimension
-counts once). A kernel takes at least max(FLOPs / peak, bytes / memory bandwidth), its roofline;
-their sum is the least time the eager step can take with perfect kernels, and the model's FLOPs
-(model/flops.py) over that sum at the peak is the highest MFU it can reach. Beside a measured
-profile (bench/profile_gpu.py, same parts) it says how far each part's kernels are from their
-bound; and since FLOPs and bytes depend on the code alone, a change to the model shows its effect
-on them exactly, here, without a GPU.
+kernel's about halved, as it skips the masked blocks) and its bytes: each tensor it reads and
+each it writes, once (a broadcast dimension counts once). A kernel takes at least
+max(FLOPs / peak, bytes / memory bandwidth), its roofline; their sum is the least time the eager
+step can take with perfect kernels, and the model's FLOPs (model/flops.py) over that sum at the
+peak is the highest MFU it can reach. Beside a measured profile (bench/profile_gpu.py, same
+parts) it says how far each part's kernels are from their bound; and since FLOPs and bytes depend
+on the code alone, a change to the model shows its effect on them exactly, here, without a GPU.
 
 Parts as bench/profile_gpu.py's. An op in forward belongs to the innermost labelled module
 running it; an op in backward to the part whose forward made the autograd node being run (by
@@ -42,7 +44,8 @@ from torch.utils.flop_counter import flop_registry  # noqa: E402
 from common import machine  # noqa: E402  (bench/: this runs as a script)
 from model import build_model  # noqa: E402
 from model.flops import count_flops  # noqa: E402
-from profile_gpu import EMBED, OPTIMIZER, OTHER, PART_OF_CHILD, PARTS, load_config  # noqa: E402
+from profile_gpu import (EMBED, OPTIMIZER, OTHER, PART_OF_CHILD, PARTS, add_step_arguments,  # noqa: E402
+                         load_config)
 from train.metrics import PEAK_BF16_FLOPS, PEAK_MEMORY_BANDWIDTH  # noqa: E402
 
 # ops that only allocate or relabel memory: no kernel (the schema does not say so for these)
@@ -157,8 +160,8 @@ class CudaAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, mask, is_causal, dropout_p):
         ctx.is_causal, ctx.dropout_p = is_causal, dropout_p
         if mask is None:
-            out, lse, cum_q, cum_k, max_q, max_k, seed, offset, _ = torch.ops.aten._scaled_dot_product_flash_attention(
-                q, k, v, dropout_p, is_causal)
+            flash = torch.ops.aten._scaled_dot_product_flash_attention
+            out, lse, cum_q, cum_k, max_q, max_k, seed, offset, _ = flash(q, k, v, dropout_p, is_causal)
             ctx.flash = (cum_q, cum_k, max_q, max_k, seed, offset)
             bias = None
         else:  # the boolean mask becomes an additive bias, as SDPA makes it
@@ -180,8 +183,9 @@ class CudaAttention(torch.autograd.Function):
             dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_backward(
                 grad, q, k, v, out, lse, cum_q, cum_k, max_q, max_k, ctx.dropout_p, ctx.is_causal, seed, offset)
         else:
-            dq, dk, dv, _ = torch.ops.aten._scaled_dot_product_efficient_attention_backward(
-                grad, q, k, v, bias, out, lse, *ctx.efficient, ctx.dropout_p, [True, True, True, False], ctx.is_causal)
+            efficient = torch.ops.aten._scaled_dot_product_efficient_attention_backward
+            dq, dk, dv, _ = efficient(grad, q, k, v, bias, out, lse, *ctx.efficient, ctx.dropout_p,
+                                      [True, True, True, False], ctx.is_causal)  # gradients of q, k, v, not bias
         return dq, dk, dv, None, None, None
 
 
@@ -260,13 +264,7 @@ def report(args, config, rows: dict):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="tiny",
-                        help="a model preset (model/presets.py), or a section of bench/train.py: gpu-350m "
-                             "(its MegaByte), gpu-350m:baseline (its baseline), gpu-table13")
-    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="model config overrides, e.g. local_attention=matmul")
-    parser.add_argument("--batch-size", type=int, default=16, help="sequences per step (default: 16)")
-    parser.add_argument("--activation-checkpointing", action="store_true", help="recompute each block in backward")
+    add_step_arguments(parser, batch_size=16)
     parser.add_argument("--gpu", choices=sorted(PEAK_MEMORY_BANDWIDTH), default="H100",
                         help="whose peak bf16 FLOP/s and memory bandwidth (default: H100)")
     parser.add_argument("--top", type=int, default=15, help="ops listed (default: 15)")

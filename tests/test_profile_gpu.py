@@ -1,7 +1,6 @@
 """bench/profile_gpu.py on CPU: one tiny training step, its time split by model part."""
 
 import argparse
-import importlib.util
 import os
 import subprocess
 import sys
@@ -15,16 +14,8 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 @pytest.fixture(scope="module")
-def bench():
-    """The script as a module; it imports bench/common.py as `common`, as when run from bench/."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("profile_gpu", BENCH / "profile_gpu.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
+def bench(load_bench):
+    return load_bench("profile_gpu")
 
 
 def profile(bench, preset: str, *flags: str):

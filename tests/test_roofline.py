@@ -1,9 +1,6 @@
 """bench/roofline.py: the kernels of one training step on the meta device, their parts, FLOPs and bytes."""
 
-import importlib.util
-import sys
 from collections import Counter
-from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -11,21 +8,12 @@ import torch
 
 from model.flops import count_flops
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
 BATCH = 2
 
 
 @pytest.fixture(scope="module")
-def bench():
-    """The script as a module; it imports bench/common.py and bench/profile_gpu.py as when run from bench/."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("roofline", BENCH / "roofline.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
+def bench(load_bench):
+    return load_bench("roofline")
 
 
 def step(bench, *settings: str, checkpointing: bool = False):
@@ -102,7 +90,8 @@ def test_checkpointing_recomputes_the_blocks_forward(bench):
 def test_cross_patch_attention_runs_the_masked_kernel(bench):
     _, flops, kernels = step(bench, "local_cross_patch=2")
     names = Counter(name for part, name, *_ in kernels if part == "local blocks")
-    assert names["_scaled_dot_product_efficient_attention"] == names["_scaled_dot_product_efficient_attention_backward"] > 0
+    forward, backward = "_scaled_dot_product_efficient_attention", "_scaled_dot_product_efficient_attention_backward"
+    assert names[forward] == names[backward] > 0
     assert names["_scaled_dot_product_flash_attention"] == 0
 
 
@@ -128,16 +117,8 @@ def test_report_prints_the_mfu_ceiling(bench, capsys):
 
 
 @pytest.fixture(scope="module")
-def generation():
-    """bench/roofline_generate.py as a module (it imports roofline.py and common.py from bench/)."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("roofline_generate", BENCH / "roofline_generate.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
+def generation(load_bench):
+    return load_bench("roofline_generate")
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny-transformer"])
