@@ -154,6 +154,20 @@ class CausalSelfAttention(nn.Module):
         mask[0, :, :, :r] = False  # patch 0 has no previous patch
         return prepend(k), prepend(v), mask.expand(B, -1, -1, -1, -1).flatten(0, 1)  # mask (B·K, 1, P, r+P)
 
+    def rotate_new(self, q: torch.Tensor, k: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """q and k (N, nh, T, hs) of T new positions start..start+T-1 in the cache, rotated in one
+        go: a decoding step turns one query and one key where it used to turn every cached key."""
+        cos, sin = self.rotary_cos[start:start + q.shape[2]], self.rotary_sin[start:start + q.shape[2]]  # (T, hs)
+        return rotate(torch.cat([q, k], dim=1), cos, sin).split(self.heads, dim=1)  # (N, nh, T, hs) each
+
+    def keep_last(self, cache: KVCache, n: int):
+        """cache.keep_last(n), and with cross-patch attention the kept keys turned back by as many
+        positions as they moved (they were rotated where they were)."""
+        moved = cache.length - n
+        cache.keep_last(n)
+        if self.cross_patch and n:
+            cache.k[:, :, :n] = rotate(cache.k[:, :, :n], self.rotary_cos[moved], -self.rotary_sin[moved])
+
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, queries: int | None = None) -> torch.Tensor:
         """x (..., T, C) → (..., n, C) for the last n = queries (default T) positions."""
         *lead, T, C = x.shape
@@ -161,15 +175,17 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.project(x, n)  # (N, nh, n, hs), (N, nh, T, hs) twice
         mask = None
         if cache is not None:
+            if self.cross_patch:  # the new positions come after the cache's, whose keys are rotated already
+                q, k = self.rotate_new(q, k, cache.length)
             k, v = cache.update(k, v)  # (N, nh, S, hs)
         elif self.cross_patch:  # x is (B, K, P, C)
             k, v, mask = self.with_previous_patch(k, v, *lead)  # (B·K, nh, r+P, hs) twice, (B·K, 1, P, r+P)
+            S = k.shape[2]  # keys at positions 0..r+P-1, queries at the last P
+            cos, sin = self.rotary_cos[:S], self.rotary_sin[:S]  # (S, hs) each
+            q, k = rotate(q, cos[S - n:], sin[S - n:]), rotate(k, cos, sin)
         S = k.shape[2]
         if mask is None and 1 < n < S:  # queries sit at the end of the keys: bottom-right causal mask
             mask = torch.ones(n, S, dtype=torch.bool, device=x.device).tril(diagonal=S - n)
-        if self.cross_patch:  # keys at positions 0..S-1 (the cache holds them unrotated), queries the last n
-            cos, sin = self.rotary_cos[:S], self.rotary_sin[:S]  # (S, hs) each
-            q, k = rotate(q, cos[S - n:], sin[S - n:]), rotate(k, cos, sin)
         # is_causal only when queries and keys start together (training, or prefill into an empty
         # cache): that is the case the flash / memory-efficient kernels serve
         is_causal = mask is None and n > 1 and S == n
@@ -255,6 +271,11 @@ class Transformer(nn.Module):
 
     def new_caches(self, max_len: int) -> list[KVCache]:
         return [KVCache(max_len) for _ in self.blocks]
+
+    def keep_last(self, caches: list[KVCache], n: int):
+        """Keep each layer's last n cached positions (see CausalSelfAttention.keep_last)."""
+        for block, cache in zip(self.blocks, caches):
+            block.attn.keep_last(cache, n)
 
 
 class ConvEncoder(nn.Module):

@@ -192,8 +192,7 @@ class MegaByte(nn.Module):
         for k in range(max(0, done - self.config.local_layers), done):
             x = self.local_inputs(contexts[:, k], ids[:, k * P: (k + 1) * P - 1])  # (B, P, D_L)
             self.local_model(x, state["local_caches"])
-            for cache in state["local_caches"]:
-                cache.keep_last(self.config.local_cross_patch)
+            self.local_model.keep_last(state["local_caches"], self.config.local_cross_patch)
 
     @torch.no_grad()
     def decode_step(self, next_ids: torch.Tensor, state: dict) -> torch.Tensor:
@@ -204,8 +203,7 @@ class MegaByte(nn.Module):
         state["length"] += 1
         if p == P - 1:  # the patch is complete: the next patch's context (a global step)
             state["context"] = self.step_context(state)  # (B, P, D_L)
-            for cache in state["local_caches"]:
-                cache.keep_last(self.config.local_cross_patch)  # 0: empty
+            self.local_model.keep_last(state["local_caches"], self.config.local_cross_patch)  # 0: empty
             x = state["context"][:, 0] + self.local_pad  # (B, D_L): slot 0 sees the local pad
         else:
             x = state["context"][:, p + 1] + self.local_embed(next_ids)  # (B, D_L)
