@@ -1,5 +1,7 @@
-"""bench/roofline.py: the kernels of one training step on the meta device, their parts, FLOPs and bytes."""
+"""bench/roofline.py and bench/roofline_generate.py: the kernels of a training step and of
+generation on the meta device, their parts, FLOPs and bytes."""
 
+import sys
 from collections import Counter
 from unittest import mock
 
@@ -172,3 +174,15 @@ def test_the_mean_step_stands_for_the_whole_loop(generation, bench):
                 continue
             for key in ("kernels", "flops", "bytes", "bound"):
                 assert estimate[part][key] == pytest.approx(whole[part][key], rel=0.01), (name, part, key)
+
+
+def test_generation_report_compares_the_two_models(generation, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["roofline_generate.py", "--megabyte", "tiny", "--transformer",
+                                      "tiny-transformer", "--new-bytes", "64", "--batch-sizes", "1", "--gpu", "H200"])
+    generation.main()
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()
+            if line.startswith("tiny")}
+    assert set(rows) == {"tiny", "tiny-transformer"}
+    assert float(rows["tiny-transformer"][-1]) == 1.0  # the transformer over itself
+    speed = {name: float(row[6].replace(",", "")) for name, row in rows.items()}  # roofline bytes/s
+    assert float(rows["tiny"][-1]) == pytest.approx(speed["tiny"] / speed["tiny-transformer"], abs=0.01)
