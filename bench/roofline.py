@@ -10,7 +10,8 @@ The step runs on PyTorch's meta device (shapes and strides, no arithmetic: secon
 model) as the trainer's engine runs it on a GPU: bf16 weights (DeepSpeed's bf16 mode, no autocast),
 the head's fused loss, backward (recomputing the blocks with activation checkpointing), then
 DeepSpeed's bf16 optimizer: the bf16 gradients cast to fp32, a fused AdamW step on fp32 master
-weights, the new weights cast back. SDPA runs as on CUDA: the flash kernels without a mask, the
+weights, the new weights cast back (parameter by parameter here, where DeepSpeed works on flat
+buffers: the same bytes in fewer kernels). SDPA runs as on CUDA: the flash kernels without a mask, the
 memory-efficient ones with one (their meta kernels give CUDA's shapes).
 
 A dispatch mode records every ATen op that launches a kernel (views, copy-free reshapes and
@@ -119,9 +120,13 @@ class PartTracker:
 
     def label(self, module: torch.nn.Module, part: str):
         next_number = torch._C._autograd._get_sequence_nr  # the number the next node will get
+
+        def close(module, args, output):
+            part, first = self.open_calls.pop()
+            self.spans.append((first, next_number(), part))
+
         module.register_forward_pre_hook(lambda module, args: self.open_calls.append((part, next_number())))
-        module.register_forward_hook(lambda module, args, output: self.spans.append(
-            (self.open_calls[-1][1], next_number(), self.open_calls.pop()[0])))
+        module.register_forward_hook(close)
 
     def current(self) -> str:
         if self.optimizer:
