@@ -1,11 +1,19 @@
-"""train/engine.py with real processes: under ZeRO-3 each of 2 ranks builds only its half of the
-model (deepspeed.zero.Init), with the initial weights of the model built whole."""
+"""train/engine.py: under ZeRO-3 each of 2 ranks (real processes) builds only its half of the
+model (deepspeed.zero.Init), with the initial weights of the model built whole; run.compile's
+blocks compile to whole graphs that compute what the eager model does."""
 
+import copy
 import json
 import subprocess
 import sys
 
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from model import MegaByteConfig, build_model
 from test_train import ENV, REPO, free_port
+from train.engine import compile_blocks
 
 
 def rank_memory(stage: int) -> list[dict]:
@@ -29,3 +37,30 @@ def test_zero3_ranks_build_half_the_model_each_with_the_same_initial_weights():
         assert stage2["model_peak"] * 1024 > 0.9 * 4 * stage2["parameters"]  # the whole model
         assert stage3["model_peak"] < 0.75 * stage2["model_peak"], (stage2, stage3)  # about half
         assert stage2["same_initial_weights"] and stage3["same_initial_weights"]
+
+
+@pytest.mark.parametrize("fields", [dict(), dict(local_cross_patch=4, activation_checkpointing=True),
+                                    dict(architecture="transformer", patch_size=1, local_layers=0)])
+def test_compiled_blocks_are_whole_graphs_with_the_eager_loss_and_gradients(fields):
+    """run.compile: each block shape is one graph (no break, e.g. at the attention) and the step
+    computes what the eager model does. The aot_eager backend traces exactly as inductor's
+    compilation does, without generating kernels (minutes on a CPU)."""
+    torch.manual_seed(0)
+    config = MegaByteConfig(**{**dict(seq_len=32, patch_size=4, global_dim=32, global_layers=2, global_heads=2,
+                                      local_dim=16, local_layers=2, local_heads=2, dropout=0.0), **fields})
+    eager = build_model(config).train()
+    compiled = copy.deepcopy(eager)
+    torch._dynamo.reset()  # no graph left from another test: each one here is traced anew
+    compile_blocks(compiled, backend="aot_eager")
+    counters.clear()
+    ids = torch.randint(0, 256, (2, 32))
+    for model in (eager, compiled):
+        loss, _ = model(ids, loss=True)
+        loss.backward()
+        model.loss = loss.detach()
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    shapes = 1 if config.architecture == "transformer" else 2  # global blocks, local blocks
+    assert counters["stats"]["unique_graphs"] == shapes
+    torch.testing.assert_close(compiled.loss, eager.loss, rtol=0, atol=1e-6)
+    for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=0, atol=1e-6, msg=name)

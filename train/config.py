@@ -88,7 +88,7 @@ class RunConfig:
     max_minutes: float = 0.0  # stop (with a checkpoint) after this wall time; 0 = no limit
     progress: bool = True  # progress bar on rank 0
     trace_batches: bool = False  # write OUT/trace/rank-R.jsonl: a hash of every sequence trained on
-    compile: bool = False  # torch.compile each transformer block (no gain measured at 350M: BENCHMARKS.md)
+    compile: bool = False  # torch.compile each transformer block (BENCHMARKS.md: no gain measured at 350M)
 
 
 SECTIONS = {"optim": OptimConfig, "deepspeed": DeepSpeedSection, "run": RunConfig}

@@ -157,14 +157,19 @@ def lr_factor(step: int, config: TrainConfig) -> float:
     return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * shape
 
 
-def compile_blocks(model: torch.nn.Module) -> None:
+def compile_blocks(model: torch.nn.Module, backend: str = "inductor") -> None:
     """torch.compile every transformer block in place: parameter names (checkpoints, export)
-    stay as they are, and the kernels between the matrix products get fused."""
+    stay as they are, and the kernels between the matrix products get fused.
+
+    Static shapes: a run's shapes never change. Left to itself, torch.compile traces the second
+    block shape it meets (MegaByte's local blocks after its global ones) with symbolic sizes; the
+    attention's is_causal then becomes a symbolic bool, which SDPA refuses, and every such block
+    broke into two graphs around its attention, run eagerly in between."""
     from model.layers import Block
 
     for module in model.modules():
         if isinstance(module, Block):
-            module.compile()
+            module.compile(backend=backend, dynamic=False)
 
 
 def build_engine(config: TrainConfig, world_size: int, load_universal: bool = False) -> "DeepSpeedEngine":
