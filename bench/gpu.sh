@@ -6,7 +6,7 @@
 #              path, matmul local attention; the trainer's DeepSpeed engine at batch 16 and 32)
 #              and of the equal-size baseline; the loss and the local attention alone   ~3 min
 #   train      trainer throughput and MFU (bf16, ZeRO-2) of the ~350M MegaByte at batch 16 and
-#              32 (sdpa and matmul local attention) and 64 in micro-batches of 16, the baseline
+#              32, compiled at 16, and 64 in micro-batches of 16; the baseline
 #              at batch 4; Table 13's 1.3B/218M MegaByte and a 1.4B baseline under ZeRO-3 with
 #              activation checkpointing                                                  ~6 min
 #   generate   Table 9: MegaByte 1.3B/218M (8192-byte context) against a 350M transformer
@@ -44,12 +44,13 @@ for phase in $PHASES; do
     train)
       # MegaByte's step is cheap per byte: it needs a larger batch to keep the GPU busy; the
       # baseline's activations at T = 8192 (28 layers × 8192 × 1024) limit it to a few sequences
+      # (matmul local attention is in the profile phase; here the blocks compiled, now whole graphs)
       for batch in 16 32; do
-        for attention in sdpa matmul; do
-          timeout 150 "$PYTHON" bench/train.py --preset gpu-350m --models megabyte --steps 10 --warmup 4 \
-            --batch-size $batch --workers 6 --megabyte-set local_attention=$attention
-        done
+        timeout 150 "$PYTHON" bench/train.py --preset gpu-350m --models megabyte --steps 10 --warmup 4 \
+          --batch-size $batch --workers 6
       done
+      timeout 200 "$PYTHON" bench/train.py --preset gpu-350m --models megabyte --steps 10 --warmup 4 \
+        --batch-size 16 --workers 6 --compile
       # a per-optimizer-step cost (ZeRO's step, the loop's synchronisation) shrinks per byte when the
       # step accumulates several micro-batches: batch 64 in micro-batches of 16 against batch 16
       timeout 150 "$PYTHON" bench/train.py --preset gpu-350m --models megabyte --steps 6 --warmup 3 \
