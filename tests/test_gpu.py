@@ -1,6 +1,7 @@
 """The GPU paths, on CUDA only (skipped elsewhere; bench/gpu.sh runs them on an H100/H200):
 bf16 autocast, the flash-attention kernel through SDPA, cached generation on the device (also
-through CUDA graphs), and the trainer with bf16 + fused AdamW + ZeRO-2 in one process."""
+through CUDA graphs), compiled blocks, and the trainer with bf16 + fused AdamW + ZeRO-2 in one
+process."""
 
 import json
 import os
@@ -61,6 +62,34 @@ def test_cuda_graph_decoding_equals_eager_decoding(preset):
     graphs = generate(model, prompt, model.config.seq_len + 100, temperature=0, stop_at_boundary=False,
                       cuda_graphs=True)
     assert torch.equal(graphs, eager)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-cross-patch"])
+def test_compiled_blocks_on_gpu_give_the_eager_loss(preset):
+    """run.compile with inductor's generated kernels (tests/test_engine.py checks the graphs on a
+    CPU without them): bf16 loss and gradients close to eager."""
+    from torch._dynamo.utils import counters
+
+    from train.engine import compile_blocks
+
+    torch.manual_seed(0)
+    eager = build_model(PRESETS[preset]).cuda().eval()  # no dropout: both must see the same network
+    compiled = build_model(PRESETS[preset]).cuda().eval()
+    compiled.load_state_dict(eager.state_dict())
+    torch._dynamo.reset()
+    compile_blocks(compiled)
+    counters.clear()
+    ids = torch.randint(0, 256, (4, eager.config.seq_len), device="cuda")
+    losses = []
+    for model in (eager, compiled):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss, _ = model(ids, loss=True)
+        loss.backward()
+        losses.append(loss.item())
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-2)
+    for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
+        assert (q.grad - p.grad).norm() <= 0.05 * p.grad.norm(), name
 
 
 def test_trainer_bf16_zero2_on_one_gpu(tmp_path):
