@@ -4,14 +4,10 @@ import argparse
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from model.flops import count_flops
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
 
 @pytest.fixture(scope="module")
 def bench(load_bench):
@@ -87,7 +83,7 @@ def test_the_trainer_engine_step_has_zero_gradient_hooks_and_its_optimizer_step(
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
-    result = subprocess.run([sys.executable, str(BENCH / "profile_gpu.py"), "--preset", "tiny", "--device", "cpu",
+    result = subprocess.run([sys.executable, bench.__file__, "--preset", "tiny", "--device", "cpu",
                              "--batch-size", "2", "--warmup", "1", "--set", "seq_len=64", "dropout=0",
                              "--deepspeed", "2"], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
