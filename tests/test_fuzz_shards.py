@@ -33,13 +33,12 @@ import pytest
 import soundfile
 from PIL import Image
 
-from pipeline.format.errors import DataError, UsageError
+from pipeline.format.errors import DataError, UsageError, report_errors
 from pipeline.format.reader import file_sha256, iter_members, iter_sample_members, read_sample
 from pipeline.format.shards import load_manifest, tar_member
 from pipeline.format.vocab import BOUNDARY_ID, PAD_ID
 from pipeline.load.loader import LoaderConfig, build_train_loader, build_validation_loader
 from tools.cli import build_parser, main
-from tools.errors import report_errors
 
 SEED = int(os.environ.get("FUZZ_SEED", 20240511))
 CASES = 300

@@ -8,8 +8,8 @@ DataError and their subclasses) become one line on stderr and a non-zero exit co
 import argparse
 import sys
 
+from pipeline.format.errors import report_errors
 from tools import cmd_compare, cmd_convert, cmd_demo, cmd_flops, cmd_inspect, cmd_model, cmd_plot, cmd_train
-from tools.errors import report_errors
 
 COMMAND_MODULES = [cmd_convert, cmd_inspect, cmd_train, cmd_model, cmd_flops, cmd_plot, cmd_compare, cmd_demo]
 

@@ -14,7 +14,7 @@ import sys
 
 import torch.distributed as dist
 
-from tools.errors import report_errors
+from pipeline.format.errors import report_errors
 from train.config import TrainConfig, load_config
 from train.engine import init_distributed
 from train.flags import add_train_flags

@@ -1,5 +1,7 @@
-"""The project's expected errors: the command line turns them into one line and an exit code
-(tools.errors), never a traceback."""
+"""The project's expected errors, and how a command reports them: one line and an exit code,
+never a traceback."""
+
+import sys
 
 
 class UsageError(Exception):
@@ -13,3 +15,14 @@ class DataError(Exception):
 
     exit_code = 1
 
+
+def report_errors(command: str, func, *args) -> int:
+    """Run func(*args); an expected error becomes one line on stderr and its exit code."""
+    try:
+        return func(*args) or 0
+    except (UsageError, DataError) as error:
+        print(f"megabyte {command}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"megabyte {command}: interrupted", file=sys.stderr)
+        return 130
