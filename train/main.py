@@ -1,8 +1,10 @@
 """`megabyte train`: parse → build → train, cleanup in `finally`.
 
     megabyte train --config tiny-cpu [--set section.key=value ...]
-    deepspeed --num_gpus 8 -m train.main --config configs/text.toml      # the launcher's way
-    deepspeed --hostfile hosts -m train.main --config ...                 # several nodes (README)
+    deepspeed --num_gpus 8 -m train.main --config text       # the launcher's way
+    deepspeed --hostfile hosts -m train.main --config text   # several nodes (docs/training.md)
+
+--config takes a shipped name (train/configs/NAME.toml) or the path of a TOML file.
 
 Rerunning the same command resumes from OUT/checkpoints/latest (model, optimizer, schedule,
 RNG and the loader's position in the global data order), so a killed run continues exactly where
