@@ -14,6 +14,7 @@ import sys
 
 from compare.suite import SHIPPED_SUITES, Suite
 from tools.outputs import write_atomically
+from train.plots import plot_runs
 
 # results.md's columns: heading, the result's key, its format
 COLUMNS = [("run", "name", "{}"), ("preset", "preset", "{}"), ("parameters", "parameters", "{:,}"),
@@ -32,8 +33,6 @@ def write_reports(suite: Suite, results: list[dict]) -> None:
     write_atomically(suite.out_dir / "results.json", lambda tmp: tmp.write_text(text))
     markdown = results_markdown(header, results)
     write_atomically(suite.out_dir / "results.md", lambda tmp: tmp.write_text(markdown))
-    from tools.cmd_plot import plot_runs  # imports matplotlib: only here
-
     plot_runs([suite.run_dir(run) for run in suite.runs], suite.out_dir / "curves.png", x="flops",
               labels=[run.name for run in suite.runs])
     print(markdown)

@@ -8,7 +8,7 @@ import pytest
 
 from model.flops import training_flops_per_byte
 from tools.cli import main as cli
-from tools.cmd_plot import plot_runs, run_series, unique_labels
+from train.plots import plot_runs, run_series, unique_labels
 from train.config import load_config
 
 T0 = 1_800_000_000.0  # the records' absolute times start here

@@ -59,7 +59,7 @@ def cmd_demo(args) -> int:
     from model import generate
     from tools.inspect import compressed_bits_per_byte, dataset_chunks, dataset_stats
     from pipeline.load.loader import build_validation_loader
-    from tools.cmd_plot import plot_runs
+    from train.plots import plot_runs
     from train.config import load_config
     from train.evaluate import evaluate
     from train.export import export, load_any
