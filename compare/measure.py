@@ -17,8 +17,8 @@ import time
 import torch
 
 from compare.plan import RunPlan
-from compare.runner import wall_seconds
 from compare.suite import RunSpec, Suite
+from compare.wall import wall_seconds
 from model import generate
 from train.export import export, load_any
 from train.metrics import read_metrics

@@ -18,13 +18,13 @@ import subprocess
 import time
 from pathlib import Path
 
+from compare.measure import measure_run
 from compare.plan import RunPlan, plan_suite
 from compare.suite import RunSpec, Suite
-from pipeline.format.errors import DataError, UsageError
+from compare.wall import add_launch
+from pipeline.format.errors import UsageError
 from tools.outputs import write_atomically
 from train import checkpoint
-
-WALL = "compare-wall.json"  # seconds each launch of the run's trainer took, in the run directory
 
 
 class RunStopped(UsageError):
@@ -48,8 +48,6 @@ def run_suite(suite: Suite, device=None) -> list[dict]:
             print(f"{run.name}: {plan.steps} steps of {plan.flops_per_step:.3g} FLOPs "
                   f"({plan.positions_per_step:,} bytes each)", flush=True)
             train(suite, run, plan)
-            from compare.measure import measure_run  # imports torch: only when a run is measured
-
             result = measure_run(suite, run, plan, device)
             text = json.dumps(result, indent=1) + "\n"
             write_atomically(result_path, lambda tmp: tmp.write_text(text))
@@ -59,7 +57,7 @@ def run_suite(suite: Suite, device=None) -> list[dict]:
 
 
 def train(suite: Suite, run: RunSpec, plan: RunPlan) -> None:
-    """Run (or resume) the run's trainer to its last step, adding its wall time to WALL."""
+    """Run (or resume) the run's trainer to its last step, adding its wall time (compare/wall.py)."""
     run_dir = suite.run_dir(run)
     if trained_steps(run_dir) >= plan.steps:
         return  # trained before, measuring was cut short
@@ -71,10 +69,7 @@ def train(suite: Suite, run: RunSpec, plan: RunPlan) -> None:
         raise UsageError(f"launcher {suite.launcher[0]!r}: cannot start it ({error.strerror or error})") from None
     received = wait_passing_signals(process)
     run_dir.mkdir(parents=True, exist_ok=True)
-    wall = run_dir / WALL
-    launches = json.loads(wall.read_text()) if wall.is_file() else []
-    launches.append(round(time.perf_counter() - started, 3))
-    write_atomically(wall, lambda tmp: tmp.write_text(json.dumps(launches) + "\n"))
+    add_launch(run_dir, time.perf_counter() - started)
     step = trained_steps(run_dir)
     if process.returncode != 0 or received or step < plan.steps:
         why = (f"{signal.Signals(received).name} received" if received
@@ -104,12 +99,5 @@ def wait_passing_signals(process: subprocess.Popen) -> int | None:
 
 def trained_steps(run_dir: Path) -> int:
     """The step of the run's newest complete checkpoint, step-NNNNNN (0 without one)."""
-    folder = checkpoint.latest(run_dir / "checkpoints")
-    return int(folder.name.removeprefix("step-")) if folder else 0
-
-
-def wall_seconds(run_dir: Path) -> float:
-    wall = run_dir / WALL
-    if not wall.is_file():
-        raise DataError(f"{wall}: missing: the run was not trained by `megabyte compare`")
-    return sum(json.loads(wall.read_text()))
+    folder = checkpoint.latest(run_dir / checkpoint.CHECKPOINTS)
+    return checkpoint.step_of(folder) if folder else 0

@@ -48,6 +48,18 @@ CONFIG = "config.json"
 STATE_FORMAT = "megabyte-trainer-state"
 STATE_VERSION = 1
 TENSOR = "__tensor__"  # {TENSOR: key}: where a tensor stood, its key in the safetensors file
+CHECKPOINTS = "checkpoints"  # the folder of a run's checkpoints, in its output directory
+STEP_PREFIX = "step-"  # a checkpoint's folder: step-NNNNNN, the optimizer steps done when saved
+
+
+def step_folder_name(step: int) -> str:
+    """The name of the checkpoint folder saved after optimizer step `step`: step-000200."""
+    return f"{STEP_PREFIX}{step:06d}"
+
+
+def step_of(folder: Path) -> int:
+    """The optimizer step a checkpoint folder (step-NNNNNN) was saved after."""
+    return int(Path(folder).name.removeprefix(STEP_PREFIX))
 
 
 @runtime_checkable
@@ -82,7 +94,7 @@ Part = Stateful | SavesItself
 def save(root: Path, step: int, parts: dict[str, Part], config: dict, keep_last: int) -> Path:
     """Save every part as it is after optimizer step `step`; every rank calls this."""
     root = Path(root)
-    folder = root / f"step-{step:06d}"
+    folder = root / step_folder_name(step)
     rank = dist.get_rank()
     # the plain states first, before any part writes files: the state at the step boundary
     states = {name: part.state_dict() for name, part in parts.items() if not isinstance(part, SavesItself)}
@@ -212,7 +224,7 @@ def join_tensors(value, tensors: dict):
 
 
 def complete_checkpoints(root: Path) -> list[Path]:
-    return sorted(p for p in Path(root).glob("step-*") if (p / MARKER).is_file())
+    return sorted(p for p in Path(root).glob(f"{STEP_PREFIX}*") if (p / MARKER).is_file())
 
 
 def prune(root: Path, keep_last: int) -> None:
@@ -221,10 +233,10 @@ def prune(root: Path, keep_last: int) -> None:
     complete = complete_checkpoints(root)
     keep = set(complete[-keep_last:]) if keep_last > 0 else set(complete)
     newest = complete[-1] if complete else None
-    for folder in Path(root).glob("step-*"):
+    for folder in Path(root).glob(f"{STEP_PREFIX}*"):
         if folder not in keep and (folder in complete or newest and folder.name < newest.name):
             shutil.rmtree(folder, ignore_errors=True)
-    for conversion in (Path(root) / UNIVERSAL).glob("*step-*"):  # .step-*.tmp: an interrupted one
+    for conversion in (Path(root) / UNIVERSAL).glob(f"*{STEP_PREFIX}*"):  # .step-*.tmp: an interrupted one
         if Path(root) / conversion.name not in keep:
             shutil.rmtree(conversion, ignore_errors=True)
 

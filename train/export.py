@@ -33,7 +33,7 @@ def find_checkpoint(path) -> Path:
         if problem:
             raise UsageError(f"{path}: broken checkpoint ({problem})")
         return path
-    for root in (path / "checkpoints", path):
+    for root in (path / checkpoint.CHECKPOINTS, path):
         folder = checkpoint.newest_intact(root, move_aside=False) if root.is_dir() else None
         if folder is not None:
             return folder

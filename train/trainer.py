@@ -56,7 +56,7 @@ class Trainer:
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.out_dir / "checkpoints"
+        return self.out_dir / checkpoint.CHECKPOINTS
 
     def checkpoint_config(self) -> dict:
         """What a checkpoint's config.json holds: the resolved config and what the data is, so
@@ -158,7 +158,7 @@ def choose_checkpoint(root: Path, rank: int) -> Path | None:
 def build_trainer(config: TrainConfig, rank: int, world_size: int, device: torch.device) -> Trainer:
     """A trainer ready for its next step: new, or where the newest checkpoint left off."""
     out_dir = prepare_out_dir(config, rank)
-    folder = choose_checkpoint(out_dir / "checkpoints", rank)
+    folder = choose_checkpoint(out_dir / checkpoint.CHECKPOINTS, rank)
     universal = reshard.prepare(folder, config, rank, world_size)  # saved by another world size
     seed_everything(config.run.seed)  # the same initial weights on every rank
     engine = build_engine(config, world_size, load_universal=universal)
