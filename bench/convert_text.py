@@ -24,7 +24,7 @@ from pathlib import Path
 import zstandard
 
 from common import machine  # bench/: this runs as a script
-from tools.cmd_demo import stdlib_sources
+from pipeline.convert.stdlib import stdlib_sources
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -29,7 +29,7 @@ import train.loop  # noqa: E402
 from common import machine as machine_line, parse_setting  # noqa: E402  (bench/: this runs as a script)
 from pipeline.convert.driver import ConvertOptions, convert  # noqa: E402
 from pipeline.convert.text import TextConverter  # noqa: E402
-from tools.cmd_demo import stdlib_sources  # noqa: E402
+from pipeline.convert.stdlib import stdlib_sources  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 from train.engine import init_distributed  # noqa: E402
 from train.loop import StopRequest, train_loop  # noqa: E402

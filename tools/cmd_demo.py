@@ -8,10 +8,10 @@ Rerunning continues the same run (it resumes from its last checkpoint) and reuse
 """
 
 import logging
-import sysconfig
 from pathlib import Path
 
 from pipeline.convert.driver import ConvertOptions, convert
+from pipeline.convert.stdlib import stdlib_sources
 from pipeline.convert.text import TextConverter
 
 HELD_OUT_EVERY = 50  # every 50th source file (in sorted order) is held out for validation
@@ -26,12 +26,6 @@ def register(subparsers) -> None:
                       help="override a key of the tiny-cpu config, e.g. run.max_minutes=1")
     demo.add_argument("--prompt", default="def ", help="text the sample continues (default: 'def ')")
     demo.set_defaults(func=cmd_demo)
-
-
-def stdlib_sources() -> tuple[Path, list[Path]]:
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts and p.is_file())
-    return root, files
 
 
 def convert_corpus(data: Path) -> tuple[Path, Path]:
