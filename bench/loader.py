@@ -44,7 +44,8 @@ sys.path.insert(0, str(REPO))
 from common import machine  # noqa: E402  (bench/: this runs as a script)
 from pipeline.convert.driver import ConvertOptions, convert  # noqa: E402
 from pipeline.load.packing import decode_rows, encode_rows, keep  # noqa: E402
-from pipeline.format.shards import Manifest, ShardWriter, load_manifest, shard_name  # noqa: E402
+from pipeline.format.manifest import Manifest, load_manifest, shard_name  # noqa: E402
+from pipeline.format.shards import ShardWriter  # noqa: E402
 from pipeline.convert.text import TextConverter  # noqa: E402
 
 SEQ_LEN, PATCH = 8192, 8

@@ -29,7 +29,7 @@ from pipeline.convert.driver import ConvertOptions, convert
 from pipeline.convert.image import ImageSettings, build_image_converter
 from pipeline.convert.text import TextConverter
 from pipeline.format.errors import DataError, UsageError
-from pipeline.format.shards import INDEX_NAME, load_manifest
+from pipeline.format.manifest import INDEX_NAME, load_manifest
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ import numpy as np
 
 from pipeline.convert.driver import ConvertOptions, convert
 from pipeline.load.loader import LoaderConfig, build_train_loader
-from pipeline.format.shards import Manifest, ShardWriter, payload_compressor, shard_name
+from pipeline.format.manifest import Manifest, shard_name
+from pipeline.format.shards import ShardWriter, payload_compressor
 from pipeline.convert.text import TextConverter
 from pipeline.format.vocab import BOUNDARY_ID, PAD_ID
 

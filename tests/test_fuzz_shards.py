@@ -34,8 +34,10 @@ import soundfile
 from PIL import Image
 
 from pipeline.format.errors import DataError, UsageError, report_errors
-from pipeline.format.reader import file_sha256, iter_members, iter_sample_members, read_sample
-from pipeline.format.shards import load_manifest, tar_member
+from pipeline.format.files import file_sha256
+from pipeline.format.reader import iter_members, iter_sample_members, read_sample
+from pipeline.format.manifest import load_manifest
+from pipeline.format.shards import tar_member
 from pipeline.format.vocab import BOUNDARY_ID, PAD_ID
 from pipeline.load.loader import LoaderConfig, build_train_loader, build_validation_loader
 from tools.cli import build_parser, main

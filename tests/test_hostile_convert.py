@@ -15,9 +15,9 @@ import pytest
 import soundfile
 import zstandard
 
-from pipeline.format import shards
+from pipeline.format import files
 from pipeline.format.reader import iter_samples
-from pipeline.format.shards import load_manifest
+from pipeline.format.manifest import load_manifest
 from tools.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,7 +162,7 @@ def parts(tmp_path):
 
 def full_disk_after(monkeypatch, writes: int) -> None:
     """Writes through HashingWriter (shards, copies) fail with ENOSPC after `writes` of them."""
-    original, count = shards.HashingWriter.write, [0]
+    original, count = files.HashingWriter.write, [0]
 
     def write(self, data):
         count[0] += 1
@@ -170,7 +170,7 @@ def full_disk_after(monkeypatch, writes: int) -> None:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return original(self, data)
 
-    monkeypatch.setattr(shards.HashingWriter, "write", write)
+    monkeypatch.setattr(files.HashingWriter, "write", write)
 
 
 def test_an_interrupted_merge_by_copy_reruns_to_the_same_dataset(parts, tmp_path, monkeypatch, capsys):
@@ -189,7 +189,7 @@ def test_an_interrupted_merge_by_copy_reruns_to_the_same_dataset(parts, tmp_path
     assert len(list(merged.glob("*.tar"))) == 3  # three whole shards, no partial one
     monkeypatch.undo()
     monkeypatch.setattr(os, "link", no_links)
-    (merged / f".{sorted(clean)[5]}.tmp").write_bytes(b"cut off by a kill")
+    files.temporary_path(merged / sorted(clean)[5]).write_bytes(b"cut off by a kill")
     assert cli("convert", "merge", *parts, "--out", merged) == 0
     assert dataset_files(merged) == clean
     assert cli("convert", "merge", *parts, "--out", merged) == 0  # finished: a rerun is a no-op

@@ -12,7 +12,7 @@ from loader_datasets import (clips, global_stream, images, real_ids, split_docum
                              write_shards, write_text)
 from pipeline.load.loader import LoaderConfig, build_train_loader, build_validation_loader
 from pipeline.format.scan import from_patch_order
-from pipeline.format.shards import load_manifest
+from pipeline.format.manifest import load_manifest
 
 
 # three workers on a two-core test machine are deliberate here

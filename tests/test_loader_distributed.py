@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 
 from loader_datasets import text_docs, write_text
 from pipeline.load.loader import LoaderConfig, build_train_loader, build_validation_loader
-from pipeline.format.shards import load_manifest
+from pipeline.format.manifest import load_manifest
 from pipeline.format.vocab import PAD_ID
 
 WORLD_SIZE = 2

@@ -9,8 +9,8 @@ import zstandard
 from loader_datasets import split_documents, take, text_docs, write_shards
 from pipeline.format.errors import DataError
 from pipeline.load.loader import LoaderConfig, build_train_loader, build_validation_loader
-from pipeline.format.reader import file_sha256
-from pipeline.format.shards import load_manifest
+from pipeline.format.files import file_sha256
+from pipeline.format.manifest import load_manifest
 from pipeline.format.vocab import PAD_ID
 
 

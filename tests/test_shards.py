@@ -7,7 +7,8 @@ import zstandard
 
 from pipeline.format.errors import DataError, UsageError
 from pipeline.format.reader import iter_shard
-from pipeline.format.shards import Manifest, ShardWriter, load_manifest, payload_name, shard_name, ustar_header
+from pipeline.format.manifest import Manifest, load_manifest, payload_name, shard_name
+from pipeline.format.shards import ShardWriter, ustar_header
 
 
 def write_shard(path, samples, compress=True):

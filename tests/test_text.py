@@ -15,7 +15,7 @@ import webdataset
 import zstandard
 
 from pipeline.format.reader import iter_samples
-from pipeline.format.shards import load_manifest
+from pipeline.format.manifest import load_manifest
 from tools.cli import main
 
 REPO = Path(__file__).resolve().parents[1]

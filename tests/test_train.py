@@ -324,7 +324,7 @@ def test_export_generate_eval_and_plot(tmp_path, data, capsys):
 
     assert cli(["eval", str(weights), "--data", str(data["val"]), "--batch-size", "3"]) == 0
     out = capsys.readouterr().out
-    from pipeline.format.shards import load_manifest
+    from pipeline.format.manifest import load_manifest
 
     totals = load_manifest(data["val"]).totals
     targets = totals["payload_bytes"] + totals["samples"]  # every byte and document end, once

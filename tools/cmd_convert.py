@@ -12,7 +12,7 @@ from pipeline.convert.merge import merge_parts
 from pipeline.convert.text import TextConverter
 from pipeline.format import storage
 from pipeline.format.audio_codec import ENCODINGS
-from pipeline.format.shards import PAYLOAD_NAMES
+from pipeline.format.manifest import PAYLOAD_NAMES
 
 
 def register(subparsers) -> None:

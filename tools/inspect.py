@@ -15,10 +15,11 @@ import numpy as np
 
 from pipeline.format import storage
 from pipeline.format.errors import DataError, UsageError
-from pipeline.format.reader import (check_shard, dataset_shards, file_sha256, has_checksum, iter_members,
-                                    iter_metas, iter_sample_members, read_chunks, read_member_index,
-                                    read_meta, scan_index)
-from pipeline.format.shards import sample_bound
+from pipeline.format.files import file_sha256
+from pipeline.format.manifest import sample_bound
+from pipeline.format.reader import (check_shard, dataset_shards, has_checksum, iter_members, iter_metas,
+                                    iter_sample_members, read_chunks, read_member_index, read_meta,
+                                    scan_index)
 
 
 def list_shards(paths) -> list[dict]:

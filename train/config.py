@@ -32,7 +32,7 @@ else:  # pragma: no cover
 from model import PRESETS, MegaByteConfig
 from pipeline.format import storage
 from pipeline.format.errors import UsageError
-from pipeline.format.shards import load_manifest
+from pipeline.format.manifest import load_manifest
 from pipeline.load.loader import LoaderConfig
 
 SHIPPED_CONFIGS = Path(__file__).parent / "configs"

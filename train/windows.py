@@ -32,7 +32,7 @@ import torch
 
 from model.config import MegaByteConfig
 from pipeline.format.errors import UsageError
-from pipeline.format.shards import load_manifest
+from pipeline.format.manifest import load_manifest
 from pipeline.load.reading import ErrorPolicy, read_tokens
 from pipeline.load.streams import Source
 from train.evaluate import bpb, target_nats

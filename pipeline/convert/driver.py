@@ -39,8 +39,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from pipeline.convert.output import Output
 from pipeline.format.errors import DataError, UsageError
-from pipeline.format.shards import (INDEX_NAME, Manifest, ShardInfo, ShardWriter, check_name,
-                                    load_manifest, payload_compressor, sample_members, shard_name)
+from pipeline.format.manifest import INDEX_NAME, Manifest, ShardInfo, check_name, load_manifest, shard_name
+from pipeline.format.shards import ShardWriter, payload_compressor, sample_members
 
 log = logging.getLogger("megabyte.convert")
 
@@ -275,8 +275,8 @@ def prepare_output(output: Output, arguments: dict) -> dict | None:
             raise UsageError(f"{out}: holds a finished conversion made with other arguments; "
                              "choose another --out")
         return {"done": manifest}
-    for stray in output.local.glob(".*.tmp"):  # a shard, spill or journal cut off by a kill
-        stray.unlink()
+    for stray in [*output.local.glob(".*.tmp"), *output.local.glob(".*.tmp.*")]:
+        stray.unlink()  # a shard, spill or journal cut off by a kill (temporary_path, Encoder)
     if output.exists(JOURNAL_NAME):
         journal = read_journal(output)
         if journal["arguments"] != arguments:

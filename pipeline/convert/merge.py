@@ -18,9 +18,11 @@ import os
 from pathlib import Path
 
 from pipeline.format.errors import DataError, UsageError
-from pipeline.format.reader import check_shard, file_sha256, read_member_index
-from pipeline.format.shards import (INDEX_NAME, HashingWriter, Manifest, ShardInfo, fsync_dir,
-                                    load_manifest, member_index_name, shard_name, write_bytes_atomic)
+from pipeline.format.files import (HashingWriter, file_sha256, publish, temporary_path,
+                                   write_bytes_atomically)
+from pipeline.format.manifest import (INDEX_NAME, Manifest, ShardInfo, load_manifest, member_index_name,
+                                      shard_name)
+from pipeline.format.reader import check_shard, read_member_index
 
 
 def merge_parts(part_dirs: list[Path], out: Path) -> Manifest:
@@ -41,9 +43,8 @@ def merge_parts(part_dirs: list[Path], out: Path) -> Manifest:
         for source, info, new_name in placements:
             if info.index_sha256 is not None:  # first, as a converter publishes a shard
                 index = read_member_index(source, info)
-                write_bytes_atomic(out / member_index_name(new_name), index.tobytes())
+                write_bytes_atomically(out / member_index_name(new_name), index.tobytes())
             place_shard(source, info, out / new_name)
-        fsync_dir(out)
         merged.save(out)
     except OSError as error:  # disk full…: the shards placed so far stay, whole
         raise UsageError(f"{error.filename or out}: cannot write ({error.strerror or error}); "
@@ -89,7 +90,7 @@ def prepare_output(out: Path, merged: Manifest) -> bool:
     ours = {info.name for info in merged.shards}
     ours |= {member_index_name(info.name) for info in merged.shards if info.index_sha256 is not None}
     for name in ours:  # a link or copy cut off by a kill
-        (out / f".{name}.tmp").unlink(missing_ok=True)
+        temporary_path(out / name).unlink(missing_ok=True)
     others = sorted(path.name for path in out.iterdir() if path.name not in ours)
     if others:
         raise UsageError(f"{out}: the output directory is not empty (it holds {others[0]}, which "
@@ -104,12 +105,12 @@ def place_shard(source: Path, info: ShardInfo, target: Path) -> None:
     if target.exists() and (os.path.samefile(source, target) or (
             target.stat().st_size == info.file_bytes and file_sha256(target) == info.sha256)):
         return
-    tmp = target.with_name(f".{target.name}.tmp")
+    tmp = temporary_path(target)
     try:
         os.link(source, tmp)
     except OSError:
         copy_checked(source, info, tmp)
-    os.replace(tmp, target)
+    publish(tmp, target)
 
 
 def copy_checked(source: Path, info: ShardInfo, target: Path) -> None:
@@ -119,8 +120,6 @@ def copy_checked(source: Path, info: ShardInfo, target: Path) -> None:
             out = HashingWriter(dst)
             while chunk := src.read(1 << 20):
                 out.write(chunk)
-            dst.flush()
-            os.fsync(dst.fileno())
     except OSError:
         target.unlink(missing_ok=True)
         raise

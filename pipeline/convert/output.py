@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pipeline.format import storage
 from pipeline.format.errors import UsageError
-from pipeline.format.shards import write_json_atomic
+from pipeline.format.files import write_json_atomically
 
 
 class Output:
@@ -58,7 +58,7 @@ class Output:
 
     def save_json(self, name: str, obj) -> None:
         """Write a JSON file atomically, and upload it (replacing the one there) for a URL."""
-        write_json_atomic(self.local / name, obj)
+        write_json_atomically(self.local / name, obj)
         self._upload([name])
 
     def publish(self, shard: str) -> None:

@@ -36,8 +36,9 @@ import zstandard
 
 from pipeline.format import storage
 from pipeline.format.errors import DataError, UsageError
-from pipeline.format.shards import (INDEX_DTYPE, PAYLOAD_NAMES, ShardInfo, check_key, load_manifest,
-                                    member_index_name, sample_bound)
+from pipeline.format.files import file_sha256
+from pipeline.format.manifest import (INDEX_DTYPE, PAYLOAD_NAMES, ShardInfo, check_key, load_manifest,
+                                      member_index_name, sample_bound)
 
 # what reading a damaged archive raises: tarfile's errors, the file's read errors, and
 # ValueError from a malformed pax header field
@@ -63,14 +64,6 @@ def dataset_shards(path) -> list[tuple[str, ShardInfo | None]]:
 
 def unreadable(path, error: OSError) -> DataError:
     return DataError(f"{path}: cannot read the shard ({error.strerror or 'no such file'})")
-
-
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with storage.open_binary(path) as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @functools.lru_cache(maxsize=None)

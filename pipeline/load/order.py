@@ -33,7 +33,7 @@ import numpy as np
 
 from pipeline.format.errors import DataError
 from pipeline.format.reader import read_member_index, scan_index
-from pipeline.format.shards import sample_bound
+from pipeline.format.manifest import sample_bound
 
 log = logging.getLogger("megabyte.loader")
 

@@ -31,7 +31,7 @@ from pipeline.format import storage
 from pipeline.format.errors import DataError
 from pipeline.format.reader import (check_shard, decode_payload, iter_members, iter_metas, parse_meta,
                                     read_members_at, sample_error, unreadable)
-from pipeline.format.shards import ShardInfo, sample_bound
+from pipeline.format.manifest import ShardInfo, sample_bound
 from pipeline.load.packing import Tokens, placeholder
 
 log = logging.getLogger("megabyte.loader")

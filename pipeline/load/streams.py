@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pipeline.format import storage
 from pipeline.load.packing import Transform, make_packer
 from pipeline.load.reading import ErrorPolicy, ShardRef, read_tokens
-from pipeline.format.shards import load_manifest
+from pipeline.format.manifest import load_manifest
 
 PIECE_END, END = "piece end", "end"  # what StreamReader.next says when it has no sequence
 
