@@ -20,7 +20,7 @@ import torch
 from model import build_model
 from model.weights import load_weights, save_weights
 from pipeline.format.errors import UsageError
-from pipeline.format.shards import load_manifest
+from pipeline.format.manifest import load_manifest
 from train import checkpoint
 from train.config import stored_model_config
 
