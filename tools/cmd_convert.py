@@ -1,4 +1,8 @@
-"""`megabyte convert {text,image,audio,merge}`: raw corpora → byte-stream shards."""
+"""`megabyte convert {text,image,audio,merge}`: raw corpora → byte-stream shards.
+
+A flag's default is the field's default in the settings it fills (ImageSettings, AudioSettings,
+ConvertOptions): a dataclass keeps each field's default as a class attribute.
+"""
 
 import argparse
 import logging
@@ -6,8 +10,7 @@ from pathlib import Path
 
 from pipeline.convert.audio import AudioConverter, AudioSettings, audio_files
 from pipeline.convert.driver import ConvertOptions, convert, expand_sources, parse_part, parse_size
-from pipeline.convert.image import (DEFAULT_MAX_PIXELS, LAYOUTS, RESIZE_METHODS, ImageSettings,
-                                    build_image_converter)
+from pipeline.convert.image import LAYOUTS, RESIZE_METHODS, ImageSettings, build_image_converter
 from pipeline.convert.merge import merge_parts
 from pipeline.convert.text import TextConverter
 from pipeline.format import storage
@@ -35,7 +38,7 @@ def register(subparsers) -> None:
                             "--labels), or .npz files / a folder of them")
     image.add_argument("--size", type=int, required=True, metavar="S",
                        help="side of the stored square images in pixels (the paper: 64, 256, 640)")
-    image.add_argument("--resize", choices=RESIZE_METHODS, default="crop",
+    image.add_argument("--resize", choices=RESIZE_METHODS, default=ImageSettings.resize,
                        help="crop: shorter side to S (antialiased bicubic), centre crop (default); "
                             "box: whole image to S×S with a box filter, as downsampled ImageNet")
     image.add_argument("--layout", choices=["auto", *LAYOUTS], default="auto",
@@ -58,9 +61,9 @@ def register(subparsers) -> None:
     image.add_argument("--label-base", type=int, choices=[0, 1], default=1,
                        help="the first integer id in --labels (default: 1, as in ImageNet's ground "
                             "truth; metadata labels are 0-based class indices); .npz labels count from 1")
-    image.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+    image.add_argument("--max-pixels", type=int, default=ImageSettings.max_pixels, metavar="N",
                        help="Pillow's decompression-bomb limit: images over N pixels warn, over 2·N "
-                            f"are skipped (default: Pillow's {DEFAULT_MAX_PIXELS:,})")
+                            f"are skipped (default: Pillow's {ImageSettings.max_pixels:,})")
     add_output_flags(image, default_name="image")
     image.set_defaults(func=cmd_convert_image)
 
@@ -68,12 +71,12 @@ def register(subparsers) -> None:
                                             "→ mono PCM bytes at one sample rate")
     audio.add_argument("sources", nargs="+", metavar="SRC",
                        help="files, directories (searched recursively) or quoted globs")
-    audio.add_argument("--sample-rate", type=int, default=16000, metavar="HZ",
-                       help="target sample rate; others are resampled (default: 16000)")
-    audio.add_argument("--encoding", choices=list(ENCODINGS), default="pcm16",
-                       help="pcm16: 16-bit little-endian PCM, the paper's setting (default); "
-                            "mulaw8: 8-bit µ-law")
-    audio.add_argument("--clip-seconds", type=float, default=None, metavar="SECONDS",
+    audio.add_argument("--sample-rate", type=int, default=AudioSettings.sample_rate, metavar="HZ",
+                       help=f"target sample rate; others are resampled (default: {AudioSettings.sample_rate})")
+    audio.add_argument("--encoding", choices=list(ENCODINGS), default=AudioSettings.encoding,
+                       help="pcm16: 16-bit little-endian PCM, the paper's setting; mulaw8: 8-bit µ-law "
+                            f"(default: {AudioSettings.encoding})")
+    audio.add_argument("--clip-seconds", type=float, default=AudioSettings.clip_seconds, metavar="SECONDS",
                        help="cut each file into clips this long (the last one shorter), the offset "
                             "recorded (default: one sample per file)")
     add_source_filters(audio, "the endings of audio formats; '*' takes every file")
@@ -112,13 +115,16 @@ def add_output_flags(parser: argparse.ArgumentParser, default_name: str) -> None
                              "uploaded as each is complete, index.json last")
     parser.add_argument("--name", default=default_name,
                         help=f"shard name prefix: NAME-000000.tar (default: {default_name})")
-    parser.add_argument("--shard-size", default="256MiB",
-                        help="target size of one shard file, e.g. 256MiB, 64K (default: 256MiB)")
-    parser.add_argument("--compression", choices=list(PAYLOAD_NAMES), default="zstd",
-                        help="payload compression: zstd (<key>.bin.zst) or none (<key>.bin)")
-    parser.add_argument("--level", type=int, default=3, help="zstd level, 1-22 (default: 3)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="parallel worker processes; 1 converts in this process (default: 1)")
+    shard_size = f"{ConvertOptions.shard_bytes >> 20}MiB"
+    parser.add_argument("--shard-size", default=shard_size,
+                        help=f"target size of one shard file, e.g. 256MiB, 64K (default: {shard_size})")
+    parser.add_argument("--compression", choices=list(PAYLOAD_NAMES), default=ConvertOptions.compression,
+                        help="payload compression: zstd (<key>.bin.zst) or none (<key>.bin) "
+                             f"(default: {ConvertOptions.compression})")
+    parser.add_argument("--level", type=int, default=ConvertOptions.level,
+                        help=f"zstd level, 1-22 (default: {ConvertOptions.level})")
+    parser.add_argument("--workers", type=int, default=ConvertOptions.workers,
+                        help=f"parallel worker processes; 1 converts in this process (default: {ConvertOptions.workers})")
     parser.add_argument("--part", default=None, metavar="I/N",
                         help="convert only part I of N (0-based), a deterministic disjoint subset "
                              "of the inputs; join the parts with `convert merge`")

@@ -174,9 +174,9 @@ def cmd_generate(args) -> int:
     else:
         count = args.bytes
     if modality == "audio":
-        from pipeline.format.audio_codec import bytes_per_sample
+        from pipeline.format.audio_codec import DEFAULT_ENCODING, bytes_per_sample
 
-        width = bytes_per_sample(data_arguments.get("encoding", "pcm16"))
+        width = bytes_per_sample(data_arguments.get("encoding", DEFAULT_ENCODING))
         whole = (len(prompt) + count) // width * width - len(prompt)  # down to whole samples,
         count = whole if whole > 0 else whole + width  # or up to one when that leaves nothing
     [new] = generate(model, [prompt], count, temperature=args.temperature, top_k=args.top_k,
@@ -240,9 +240,12 @@ def write_output(args, modality: str, data_arguments: dict, metadata: dict, mode
         write_atomically(args.out, lambda tmp: image_grid([pixels], padding=0).save(tmp, format="PNG"))
         print(f"{args.out}: {size}×{size} image ({len(data):,} bytes)")
     elif modality == "audio":
+        from pipeline.convert.audio import AudioSettings
+        from pipeline.format.audio_codec import DEFAULT_ENCODING
         from tools.render import write_wav
 
-        rate, encoding = data_arguments.get("sample_rate", 16000), data_arguments.get("encoding", "pcm16")
+        rate = data_arguments.get("sample_rate", AudioSettings.sample_rate)  # the converter's default
+        encoding = data_arguments.get("encoding", DEFAULT_ENCODING)
         write_atomically(args.out, lambda tmp: write_wav(tmp, data, encoding, rate))
         print(f"{args.out}: {encoding} at {rate} Hz ({len(data):,} bytes)")
     elif args.out is not None:

@@ -28,7 +28,7 @@ import soundfile
 
 from pipeline.convert.driver import (FileItem, Sample, SkipInput, TaskResult, batch_files, discard,
                                      expand_sources, run_file_batch, sample_key)
-from pipeline.format.audio_codec import ENCODINGS, bytes_per_sample, encode_samples
+from pipeline.format.audio_codec import DEFAULT_ENCODING, ENCODINGS, bytes_per_sample, encode_samples
 from pipeline.format.errors import UsageError
 
 # what the directory search takes by default: the endings of formats libsndfile reads
@@ -123,7 +123,7 @@ def cut_clips(blocks, clip_samples: int):
 @dataclass(frozen=True)
 class AudioSettings:
     sample_rate: int = 16000
-    encoding: str = "pcm16"
+    encoding: str = DEFAULT_ENCODING
     clip_seconds: float | None = None  # None: one sample per file
 
     def __post_init__(self):

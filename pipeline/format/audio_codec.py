@@ -16,6 +16,7 @@ import numpy as np
 from pipeline.format.errors import DataError
 
 ENCODINGS = {"pcm16": 2, "mulaw8": 1}  # encoding → bytes per audio sample
+DEFAULT_ENCODING = "pcm16"  # the paper's setting; a sample whose metadata names none holds it
 MU = 255
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
-from pipeline.format.audio_codec import bytes_per_sample
+from pipeline.format.audio_codec import DEFAULT_ENCODING, bytes_per_sample
 from pipeline.format.errors import DataError
 from pipeline.format.scan import to_patch_order
 from pipeline.format.vocab import BOUNDARY_ID, PAD_ID
@@ -89,7 +89,7 @@ class Transform:
             return self.id_count(length), self.seq_len
         if self.modality == "image":  # one longer than T is cut into T-byte segments, each a
             return length, self.seq_len  # sequence of its own (the paper's image baselines)
-        frame = bytes_per_sample(meta.get("encoding", "pcm16"))  # one audio sample: never split
+        frame = bytes_per_sample(meta.get("encoding", DEFAULT_ENCODING))  # one audio sample: never split
         if self.seq_len < frame:
             raise ValueError(f"seq_len {self.seq_len} is shorter than one {frame}-byte audio frame")
         return length, self.seq_len - self.seq_len % frame
