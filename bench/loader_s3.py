@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 from common import machine  # noqa: E402  (bench/: this runs as a script)
 from loader import make_text, measure_loader  # noqa: E402
 from pipeline.format import storage  # noqa: E402
+from pipeline.format.cache import CACHE_DIR_ENV, CACHE_LIMIT_ENV  # noqa: E402
 from pipeline.load.reading import SampleReader  # noqa: E402
 
 BUCKET = "bench"
@@ -82,7 +83,7 @@ def main() -> None:
             local = make_text(Path(tmp), int(args.mib * (1 << 20)), seed=0, shard_bytes=SHARD_BYTES)
             url = f"s3://{BUCKET}/text"
             upload_dataset(local, url)
-            cache = {storage.CACHE_DIR_ENV: f"{tmp}/cache", storage.CACHE_LIMIT_ENV: str(1 << 30)}
+            cache = {CACHE_DIR_ENV: f"{tmp}/cache", CACHE_LIMIT_ENV: str(1 << 30)}
             rows = [("local", str(local), {}, 16), ("s3", url, {}, 16), ("s3, 1 in flight", url, {}, 1),
                     ("s3 + cache", url, cache, 16)]
             print(f"# {machine()}; moto S3 server on 127.0.0.1 (own process); {args.mib:g} MiB "

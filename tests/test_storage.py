@@ -22,27 +22,19 @@ from model import PRESETS, build_model
 from model.weights import save_weights
 from pipeline.convert import output as convert_output
 from pipeline.format import reader, storage
+from pipeline.format.cache import CACHE_DIR_ENV, CACHE_LIMIT_ENV
+from pipeline.format.remote import RETRIES
 from pipeline.format.errors import DataError, UsageError
 from pipeline.load.loader import LoaderConfig, build_train_loader, build_validation_loader
 from tools.cli import main as cli
+
+from helpers import error_line, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "data"
 CONVERT = ["convert", "text", "--shard-size", "32K", "--no-progress"]
 CONFIG = dataclasses.replace(PRESETS["tiny"], seq_len=64, global_dim=64, global_heads=2, local_dim=32,
                              local_heads=2, global_layers=1, local_layers=1, dropout=0.0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    return err.strip()
 
 
 def use_endpoint(monkeypatch, url: str) -> None:
@@ -340,7 +332,7 @@ def test_a_server_that_stays_down_is_one_error_naming_the_offset(data):
     server.stop()
     f.seek(4096)
     with pytest.raises(storage.StorageError, match=rf"{url}: cannot read bytes 4096-.* after "
-                                                   rf"{storage.RETRIES} tries \(ClientConnectorError"):
+                                                   rf"{RETRIES} tries \(ClientConnectorError"):
         f.read(10)
 
 
@@ -358,8 +350,8 @@ def test_cache_reads_a_shard_once_and_never_evicts_one_being_read(data, tmp_path
     size = shards[0].stat().st_size
     assert all(p.stat().st_size == size for p in shards[:3])  # 10240-byte records: equal sizes
     cache = tmp_path / "cache"
-    monkeypatch.setenv(storage.CACHE_DIR_ENV, str(cache))
-    monkeypatch.setenv(storage.CACHE_LIMIT_ENV, str(2 * size))  # room for two shards
+    monkeypatch.setenv(CACHE_DIR_ENV, str(cache))
+    monkeypatch.setenv(CACHE_LIMIT_ENV, str(2 * size))  # room for two shards
     urls = [f"{server.url}/{p.name}" for p in shards[:3]]
     try:
         pinned = storage.open_binary(urls[0])  # held open here: pinned
@@ -382,11 +374,11 @@ def test_cache_reads_a_shard_once_and_never_evicts_one_being_read(data, tmp_path
 
 
 def test_cache_needs_a_limit(monkeypatch, tmp_path, data):
-    monkeypatch.setenv(storage.CACHE_DIR_ENV, str(tmp_path / "cache"))
-    monkeypatch.delenv(storage.CACHE_LIMIT_ENV, raising=False)
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
+    monkeypatch.delenv(CACHE_LIMIT_ENV, raising=False)
     with pytest.raises(UsageError, match="MEGABYTE_CACHE_LIMIT is not"):
         storage.open_binary(f"{data['url']}/text-000000.tar")
-    monkeypatch.setenv(storage.CACHE_LIMIT_ENV, "10GB")
+    monkeypatch.setenv(CACHE_LIMIT_ENV, "10GB")
     with pytest.raises(UsageError, match="in bytes"):
         storage.open_binary(f"{data['url']}/text-000000.tar")
 
@@ -400,7 +392,7 @@ def test_bad_urls_are_one_line_and_exit_2(data, s3, tmp_path, monkeypatch, capsy
     cases = [
         ("s3://no-such-bucket/text", "no such manifest (The specified bucket does not exist)"),
         (f"s3://{BUCKET}/nothing", "s3://data/nothing/index.json: no such manifest"),
-        (f"http://127.0.0.1:{closed}/text", f"after {storage.RETRIES} tries (ClientConnectorError"),
+        (f"http://127.0.0.1:{closed}/text", f"after {RETRIES} tries (ClientConnectorError"),
     ]
     for url, message in cases:
         assert cli(["inspect", "ls", url]) == 2
