@@ -1,4 +1,5 @@
-# Two entry points for a fresh machine: `make demo` (the main job) and `make test`.
+# Entry points for a fresh machine: `make demo` (the main job), `make test` (the whole suite, what CI
+# runs) and `make test-fast` (every test that starts no process: the edit loop).
 # Each creates .venv, installs torch and then the project with its dev extra. A GPU machine keeps
 # PyPI's CUDA build; for a CPU-only build from PyTorch's own index, run e.g.
 #   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
@@ -15,7 +16,7 @@ $(BIN)/megabyte: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: setup demo test
+.PHONY: setup demo test test-fast
 setup: $(BIN)/megabyte
 
 demo: setup
@@ -23,3 +24,6 @@ demo: setup
 
 test: setup
 	DS_ACCELERATOR=cpu $(BIN)/python -m pytest -q tests
+
+test-fast: setup
+	DS_ACCELERATOR=cpu $(BIN)/python -m pytest -q -m "not slow" tests

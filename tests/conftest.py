@@ -24,3 +24,23 @@ def load_bench():
         return module
 
     return load
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A training and a validation text dataset, made once per test file."""
+    from helpers import make_dataset
+
+    root = tmp_path_factory.mktemp("data")
+    return {"text": make_dataset(root, "text", 120, seed=1),
+            "val": make_dataset(root, "val", 12, seed=2)}
+
+
+@pytest.fixture
+def world_of_one(tmp_path):
+    """A gloo process group of this process alone."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()

@@ -12,7 +12,7 @@ from scipy.signal import resample_poly
 
 from pipeline.convert.audio import Resampler
 from pipeline.format.audio_codec import decode_samples
-from test_image import manifest, read_dataset, run_killed_then_resumed
+from helpers import manifest, read_dataset, run_killed_then_resumed
 from tools.cli import main as cli
 
 

@@ -12,7 +12,7 @@ import pytest
 from compare.plan import plan_run
 from compare.suite import SHIPPED_SUITES, build_suite, load_suite
 from pipeline.format.errors import UsageError
-from test_train import ENV, REPO, make_dataset, write_config
+from helpers import ENV, REPO, make_dataset, write_config
 from tools.cli import main as cli
 
 SMALL = {"model.global_dim": 64, "model.global_layers": 2, "model.global_heads": 2, "model.local_dim": 32,

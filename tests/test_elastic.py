@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pipeline.format.errors import UsageError
-from test_train import ENV, REPO, TINY_MODEL, free_port, make_dataset, run_training, write_config
+from helpers import ENV, REPO, TINY_MODEL, free_port, make_dataset, run_training, write_config
 from train import checkpoint, reshard
 from train.config import load_config
 from train.export import model_from_checkpoint

@@ -10,7 +10,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from test_train import ENV, REPO, losses, make_dataset, run_training, train_command, write_config
+from helpers import ENV, REPO, losses, make_dataset, run_training, train_command, write_config
 
 BATCH = 4  # sequences per optimizer step, all ranks together
 STEPS = 12

@@ -12,7 +12,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from model import MegaByteConfig, build_model
-from test_train import ENV, REPO, free_port
+from helpers import ENV, REPO, free_port
 from train.engine import compile_blocks
 
 

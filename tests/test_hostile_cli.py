@@ -18,18 +18,14 @@ from loader_datasets import images, text_docs, write_shards, write_text
 from model import PRESETS, build_model, generate
 from model.weights import save_weights
 from tools.cli import main as cli
+
+from helpers import error_line
 from train.windows import dataset_streams, dataset_ids, eval_modes, evaluate_streams
 
 CONFIG = dataclasses.replace(PRESETS["tiny"], seq_len=64, global_dim=64, global_heads=2, local_dim=32,
                              local_heads=2, global_layers=1, local_layers=1, dropout=0.0)
 MISSING_MODEL = "no/such/model.safetensors"  # an argument error must be found before the model is read
 
-
-def error_line(capsys) -> str:
-    """The one line a failed command printed on stderr."""
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    return err.strip()
 
 
 def listing(folder) -> list[str]:

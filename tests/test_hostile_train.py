@@ -13,9 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_checkpoint import world_of_one  # noqa: F401 (fixture)
-from test_train import (ENV, REPO, TINY_MODEL, data, losses, run_training,  # noqa: F401 (fixture)
-                        train_command, write_config)
 
 from model import build_model
 from model.weights import load_weights
@@ -26,17 +23,12 @@ from train.config import load_config
 from train.loop import reachable_steps
 from train.state import RunState
 
+from helpers import ENV, REPO, TINY_MODEL, losses, run_training, train_command, wait_for_steps, write_config
+
 
 def start_in_own_session(config) -> subprocess.Popen:
     return subprocess.Popen(train_command(config), cwd=REPO, env=ENV, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for_steps(process: subprocess.Popen, run_dir, steps: int) -> None:
-    deadline = time.time() + 240
-    while not (run_dir / "metrics.jsonl").exists() or len(losses(run_dir)) < steps:
-        assert process.poll() is None and time.time() < deadline, process.stderr.read()[-2000:]
-        time.sleep(0.05)
 
 
 def test_group_sigterm_with_workers_saves_exits_0_and_resumes(tmp_path, data):

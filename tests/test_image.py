@@ -6,24 +6,18 @@ conversion killed and resumed.
 """
 
 import io
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from pipeline.format.reader import iter_samples
 from tools.render import bytes_to_image, image_grid
 from pipeline.format.scan import to_patch_order
 from tools.cli import main as cli
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import manifest, read_dataset, run_killed_then_resumed, shard_bytes
+
 SIZE = 24
 
 
@@ -88,18 +82,6 @@ def convert_image(sources, out: Path, *flags) -> int:
     sources = sources if isinstance(sources, list) else [sources]
     return cli(["convert", "image", *map(str, sources), "--out", str(out), "--no-progress",
                 *map(str, flags)])
-
-
-def read_dataset(out: Path) -> list[tuple[str, dict, bytes]]:
-    return [(key, meta, payload) for _, key, meta, payload in iter_samples([out])]
-
-
-def manifest(out: Path) -> dict:
-    return json.loads((out / "index.json").read_text())
-
-
-def shard_bytes(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.glob("*.tar"))}
 
 
 # a class folder of every mode the converter must handle, at sizes below, around and above S
@@ -397,30 +379,6 @@ def test_two_workers_and_parts_give_the_same_dataset(tmp_path):
     whole = {key: (meta, payload) for key, meta, payload in read_dataset(tmp_path / "one")}
     merged = {key: (meta, payload) for key, meta, payload in read_dataset(tmp_path / "merged")}
     assert merged == whole
-
-
-def run_killed_then_resumed(tmp_path: Path, command: list[str], killed_flags=(),
-                            after_shards: int = 1) -> None:
-    """Convert uninterrupted; convert again in a subprocess killed (SIGKILL) once it has
-    published `after_shards` shards, then rerun it: the shards and manifest must equal the
-    uninterrupted ones."""
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
-    assert cli([*command, "--out", str(full), "--no-progress"]) == 0
-    process = subprocess.Popen([sys.executable, "-m", "tools.cli", *command, "--out", str(resumed),
-                                "--no-progress", *killed_flags], cwd=REPO, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while len(list(resumed.glob("*.tar"))) < after_shards and process.poll() is None \
-            and time.monotonic() < deadline:
-        time.sleep(0.002)
-    os.killpg(process.pid, signal.SIGKILL)  # its own session: the converter and its workers
-    process.wait()
-    assert not (resumed / "index.json").exists(), "finished before the kill: give the test more input"
-    assert len(shard_bytes(resumed)) < len(shard_bytes(full))
-    assert cli([*command, "--out", str(resumed), "--no-progress", *killed_flags]) == 0
-    assert shard_bytes(resumed) == shard_bytes(full)
-    assert manifest(resumed)["shards"] == manifest(full)["shards"]
-    assert not list(resumed.glob(".*"))  # no journal, temporary shard or spill file left
 
 
 def test_kill_and_resume(tmp_path):

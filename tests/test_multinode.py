@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_hostile_train import wait_for_steps
-from test_train import (ENV, REPO, data, free_port, losses, run_training,  # noqa: F401 (fixture)
-                        traced, train_command, train_flags, write_config)
+
+from helpers import (ENV, REPO, free_port, losses, run_training, traced, train_command, train_flags,
+                     wait_for_steps, write_config)
 
 from train import checkpoint
 from train.export import model_from_checkpoint

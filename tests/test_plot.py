@@ -8,6 +8,8 @@ import pytest
 
 from model.flops import training_flops_per_byte
 from tools.cli import main as cli
+
+from helpers import error_line
 from train.plots import plot_runs, run_series, unique_labels
 from train.config import load_config
 
@@ -91,11 +93,6 @@ def test_several_runs_one_figure_and_a_single_run_by_default(runs, tmp_path, cap
     assert (runs[0] / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert unique_labels(["run", "run", "other", "run"]) == ["run", "run (2)", "other", "run (3)"]
 
-
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    return err
 
 
 def test_errors_are_one_line(runs, tmp_path, capsys):

@@ -12,7 +12,7 @@ from pipeline.format.errors import DataError
 from pipeline.format.reader import (check_shard, decode_payload, iter_members, iter_metas, iter_shard,
                                     parse_meta, read_member_index, read_members_at, scan_index)
 from pipeline.format.shards import ShardWriter, tar_member
-from test_shards import write_shard
+from helpers import write_shard
 
 DOCS = [(f"k{i}", bytes([65 + i]) * 1000) for i in range(5)]  # 512 + 1024 + 512 + 512 bytes each
 

@@ -3,22 +3,13 @@
 import tarfile
 
 import pytest
-import zstandard
 
 from pipeline.format.errors import DataError, UsageError
 from pipeline.format.reader import iter_shard
 from pipeline.format.manifest import Manifest, load_manifest, payload_name, shard_name
 from pipeline.format.shards import ShardWriter, ustar_header
 
-
-def write_shard(path, samples, compress=True):
-    writer = ShardWriter(path)
-    cctx = zstandard.ZstdCompressor(level=3)
-    for key, data in samples:
-        payload = cctx.compress(data) if compress else data
-        writer.add(key, "zstd" if compress else "none", payload, len(data),
-                   {"modality": "text", "source": "test", "length": len(data)})
-    return writer.close()
+from helpers import write_shard
 
 
 SAMPLES = [("a-1", b"hello"), ("a-2", bytes(range(256)) * 3), ("a-3", b"\x00")]

@@ -8,110 +8,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from pipeline.convert.driver import ConvertOptions, convert
-from pipeline.convert.text import TextConverter
 from tools.cli import main as cli
 from train.config import load_config
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-SEQ_LEN = 64
-TINY_MODEL = ["model.preset=tiny", f"model.seq_len={SEQ_LEN}", "model.global_dim=64",
-              "model.global_layers=2", "model.global_heads=2", "model.local_dim=32",
-              "model.local_layers=1", "model.local_heads=2", "model.dropout=0.0"]
-
-
-def make_dataset(root: Path, name: str, documents: int, seed: int = 0) -> Path:
-    """A text dataset of `documents` small code-like files."""
-    import random
-
-    rng = random.Random(seed)
-    src = root / f"{name}-src"
-    src.mkdir(parents=True)
-    words = [b"def", b"return", b"self", b"import", b"class", b"(x)", b":", b"\n    ", b"=", b"1"]
-    for i in range(documents):
-        text = b" ".join(rng.choice(words) for _ in range(400))
-        (src / f"{i:04d}.py").write_bytes(text[: rng.randrange(50, 400)])
-    out = root / name
-    convert(TextConverter(), sorted(src.iterdir()), ConvertOptions(out=out, name=name, progress=False),
-            {"modality": "text"})
-    return out
-
-
-def write_config(root: Path, dataset: Path, validation: Path | None = None, **sections) -> Path:
-    """A TOML config for the tiny model; sections: {"optim": {...}, "run": {...}, ...}."""
-    base = {
-        "data": {"datasets": [str(dataset)], "batch_size": 4, "micro_batch_size": 4, "num_workers": 0},
-        "optim": {"lr": 3e-3, "warmup_steps": 2, "total_steps": 8},
-        "deepspeed": {"zero_stage": 1},
-        "run": {"out_dir": str(root / "run"), "checkpoint_every": 2, "eval_every": 0, "log_every": 1,
-                "progress": False, "trace_batches": True, "seed": 7},
-    }
-    if validation:
-        base["data"]["validation"] = str(validation)
-    for section, values in sections.items():
-        base.setdefault(section, {}).update(values)
-    lines = []
-    for section, values in base.items():
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
-    path = root / "config.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def train_flags(config: Path, extra=()) -> list[str]:
-    """The flags of train.main for `config` with the tiny model and `extra` overrides."""
-    return ["--config", str(config), *[f"--set={s}" for s in (*TINY_MODEL, *extra)]]
-
-
-def train_command(config: Path, ranks: int = 1, extra=()) -> list[str]:
-    flags = train_flags(config, extra)
-    if ranks == 1:
-        return [sys.executable, "-m", "train.main", *flags]
-    return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
-            "--master_port", str(free_port()), "--module", "train.main", *flags]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_training(config: Path, ranks: int = 1, extra=(), timeout: int = 300):
-    result = subprocess.run(train_command(config, ranks, extra), cwd=REPO, env=ENV, timeout=timeout,
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
-def losses(run_dir: Path) -> list[float]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in records if r["kind"] == "train"]
-
-
-def traced(run_dir: Path) -> list[str]:
-    """Every sequence hash trained on, all ranks, step by step."""
-    hashes = []
-    for path in sorted((run_dir / "trace").glob("rank-*.jsonl")):
-        hashes += [h for line in path.read_text().splitlines() for h in json.loads(line)["sequences"]]
-    return hashes
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    return {"text": make_dataset(root, "text", 120, seed=1),
-            "val": make_dataset(root, "val", 12, seed=2)}
-
+from helpers import (ENV, REPO, losses, make_dataset, run_training, traced, train_command,
+                     write_config)
 
 # ---------------------------------------------------------------------------------------------
 # configuration errors: one line, exit code 2
