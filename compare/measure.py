@@ -20,9 +20,10 @@ from compare.plan import RunPlan
 from compare.suite import RunSpec, Suite
 from compare.wall import wall_seconds
 from model import generate
+from model.config import PATCHED
 from train.export import export, load_any
 from train.metrics import read_metrics
-from train.windows import PATCHED, dataset_streams, eval_modes, evaluate_streams
+from train.windows import dataset_streams, eval_modes, evaluate_streams
 
 EVAL_BATCH = 8  # windows per forward
 

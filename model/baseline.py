@@ -10,7 +10,7 @@ ids[:, t] from ids[:, :t] exactly as MegaByte's do, and the first byte is predic
 import torch
 import torch.nn as nn
 
-from model.config import MegaByteConfig
+from model.config import UNPATCHED, MegaByteConfig
 from model.layers import Transformer, trunc_normal_
 from model.loss import ByteHead
 
@@ -20,7 +20,7 @@ class ByteTransformer(nn.Module):
 
     def __init__(self, config: MegaByteConfig):
         super().__init__()
-        assert config.architecture in ("transformer", "perceiver_ar"), "build_model picks the class for a config"
+        assert config.architecture in UNPATCHED, "build_model picks the class for a config"
         self.config = config
         D = config.global_dim
         self.embed = nn.Embedding(config.vocab_size, D)

@@ -48,6 +48,7 @@ ARCHITECTURES = ("megabyte", "transformer", "perceiver_ar", "no_local", "no_glob
 WITH_GLOBAL = ("megabyte", "transformer", "perceiver_ar", "no_local")  # have a global model
 WITH_LOCAL = ("megabyte", "no_global")  # have a local model
 UNPATCHED = ("transformer", "perceiver_ar")  # read single bytes: patch_size=1
+PATCHED = tuple(a for a in ARCHITECTURES if a not in UNPATCHED)  # read patches: strided inference applies
 ACTIVATIONS = ("gelu", "relu", "swiglu")
 NORMS = ("layernorm", "rmsnorm")
 POS_EMBEDDINGS = ("learned", "none")

@@ -30,14 +30,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.config import MegaByteConfig
+from model.config import PATCHED, MegaByteConfig
 from pipeline.format.errors import UsageError
 from pipeline.format.manifest import load_manifest
 from pipeline.load.reading import ErrorPolicy, read_tokens
 from pipeline.load.streams import Source
 from train.evaluate import bpb, target_nats
-
-PATCHED = ("megabyte", "no_local", "no_global")  # architectures that strided inference applies to
 
 
 @dataclass(frozen=True)
