@@ -242,9 +242,9 @@ def test_rerun_of_a_finished_conversion_changes_nothing(corpus, tmp_path, capsys
 
 
 def test_large_document_spills_and_roundtrips(tmp_path, monkeypatch):
-    import pipeline.convert.driver
+    import pipeline.convert.samples
 
-    monkeypatch.setattr(pipeline.convert.driver, "SPILL_BYTES", 1000)
+    monkeypatch.setattr(pipeline.convert.samples, "SPILL_BYTES", 1000)
     body = os.urandom(50_000)
     (tmp_path / "big.txt").write_bytes(body)
     run_cli("convert", "text", tmp_path / "big.txt", "--out", tmp_path / "out", "--no-progress")

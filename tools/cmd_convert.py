@@ -9,8 +9,9 @@ import logging
 from pathlib import Path
 
 from pipeline.convert.audio import AudioConverter, AudioSettings, audio_files
-from pipeline.convert.driver import ConvertOptions, convert, expand_sources, parse_part, parse_size
+from pipeline.convert.driver import ConvertOptions, convert
 from pipeline.convert.image import LAYOUTS, RESIZE_METHODS, ImageSettings, build_image_converter
+from pipeline.convert.inputs import expand_sources, parse_part, parse_size
 from pipeline.convert.merge import merge_parts
 from pipeline.convert.text import TextConverter
 from pipeline.format import storage

@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from pipeline.convert.driver import (FileItem, Sample, SkipInput, TaskResult, batch_files, discard,
-                                     expand_sources, run_file_batch, sample_key)
+from pipeline.convert.inputs import expand_sources
+from pipeline.convert.samples import (FileItem, Sample, SkipInput, TaskResult, batch_files, discard,
+                                      run_file_batch, sample_key)
 from pipeline.format.audio_codec import DEFAULT_ENCODING, ENCODINGS, bytes_per_sample, encode_samples
 from pipeline.format.errors import UsageError
 

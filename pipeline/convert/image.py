@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.convert.driver import (FileItem, Sample, SkipInput, TaskResult, batch_files, expand_sources,
-                              run_file_batch, sample_key)
+from pipeline.convert.inputs import expand_sources
+from pipeline.convert.samples import FileItem, Sample, SkipInput, TaskResult, batch_files, run_file_batch, sample_key
 from pipeline.format.errors import UsageError
 from pipeline.convert.labels import Label, LabelMap, NO_LABEL, build_label_map, folder_labels, read_label_file
 
