@@ -20,7 +20,7 @@ from model.layers import KVCache
 from model.loss import ByteHead, bits_per_byte, byte_loss
 from model.megabyte import MegaByte
 from model.perceiver_ar import PerceiverAR
-from model.presets import PRESET_SIZES, PRESETS
+from model.presets import PRESETS
 
 
 MODELS = {"megabyte": MegaByte, "transformer": ByteTransformer, "perceiver_ar": PerceiverAR,
@@ -34,7 +34,7 @@ def build_model(config: MegaByteConfig) -> nn.Module:
 
 
 __all__ = [
-    "MegaByteConfig", "PRESETS", "PRESET_SIZES", "MegaByte", "ByteTransformer", "PerceiverAR", "NoLocal",
+    "MegaByteConfig", "PRESETS", "MegaByte", "ByteTransformer", "PerceiverAR", "NoLocal",
     "NoGlobal", "build_model",
     "byte_loss", "bits_per_byte", "ByteHead", "generate", "generate_ids", "sample", "KVCache",
 ]
