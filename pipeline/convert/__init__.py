@@ -1,3 +1,2 @@
-"""Raw inputs to datasets of shards: driver.py (inputs → tasks → workers → shards, resumable),
-text.py, image.py (with labels.py), audio.py, and merge.py (joins --part runs). Imports format/,
-never load/."""
+"""Raw inputs to datasets of shards, one converter per modality on one resumable driver
+(driver.py has the diagram). Imports format/, never load/."""

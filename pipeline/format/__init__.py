@@ -1,4 +1,4 @@
-"""The shard format alone: shards.py (writer and manifest), reader.py (the one reader, and the
-size/sha256 check against the manifest), vocab.py (byte vocabulary), scan.py (image scan order),
-audio_codec.py (audio bytes) and errors.py (UsageError, DataError). convert/ and load/ both import
-it; it imports neither."""
+"""The shard format alone: the dataset layout and manifest, the writer, the one reader, where
+datasets live (a path or a URL), and the byte-level facts every room shares (the vocabulary, the
+image scan order, the audio codec, the expected errors). convert/ and load/ both import it; it
+imports neither."""

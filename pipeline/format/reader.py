@@ -10,8 +10,8 @@
       │                   bytes: decompression never produces more (a zstd bomb is an error), and
       │                   a frame with a checksum is checked
       ──payload_chunks──▶ the same in pieces, for readers that need not hold a sample whole
-    member index (format v3) ──read_member_index──▶ per sample: offset, member bytes, length;
-      │  scan_index makes the same from the shard's headers (shards written before v3)
+    member index (.idx) ──read_member_index──▶ per sample: offset, member bytes, length;
+      │  scan_index makes the same from the shard's headers (a shard without one)
       ──read_members_at──▶ one sample's {extension: member bytes}, read at its offset alone
     read_meta, read_chunks, read_sample: the same for one sample, errors naming it;
     iter_shard: over a whole shard → (key, meta, bytes); iter_metas: the metadata alone;
@@ -20,7 +20,7 @@
 Errors are DataError. iter_shard stops at the first one, naming the shard and key; a caller with
 its own error policy (pipeline.load.reading) calls the stages one by one and names errors with
 sample_error. What a sample may hold is bounded before anything is allocated for it: by its
-metadata length, itself bounded by its manifest entry (pipeline.format.shards.sample_bound).
+metadata length, itself bounded by its manifest entry (pipeline.format.manifest.sample_bound).
 """
 
 import functools
@@ -243,7 +243,7 @@ def sample_error(path, key: str, error: DataError) -> DataError:
 
 def parse_meta(members: dict, max_length: int | None = None) -> dict:
     """The sample's metadata; its length must be an int in 0..max_length (when a bound is known:
-    the most a sample of the shard can hold, pipeline.format.shards.sample_bound)."""
+    the most a sample of the shard can hold, pipeline.format.manifest.sample_bound)."""
     try:
         meta = json.loads(members["json"])
         length = meta["length"]

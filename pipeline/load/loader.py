@@ -2,8 +2,9 @@
 
     LoaderConfig.datasets (text / image / audio dirs) ── index.json and member indexes of each
       ▼
-    GlobalOrder (pipeline.load.order): position j of one global stream of sequences → (dataset,
-      │  its output number k) → segments of samples. Seeded; the same for any cluster shape.
+    GlobalOrder (below; sample tables and the Mixer from pipeline.load.order): position j of one
+      │  global stream of sequences → (dataset, its output number k) → segments of samples.
+      │  Seeded; the same for any cluster shape.
       ▼
     rank r, batch b (counted from the loader's start position C): positions C + b·W·B + r·B + i,
       │  i < B (W ranks, B = micro_batch_size): a global step's batches are consecutive positions
@@ -68,7 +69,11 @@ class LoaderConfig:
     image_order: str = "raster"  # "raster" | "patch" (the paper's patch scan, P = 3·p²)
     text_packing: str = "concat"  # "concat": documents joined by BOUNDARY | "document": one per sequence
     on_error: str = "raise"  # bad shards/samples: "raise" | "skip" (log, count and go on)
-    verify_shards: bool = True  # sha256 of each shard before its first read in each process
+    # True: where a shard is read whole (the validation pass, a shard without a member index),
+    # its sha256 is checked before its first read in each process; the train loader reads an
+    # indexed shard sample by sample, checked by its size, its index's sha256 and each member's
+    # checksums. False: shard sizes only.
+    verify_shards: bool = True
     batches_per_fetch: int = 8  # batches a worker hands over at once (fewer, larger transfers)
     prefetch_factor: int = 2  # fetches each worker prepares ahead
     pin_memory: bool = False

@@ -1,11 +1,11 @@
 """Reading shards for the loader: check → members → samples → bytes → Tokens.
 
-    shard ──ShardRef.check──▶ file size and sha256 as in the manifest (sha256 once per process)
+    shard ──ShardRef.check──▶ file size and (verify) sha256 as in the manifest, once per process
       ──iter_members──▶ samples start..stop-1 as {extension: bytes}; samples before `start` are
       │                passed over without reading their members into memory
       ──parse_meta, decode_payload──▶ meta + payload, decompression bounded by the metadata
       │                length, itself bounded by the shard's longest sample in the manifest
-      │                (sample_bound: the shard's payload bytes for a v1 manifest)
+      │                (sample_bound: the shard's payload bytes if it has none)
       ──Transform──▶ (sample index, Tokens)                              = read_tokens
 The stages before Transform are pipeline.format.reader's, the one reader of the shard format.
 
@@ -14,7 +14,7 @@ pipeline.load.order): it seeks to a sample with its member index, and keeps the 
 decoded (a long document is read by several sequences in a row) and the shard files open. A
 shard with a member index is checked by its size and by what each read checks (tar header
 checksums, the zstd frame's checksum, the metadata length against the index), so a rank reads
-only its own samples; one without (before format v3) also by its sha256, once per process.
+only its own samples; one without (older datasets) also by its sha256, once per process.
 
 Bad data follows an ErrorPolicy: "raise" (the default) raises DataError naming the shard and the
 sample key; "skip" logs each problem, counts it and drops what it spoils: the whole shard for a
