@@ -27,7 +27,7 @@ from pathlib import Path
 from compare.suite import RunSpec, Suite
 from model.flops import training_flops_per_byte
 from pipeline.format.errors import UsageError
-from tools.outputs import write_atomically
+from pipeline.format.files import write_text_atomically
 from train.config import TrainConfig
 from train.windows import predicted_per_window
 
@@ -66,7 +66,7 @@ def plan_suite(suite: Suite) -> dict[str, RunPlan]:
         plans[run.name] = old or plan_run(suite, run, config, fingerprint)
     suite.out_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps({name: asdict(plan) for name, plan in plans.items()}, indent=1) + "\n"
-    write_atomically(path, lambda tmp: tmp.write_text(text))
+    write_text_atomically(path, text, on_error="usage")
     return plans
 
 

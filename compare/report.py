@@ -13,7 +13,7 @@ import shlex
 import sys
 
 from compare.suite import SHIPPED_SUITES, Suite
-from tools.outputs import write_atomically
+from pipeline.format.files import write_text_atomically
 from train.plots import plot_runs
 
 # results.md's columns: heading, the result's key, its format
@@ -30,9 +30,9 @@ def write_reports(suite: Suite, results: list[dict]) -> None:
               "machine": machine(), "command": command(), "train": suite.train, "validation": suite.validation,
               "budget": suite.budget_text(), "generate_bytes": suite.generate_bytes}
     text = json.dumps({**header, "runs": results}, indent=1) + "\n"
-    write_atomically(suite.out_dir / "results.json", lambda tmp: tmp.write_text(text))
+    write_text_atomically(suite.out_dir / "results.json", text, on_error="usage")
     markdown = results_markdown(header, results)
-    write_atomically(suite.out_dir / "results.md", lambda tmp: tmp.write_text(markdown))
+    write_text_atomically(suite.out_dir / "results.md", markdown, on_error="usage")
     plot_runs([suite.run_dir(run) for run in suite.runs], suite.out_dir / "curves.png", x="flops",
               labels=[run.name for run in suite.runs])
     print(markdown)

@@ -23,7 +23,7 @@ from compare.plan import RunPlan, plan_suite
 from compare.suite import RunSpec, Suite
 from compare.wall import add_launch
 from pipeline.format.errors import UsageError
-from tools.outputs import write_atomically
+from pipeline.format.files import write_text_atomically
 from train import checkpoint
 
 
@@ -50,7 +50,7 @@ def run_suite(suite: Suite, device=None) -> list[dict]:
             train(suite, run, plan)
             result = measure_run(suite, run, plan, device)
             text = json.dumps(result, indent=1) + "\n"
-            write_atomically(result_path, lambda tmp: tmp.write_text(text))
+            write_text_atomically(result_path, text, on_error="usage")
         results.append(json.loads(result_path.read_text()))
     write_reports(suite, results)
     return results

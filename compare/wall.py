@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from pipeline.format.errors import DataError
-from tools.outputs import write_atomically
+from pipeline.format.files import write_text_atomically
 
 WALL = "compare-wall.json"  # [seconds, ...]: one entry per launch of the run's trainer
 
@@ -17,7 +17,7 @@ def add_launch(run_dir: Path, seconds: float) -> None:
     wall = run_dir / WALL
     launches = json.loads(wall.read_text()) if wall.is_file() else []
     launches.append(round(seconds, 3))
-    write_atomically(wall, lambda tmp: tmp.write_text(json.dumps(launches) + "\n"))
+    write_text_atomically(wall, json.dumps(launches) + "\n", on_error="usage")
 
 
 def wall_seconds(run_dir: Path) -> float:

@@ -10,7 +10,8 @@ from functools import partial
 from pathlib import Path
 
 from pipeline.format.errors import DataError, UsageError
-from tools.outputs import check_output_file, write_atomically
+from pipeline.format.files import write_atomically
+from tools.outputs import check_output_file
 
 MODEL_HELP = "an exported .safetensors file, a run directory, or a step-NNNNNN checkpoint folder"
 DEVICE_HELP = "torch device, e.g. cpu or cuda:0 (default: cuda when there is one)"
@@ -237,7 +238,8 @@ def write_output(args, modality: str, data_arguments: dict, metadata: dict, mode
 
         size = data_arguments["size"]
         pixels = bytes_to_image(data, size, metadata.get("image_order", "raster"), model.config.patch_size)
-        write_atomically(args.out, lambda tmp: image_grid([pixels], padding=0).save(tmp, format="PNG"))
+        write_atomically(args.out, lambda tmp: image_grid([pixels], padding=0).save(tmp, format="PNG"),
+                         on_error="usage")
         print(f"{args.out}: {size}×{size} image ({len(data):,} bytes)")
     elif modality == "audio":
         from pipeline.convert.audio import AudioSettings
@@ -246,10 +248,10 @@ def write_output(args, modality: str, data_arguments: dict, metadata: dict, mode
 
         rate = data_arguments.get("sample_rate", AudioSettings.sample_rate)  # the converter's default
         encoding = data_arguments.get("encoding", DEFAULT_ENCODING)
-        write_atomically(args.out, lambda tmp: write_wav(tmp, data, encoding, rate))
+        write_atomically(args.out, lambda tmp: write_wav(tmp, data, encoding, rate), on_error="usage")
         print(f"{args.out}: {encoding} at {rate} Hz ({len(data):,} bytes)")
     elif args.out is not None:
-        write_atomically(args.out, lambda tmp: tmp.write_bytes(data))
+        write_atomically(args.out, lambda tmp: tmp.write_bytes(data), on_error="usage")
         print(f"{args.out}: {len(data):,} bytes")
     else:
         sys.stdout.buffer.write(data + b"\n")

@@ -1,7 +1,6 @@
-"""The files a command writes: checked before any work starts, then written whole or not at all."""
+"""The files a command writes are checked before any work starts (they are then written whole or
+not at all, by pipeline.format.files.write_atomically)."""
 
-import os
-from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.format.errors import UsageError
@@ -13,18 +12,3 @@ def check_output_file(path: Path, flag: str) -> None:
         raise UsageError(f"{flag} {path}: is a folder; name the file to write")
     if not path.parent.is_dir():
         raise UsageError(f"{flag} {path}: the folder {path.parent} does not exist (or is not a folder)")
-
-
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """write(temporary path) beside `path`, then rename it onto `path`: a reader never sees half a
-    file, and a failed write leaves nothing behind. The temporary name keeps the suffix, so that
-    writers that choose the format by it (PIL, soundfile, matplotlib) choose the right one."""
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException as error:
-        tmp.unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise UsageError(f"{path}: cannot write it ({error.strerror or error})") from None
-        raise

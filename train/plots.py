@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.format.errors import DataError, UsageError
-from tools.outputs import write_atomically
+from pipeline.format.files import write_atomically
 
 X_LABELS = {"steps": "optimizer step", "bytes": "bytes trained on", "flops": "training FLOPs",
             "wall": "seconds of training"}
@@ -71,7 +71,7 @@ def plot_runs(run_dirs: list[Path], out: Path, x: str = "steps", labels: list[st
         axis.grid(alpha=0.3)
     left.legend()
     figure.tight_layout()
-    write_atomically(out, lambda tmp: figure.savefig(tmp, dpi=110))
+    write_atomically(out, lambda tmp: figure.savefig(tmp, dpi=110), on_error="usage")
     plt.close(figure)
     return out
 
