@@ -27,7 +27,6 @@ alike on every rank, so a rank the saving run did not have reads rank 0's; a Per
 afresh there, and rank r < saved ranks restores what rank r saved.
 """
 
-import hashlib
 import json
 import shutil
 import sys
@@ -39,6 +38,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from pipeline.format.errors import UsageError
+from pipeline.format.files import file_sha256, write_text_atomically
 
 if TYPE_CHECKING:  # importing torch.distributed.checkpoint costs ~0.6 s, and no isinstance needs it
     from torch.distributed.checkpoint.stateful import Stateful
@@ -99,12 +99,9 @@ def save(root: Path, step: int, parts: dict[str, Part], config: dict, keep_last:
         if rank == 0:
             (folder / CONFIG).write_text(json.dumps(config, indent=1) + "\n")
             write_marker(folder)
-            tmp = root / f".{LATEST}.tmp"
-            tmp.write_text(folder.name + "\n")
-            tmp.replace(root / LATEST)
+            write_text_atomically(root / LATEST, folder.name + "\n")
     except OSError as error:  # e.g. the disk is full: the previous checkpoint stays the newest
         shutil.rmtree(folder, ignore_errors=True)
-        (root / f".{LATEST}.tmp").unlink(missing_ok=True)
         previous = latest(root)
         raise UsageError(f"{folder}: cannot save the checkpoint ({error.strerror or error}); "
                          f"removed it, the newest is still {previous.name if previous else 'none'}") from None
@@ -234,20 +231,15 @@ def prune(root: Path, keep_last: int) -> None:
 
 
 def file_record(path: Path) -> dict:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+    return {"size": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def write_marker(folder: Path) -> None:
     """COMPLETE: the size and sha256 of every file of the checkpoint, written last (atomically)."""
     files = {str(path.relative_to(folder)): file_record(path)
              for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MARKER}
-    tmp = folder / f".{MARKER}.tmp"
-    tmp.write_text(json.dumps({"format": "megabyte-checkpoint", "files": files}, indent=1) + "\n")
-    tmp.replace(folder / MARKER)
+    write_text_atomically(folder / MARKER, json.dumps({"format": "megabyte-checkpoint", "files": files},
+                                                      indent=1) + "\n")
 
 
 def damage(folder: Path) -> str | None:

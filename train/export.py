@@ -20,6 +20,7 @@ import torch
 from model import build_model
 from model.weights import load_weights, save_weights
 from pipeline.format.errors import UsageError
+from pipeline.format.files import write_atomically
 from pipeline.format.manifest import load_manifest
 from train import checkpoint
 from train.config import stored_model_config
@@ -158,13 +159,9 @@ def export(path, out: Path, trust: bool = False) -> Path:
     if out.is_dir():
         raise UsageError(f"{out}: is a folder; give --out the .safetensors file to write")
     model, metadata, folder = model_from_checkpoint(path, trust)
-    tmp = out.with_name(f".{out.name}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        save_weights(model, tmp, metadata)
-        tmp.replace(out)
+        write_atomically(out, lambda tmp: save_weights(model, tmp, metadata))
     except OSError as error:
         raise UsageError(f"{out}: cannot write the export ({error.strerror or error})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return folder

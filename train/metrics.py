@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from pipeline.format.files import write_text_atomically
+
 # dense bf16 tensor-core peak by device name; MFU is reported only for devices listed here
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
 # memory bandwidth (bytes/s) of the same cards, from their data sheets (H100 SXM, A100 80GB SXM), for
@@ -71,9 +73,7 @@ def truncate_jsonl(path: Path, step: int) -> None:
         return
     lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
              if record_step(line) <= step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomically(path, "".join(line + "\n" for line in lines))
 
 
 def record_step(line: str) -> float:
