@@ -13,7 +13,6 @@ each dataset was made from. Needs `apt-get` and `dpkg-deb` (Debian/Ubuntu, no ro
 """
 
 import argparse
-import hashlib
 import logging
 import os
 import shutil
@@ -29,6 +28,7 @@ from pipeline.convert.driver import ConvertOptions, convert
 from pipeline.convert.image import ImageSettings, build_image_converter
 from pipeline.convert.text import TextConverter
 from pipeline.format.errors import DataError, UsageError
+from pipeline.format.files import file_sha256, write_text_atomically
 from pipeline.format.manifest import INDEX_NAME, load_manifest
 
 
@@ -89,16 +89,8 @@ class ChecksumMismatch(DataError):
 # download, verify, unpack
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify(source: Pinned, path: Path, hint: str = "") -> None:
-    actual = sha256_of(path)
+    actual = file_sha256(path)
     if actual != source.sha256:
         raise ChecksumMismatch(f"{source.file}: sha256 mismatch: expected {source.sha256}, got {actual}{hint}")
 
@@ -314,9 +306,7 @@ def write_sources(out: Path, downloads: Path) -> Path:
             lines.append(f"| {name} | {source.package} | {source.version} | {source.file} | "
                          f"{source.sha256} | {found.replace('|', '/')} |")
     path = out / "SOURCES.md"
-    temp = path.with_name(".SOURCES.md.tmp")
-    temp.write_text("\n".join(lines) + "\n")
-    os.replace(temp, path)
+    write_text_atomically(path, "\n".join(lines) + "\n")
     return path
 
 
