@@ -32,7 +32,7 @@ else:  # pragma: no cover
 from model import PRESETS, MegaByteConfig
 from pipeline.format import storage
 from pipeline.format.errors import UsageError
-from pipeline.format.manifest import load_manifest
+from pipeline.format.manifest import INDEX_NAME, load_manifest
 from pipeline.load.loader import LoaderConfig
 
 SHIPPED_CONFIGS = Path(__file__).parent / "configs"
@@ -186,8 +186,8 @@ class TrainConfig:
                     load_manifest(path)
                 except UsageError as error:
                     raise ConfigError(f"{error}; fix the URL or the credentials") from None
-            elif not (Path(path) / "index.json").is_file():
-                raise ConfigError(f"{path}: not a converted dataset (no index.json); convert it with "
+            elif not (Path(path) / INDEX_NAME).is_file():
+                raise ConfigError(f"{path}: not a converted dataset (no {INDEX_NAME}); convert it with "
                                   "`megabyte convert` or fix the path in [data]")
         out_dir = Path(self.run.out_dir)
         existing = next(path for path in [out_dir, *out_dir.parents] if path.exists())
