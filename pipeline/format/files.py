@@ -27,8 +27,8 @@ def temporary_path(path: Path) -> Path:
     return path.with_name(f".{path.stem}.tmp{path.suffix}")
 
 
-def fsync_dir(path: Path) -> None:
-    """Make the entries of a folder (a rename into it) durable."""
+def fsync_path(path: Path) -> None:
+    """fsync a file, or a folder (which makes the renames into it durable), by its path."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -39,13 +39,9 @@ def fsync_dir(path: Path) -> None:
 def publish(tmp: Path, path: Path) -> None:
     """Rename a complete temporary file onto `path` durably: fsync the file, rename, fsync the
     folder."""
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(tmp)
     os.replace(tmp, path)
-    fsync_dir(Path(path).parent)
+    fsync_path(Path(path).parent)
 
 
 def write_atomically(path: Path, write: Callable[[Path], None], *, on_error: str = "raise") -> None:
