@@ -230,6 +230,36 @@ def test_unlabelled_flat_folder(tmp_path):
     assert labels_of(tmp_path / "out") == [(None, None), (None, None)]
 
 
+def test_files_folders_and_globs_in_any_mix(tmp_path, capsys):
+    """The rule of every converter: files, folders and globs alike, in sorted file order; loose
+    images are labelled by --labels, or not at all."""
+    val = make_val(tmp_path, count=6)
+    extra = make_image(tmp_path / "extra/a.png", "RGB", 20, 30, seed=9)
+    names = sorted(val.iterdir())
+    sources = [names[1], names[0], val / "ILSVRC2012_val_0000000[56].JPEG", tmp_path / "extra"]
+    assert convert_image(sources, tmp_path / "out", "--size", 8) == 0
+    samples = read_dataset(tmp_path / "out")
+    expected = [extra, names[0], names[1], names[4], names[5]]
+    assert [meta["source"] for _, meta, _ in samples] == [str(path) for path in expected]
+    assert [payload for _, _, payload in samples] == [reference_pixels(path, 8) for path in expected]
+    assert labels_of(tmp_path / "out") == [(None, None)] * 5
+    assert manifest(tmp_path / "out")["arguments"]["layout"] == "flat"
+
+    (tmp_path / "labels.csv").write_text("ILSVRC2012_val_00000001,n02\nILSVRC2012_val_00000005,n01\n"
+                                         "a.png,n03\n")
+    assert convert_image(sources, tmp_path / "labelled", "--size", 8, "--labels",
+                         tmp_path / "labels.csv", "--classes-from", tmp_path / "train") == 0
+    assert labels_of(tmp_path / "labelled") == [(2, "n03"), (1, "n02"), (0, "n01")]
+    skipped = manifest(tmp_path / "labelled")["skipped"]
+    assert [skip["source"] for skip in skipped] == [str(names[1]), str(names[5])]
+
+    assert convert_image(names[2], tmp_path / "one", "--size", 8) == 0  # a single file
+    assert [meta["source"] for _, meta, _ in read_dataset(tmp_path / "one")] == [str(names[2])]
+    capsys.readouterr()
+    assert convert_image([val, extra], tmp_path / "no", "--size", 8, "--layout", "folder") == 2
+    assert "the folder layout reads one ImageFolder" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case, flags, message", [
     ("missing labels file", ["--labels", "{tmp}/nope.txt"], "no such labels file"),
     ("too few labels", ["--labels", "{tmp}/two.txt", "--classes-from", "{tmp}/train"],

@@ -32,21 +32,21 @@ def register(subparsers) -> None:
     add_output_flags(text, default_name="text")
     text.set_defaults(func=cmd_convert_text)
 
-    image = kinds.add_parser("image", help="ImageNet layouts (ImageFolder, flat folder + labels, "
+    image = kinds.add_parser("image", help="ImageNet layouts (ImageFolder, images + labels, "
                                             "downsampled .npz) → S×S raw RGB bytes")
     image.add_argument("sources", nargs="+", metavar="SRC",
-                       help="one folder (ImageFolder: SRC/<synset>/*.JPEG; flat: SRC/*.JPEG with "
-                            "--labels), or .npz files / a folder of them")
+                       help="image files, folders (searched recursively) and globs, in any mix; "
+                            "one ImageFolder (SRC/<synset>/*.JPEG); or .npz files / a folder of them")
     image.add_argument("--size", type=int, required=True, metavar="S",
                        help="side of the stored square images in pixels (the paper: 64, 256, 640)")
     image.add_argument("--resize", choices=RESIZE_METHODS, default=ImageSettings.resize,
                        help="crop: shorter side to S (antialiased bicubic), centre crop (default); "
                             "box: whole image to S×S with a box filter, as downsampled ImageNet")
     image.add_argument("--layout", choices=["auto", *LAYOUTS], default="auto",
-                       help="auto (default): npz for .npz inputs, flat with --labels or without "
-                            "subfolders, else folder (ImageFolder)")
+                       help="auto (default): npz for .npz inputs; folder (ImageFolder) for one "
+                            "folder with subfolders and no --labels; else flat (the images as given)")
     image.add_argument("--labels", type=Path, default=None, metavar="FILE",
-                       help="flat folder labels: filename,label CSV rows, or one label per line "
+                       help="labels of flat images: filename,label CSV rows, or one label per line "
                             "for the files in sorted order (ILSVRC2012_validation_ground_truth.txt); "
                             "a label is a synset or an integer id")
     image.add_argument("--classes", type=Path, default=None, metavar="FILE",

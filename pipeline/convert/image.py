@@ -1,8 +1,9 @@
 """Image converter: ImageNet layouts → shards of S×S raw RGB bytes (row-major, S·S·3 per sample).
 
-    ImageFolder  SRC/<synset>/*.JPEG ──┐ label: the synset's index among the sorted class folders
-    flat folder  SRC/*.JPEG + --labels ┤ label: from the labels file
-                                       ▼
+    ImageFolder  SRC/<synset>/*.JPEG ───┐ label: the synset's index among the sorted class folders
+    flat         image files, folders   ┤ label: from --labels (by file name, or one per line in
+                 and globs, in any mix  │ sorted order), else none
+                                        ▼
                  batches of files ─▶ worker: Pillow open ─▶ EXIF orientation ─▶ RGB ─▶ resize ─▶ bytes
                                                                                    crop | box
     downsampled  SRC/*.npz ─▶ main process streams `data` rows ─▶ worker: channel-planar → row-major
@@ -298,14 +299,15 @@ class ImageConverter:
 
 
 def detect_layout(sources: list[str], files: list[Path], labels: Path | None) -> str:
-    """npz when every input is a .npz; otherwise one folder: flat with --labels or when no file
-    sits in a subfolder, ImageFolder when they do."""
+    """npz when every input is a .npz; ImageFolder when the one source is a folder whose images
+    sit in subfolders and no --labels is given; otherwise flat: the images as they are given
+    (files, folders and globs, as every converter takes them), labelled by --labels or not at all."""
     if all(f.suffix.lower() == ".npz" for f in files):
         return "npz"
-    if len(sources) != 1 or not Path(sources[0]).is_dir():
-        raise UsageError("give one image folder (ImageFolder or flat) or .npz files")
     root = Path(sources[0])
-    return "flat" if labels or all(f.parent == root for f in files) else "folder"
+    if labels or len(sources) != 1 or not root.is_dir() or all(f.parent == root for f in files):
+        return "flat"
+    return "folder"
 
 
 def build_image_converter(sources: list[str], settings: ImageSettings, *, layout: str = "auto",
@@ -321,12 +323,13 @@ def build_image_converter(sources: list[str], settings: ImageSettings, *, layout
             raise UsageError("--labels does not apply to .npz inputs: their labels are inside")
         label_map = build_label_map(classes, classes_from, label_ids)
         return ImageConverter(settings, layout, label_map=label_map), files, layout
-    if len(sources) != 1 or not Path(sources[0]).is_dir():
-        raise UsageError(f"the {layout} layout reads one folder; got {' '.join(sources)}")
-    root = Path(sources[0])
     if layout == "folder":
+        root = Path(sources[0])
+        if len(sources) != 1 or not root.is_dir():
+            raise UsageError(f"the folder layout reads one ImageFolder (SRC/<synset>/…); got "
+                             f"{' '.join(sources)}")
         if labels:
-            raise UsageError("--labels is for a flat folder; an ImageFolder's labels are its class "
+            raise UsageError("--labels is for flat images; an ImageFolder's labels are its class "
                              "folders")
         label_map = build_label_map(classes, classes_from, label_ids, folder_root=root)
         return ImageConverter(settings, layout, folder_labels(root, files, label_map)), files, layout
