@@ -61,6 +61,7 @@ def finished(data, tmp_path_factory):
     return root / "out"
 
 
+@pytest.mark.slow
 def test_runs_that_cost_twice_as_much_per_byte_spend_the_same_flops(finished):
     results = json.loads((finished / "results.json").read_text())
     megabyte, deep = results["runs"]
@@ -81,6 +82,7 @@ def test_runs_that_cost_twice_as_much_per_byte_spend_the_same_flops(finished):
     assert (finished / "curves.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_a_rerun_skips_finished_runs(finished, data, tmp_path, capsys):
     suite = write_suite(tmp_path / "suite.toml", data, finished)
     before = (finished / "results.json").read_text()
@@ -90,6 +92,7 @@ def test_a_rerun_skips_finished_runs(finished, data, tmp_path, capsys):
     assert json.loads(before)["runs"] == json.loads((finished / "results.json").read_text())["runs"]
 
 
+@pytest.mark.slow
 def test_an_interrupted_comparison_continues_to_the_same_results(finished, data, tmp_path):
     suite = write_suite(tmp_path / "suite.toml", data, tmp_path / "out")
     process = subprocess.Popen(compare_command(suite), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
@@ -147,7 +150,7 @@ def test_suite_keys_are_checked(tmp_path):
            ({"set": {"optim.total_steps": 5}}, "optim.total_steps is set by the comparison"),
            ({"set": {"seq_len": 5}}, "not a train config key"),
            ({"epochs": 5}, "unknown key(s) ['epochs']"),
-           ({"train": 5}, "train = 5: expected a string"),
+           ({"train": 5}, "train = 5: expected str, not int"),
            ({"launcher": ["deepspeed", 8]}, "a list of words")]
     for change, message in bad:
         raw = {k: v for k, v in {**base, **change}.items() if v is not None}
@@ -158,6 +161,7 @@ def test_suite_keys_are_checked(tmp_path):
     assert nested.overrides == {"model.seq_len": 256}
 
 
+@pytest.mark.slow
 def test_a_changed_run_is_not_continued_under_another_plan(finished, data, tmp_path, capsys):
     suite = write_suite(tmp_path / "suite.toml", data, finished, runs={"megabyte": ("tiny", DEEP)})
     assert cli(["compare", str(suite), "--plan"]) == 2

@@ -83,6 +83,7 @@ def assert_steps_match(elastic: dict[int, dict], reference: dict[int, dict], num
         assert elastic[step]["weight_decay"] == [0.1, 0.0], step  # each group keeps its own
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage, plan", [(1, [1, 2]), (2, [1]), (3, [1, 2])])
 def test_a_run_saved_on_two_ranks_goes_on_on_one_then_two(tmp_path, stage, plan):
     """Reference: 2 ranks, steps 1-4. Elastic: the reference's step-2 checkpoint, then one step
@@ -113,6 +114,7 @@ def test_a_run_saved_on_two_ranks_goes_on_on_one_then_two(tmp_path, stage, plan)
                        range(3, until + 1))
 
 
+@pytest.mark.slow
 def test_a_conversion_is_made_once_and_made_again_when_broken(tmp_path, capsys):
     """A resume reuses an intact conversion (no second conversion); a broken one is made anew."""
     config = write_config(tmp_path, Path("unused"), deepspeed={"zero_stage": 2}, data={"micro_batch_size": 2})
@@ -159,6 +161,7 @@ def test_the_resume_says_what_changed(tmp_path):
         "resuming with gradient accumulation 2 → 1, micro-batch 2 → 4, global batch 8 (unchanged)")
 
 
+@pytest.mark.slow
 def test_the_trainer_resumes_on_another_world_size(tmp_path):
     """The whole trainer (loader included): 2 ranks save, 1 rank goes on, saying what changed."""
     dataset = make_dataset(tmp_path, "text", 60, seed=3)

@@ -10,7 +10,11 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
+
 from helpers import ENV, REPO, losses, make_dataset, run_training, train_command, write_config
+
+pytestmark = pytest.mark.slow  # every test here starts trainer processes
 
 BATCH = 4  # sequences per optimizer step, all ranks together
 STEPS = 12

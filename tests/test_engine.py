@@ -29,6 +29,7 @@ def rank_memory(stage: int) -> list[dict]:
     return sorted(records, key=lambda record: record["rank"])
 
 
+@pytest.mark.slow
 def test_zero3_ranks_build_half_the_model_each_with_the_same_initial_weights():
     whole, partitioned = rank_memory(stage=2), rank_memory(stage=3)
     assert len(whole) == len(partitioned) == 2

@@ -31,6 +31,7 @@ def start_in_own_session(config) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_group_sigterm_with_workers_saves_exits_0_and_resumes(tmp_path, data):
     config = write_config(tmp_path, data["text"], data={"num_workers": 2},
                           optim={"total_steps": 100000}, run={"checkpoint_every": 0})
@@ -57,6 +58,7 @@ def test_group_sigterm_with_workers_saves_exits_0_and_resumes(tmp_path, data):
             pass
 
 
+@pytest.mark.slow
 def test_group_sigterm_during_validation_saves_and_exits_0(tmp_path, data):
     """Validation runs after every step here, so most of the run is spent in it: its loader's
     workers leave the group's SIGTERM to the trainer too."""
@@ -86,6 +88,7 @@ def freeze_during_a_save(process: subprocess.Popen, root: Path) -> Path:
         time.sleep(0.001)
 
 
+@pytest.mark.slow
 def test_a_save_killed_half_way_is_never_taken_for_a_complete_one(tmp_path, data):
     config = write_config(tmp_path, data["text"], optim={"total_steps": 100000}, run={"checkpoint_every": 1})
     root = tmp_path / "run" / "checkpoints"
@@ -165,6 +168,7 @@ def test_no_intact_checkpoint_is_one_error_not_a_fresh_start(tmp_path, world_of_
     assert (root / "step-000004").is_dir() and (root / "step-000002").is_dir()  # nothing moved
 
 
+@pytest.mark.slow
 def test_training_resumes_from_the_newest_intact_checkpoint(tmp_path, data):
     config = write_config(tmp_path, data["text"], optim={"total_steps": 4})
     run_dir = tmp_path / "run"
@@ -321,6 +325,7 @@ def test_metrics_cut_short_by_a_kill_do_not_stop_a_resume(tmp_path):
     assert path.read_text(encoding="utf-8").splitlines() == records[:2]
 
 
+@pytest.mark.slow
 def test_a_resume_that_cannot_continue_the_stream_names_the_setting(tmp_path, data):
     """Other datasets or weights would make another data order: one line naming what changed,
     exit 2, and the checkpoint left as it was."""

@@ -22,6 +22,8 @@ from helpers import (ENV, REPO, free_port, losses, run_training, traced, train_c
 from train import checkpoint
 from train.export import model_from_checkpoint
 
+pytestmark = pytest.mark.slow  # every test here starts trainer processes
+
 # ZeRO-2, so that each rank saves an optimizer partition of its own; one loader worker per rank
 SECTIONS = {"optim": {"total_steps": 12}, "deepspeed": {"zero_stage": 2},
             "data": {"micro_batch_size": 2, "num_workers": 1}, "run": {"checkpoint_every": 4}}

@@ -76,6 +76,7 @@ def test_report(bench, megabyte, capsys, tmp_path):
     assert "MFU" in out and len(result["top"]) == args.top
 
 
+@pytest.mark.slow
 def test_the_trainer_engine_step_has_zero_gradient_hooks_and_its_optimizer_step(bench):
     """--deepspeed 2: the trainer's engine in a world of one (a process of its own: it joins a
     process group). DeepSpeed's hooks copy each gradient into its buckets inside AccumulateGrad,

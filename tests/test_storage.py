@@ -432,6 +432,7 @@ def test_trainer_refuses_a_bad_dataset_url_before_training(data, tmp_path, capsy
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_short_training_run_from_s3(data, s3, tmp_path):
     config = tmp_path / "config.toml"
     config.write_text("\n".join([

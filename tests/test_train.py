@@ -105,6 +105,7 @@ def test_the_paper_recipe_fills_what_the_optim_section_does_not_set():
 # one process
 
 
+@pytest.mark.slow
 def test_single_process_trains_checkpoints_and_resumes_bit_exactly(tmp_path, data):
     (tmp_path / "whole").mkdir()
     run_training(write_config(tmp_path / "whole", data["text"]))
@@ -134,6 +135,7 @@ def test_single_process_trains_checkpoints_and_resumes_bit_exactly(tmp_path, dat
     assert traced(run_dir) == traced(tmp_path / "whole" / "run")  # nothing repeated or skipped
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly(tmp_path, data):
     config = write_config(tmp_path, data["text"], optim={"total_steps": 100000},
                           run={"checkpoint_every": 0})
@@ -156,6 +158,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, data):
 # two ranks through the deepspeed launcher
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_two_ranks_match_one_process(tmp_path, data, stage):
     """The data order is global: one process with 2 workers and 2 accumulated micro-batches of 2
@@ -175,6 +178,7 @@ def test_two_ranks_match_one_process(tmp_path, data, stage):
     assert sorted(traced(tmp_path / "one" / "run")) == sorted(traced(tmp_path / "two" / "run"))
 
 
+@pytest.mark.slow
 def test_two_ranks_resume_after_sigkill(tmp_path, data):
     (tmp_path / "whole").mkdir()
     (tmp_path / "killed").mkdir()
@@ -202,6 +206,7 @@ def test_two_ranks_resume_after_sigkill(tmp_path, data):
 # export, generate, eval, plot
 
 
+@pytest.mark.slow
 def test_export_generate_eval_and_plot(tmp_path, data, capsys):
     config = write_config(tmp_path, data["text"], validation=data["val"], deepspeed={"zero_stage": 3},
                           optim={"total_steps": 4}, run={"eval_every": 2})
