@@ -30,11 +30,13 @@ import json
 import math
 import re
 import sys
-from dataclasses import dataclass, field
+import typing
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 from pipeline.format.errors import UsageError
-from train.config import ConfigError, TrainConfig, load_config, read_toml, resolve_shipped
+from train.config import (ConfigError, TrainConfig, check_fields, check_types, load_config, read_toml,
+                          resolve_shipped)
 
 SHIPPED_SUITES = Path(__file__).parent / "suites"
 # train config keys the comparison sets for every run; a suite may not set them
@@ -52,21 +54,23 @@ class RunSpec:
 
 @dataclass
 class Suite:
+    """A suite file's keys are these fields (but `path`, the file itself; [set] fills `overrides`);
+    those without a default are required. Ranges are in the fields' metadata (train.config)."""
     path: Path
-    title: str
     train: str
     validation: str
     out_dir: Path
-    budget_flops: float  # 0 when the budget is in minutes
-    budget_minutes: float  # 0 when the budget is in FLOPs
-    overrides: dict[str, object]
     runs: list[RunSpec]
+    title: str = ""  # "": the file's name
+    budget_flops: float = 0.0  # 0 when the budget is in minutes
+    budget_minutes: float = 0.0  # 0 when the budget is in FLOPs
+    overrides: dict[str, object] = field(default_factory=dict, metadata={"key": "set"})
     config: str = "tiny-cpu"
-    generate_bytes: int = 8192
-    curve_points: int = 8
-    curve_batches: int = 16
+    generate_bytes: int = field(default=8192, metadata={"least": 1})
+    curve_points: int = field(default=8, metadata={"least": 1})
+    curve_batches: int = field(default=16, metadata={"least": 1})
     launcher: list[str] = field(default_factory=lambda: [sys.executable])
-    ranks: int = 1
+    ranks: int = field(default=1, metadata={"least": 1})
 
     def run_dir(self, run: RunSpec) -> Path:
         return self.out_dir / "runs" / run.name
@@ -103,12 +107,9 @@ class Suite:
         return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-# top-level keys and their types; REQUIRED ones have no default (Suite has the others')
-KEYS = {"title": str, "train": str, "validation": str, "out_dir": str, "budget_flops": (int, float),
-        "budget_minutes": (int, float), "config": str, "set": dict, "runs": list, "generate_bytes": int,
-        "curve_points": int, "curve_batches": int, "launcher": list, "ranks": int}
-REQUIRED = ("train", "validation", "out_dir", "runs")
-OPTIONAL = ("config", "generate_bytes", "curve_points", "curve_batches", "launcher", "ranks")
+# a suite file's keys → the Suite fields they fill
+KEYS = {f.metadata.get("key", f.name): f for f in fields(Suite) if f.name != "path"}
+REQUIRED = [key for key, f in KEYS.items() if f.default is MISSING and f.default_factory is MISSING]
 
 
 def load_suite(name: str) -> Suite:
@@ -127,18 +128,16 @@ def build_suite(path: Path, raw: dict) -> Suite:
     budget = raw[budgets[0]]
     if not (math.isfinite(budget) and budget > 0):
         raise UsageError(f"{path}: {budgets[0]} = {budget}: the budget must be above 0")
-    for key in ("generate_bytes", "curve_points", "curve_batches", "ranks"):
-        if raw.get(key, 1) < 1:
-            raise UsageError(f"{path}: {key} = {raw[key]}: must be at least 1")
     if not all(isinstance(part, str) and part for part in raw.get("launcher", ["python"])):
         raise UsageError(f"{path}: launcher = {raw['launcher']!r}: a list of words, e.g. [\"deepspeed\", "
                          "\"--num_gpus\", \"8\"]")
-    optional = {key: raw[key] for key in OPTIONAL if key in raw}
-    suite = Suite(path=path, title=raw.get("title") or path.stem, train=raw["train"],
-                  validation=raw["validation"], out_dir=Path(raw["out_dir"]),
+    values = {KEYS[key].name: value for key, value in raw.items()}
+    values.update(title=raw.get("title") or path.stem, out_dir=Path(raw["out_dir"]),
                   budget_flops=float(raw.get("budget_flops", 0)), budget_minutes=float(raw.get("budget_minutes", 0)),
                   overrides=flat_keys(path, "set", raw.get("set", {})),
-                  runs=[build_run(path, index, entry) for index, entry in enumerate(raw["runs"])], **optional)
+                  runs=[build_run(path, index, entry) for index, entry in enumerate(raw["runs"])])
+    suite = Suite(path=path, **values)
+    check_fields(f"{path}: ", suite)
     if not suite.runs:
         raise UsageError(f"{path}: no runs: add at least one [[runs]] table with a name and a preset")
     names = [run.name for run in suite.runs]
@@ -155,15 +154,13 @@ def check_top_level(path: Path, raw: dict) -> None:
     missing = [key for key in REQUIRED if key not in raw]
     if missing:
         raise UsageError(f"{path}: {missing[0]} is missing")
-    for key, value in raw.items():
-        kind = KEYS[key]
-        if isinstance(value, bool) or not isinstance(value, kind):
-            raise UsageError(f"{path}: {key} = {value!r}: expected {type_name(kind)}")
+    check_types(f"{path}: ", {key: file_type(f.type) for key, f in KEYS.items()}, raw)
 
 
-def type_name(kind) -> str:
-    names = {str: "a string", int: "an integer", dict: "a table", list: "a list", (int, float): "a number"}
-    return names[kind]
+def file_type(kind) -> type:
+    """The type of a suite file's value for a field of type `kind`: a path is a string, a list or
+    a table just that (their items are checked where they are read: build_run, flat_keys)."""
+    return str if kind is Path else typing.get_origin(kind) or kind
 
 
 def flat_keys(path: Path, where: str, table: dict) -> dict[str, object]:

@@ -14,11 +14,16 @@
 a value of another type than its field's, numbers out of range, missing datasets, an output
 directory that is a file and batch sizes that do not divide are ConfigError: one line naming the
 key and saying what to change.
+
+Each section is a dataclass: its fields are the keys, their types the types a value must have, and
+a field's metadata holds its range beside it (check_fields): {"least": x} (at least x), {"above":
+x}, {"most": x}, every bounded number finite; {"choices": (...)} for a setting of a few values.
 """
 
 import dataclasses
 import json
 import math
+import operator
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -56,21 +61,24 @@ RECIPES = {
 @dataclass
 class OptimConfig:
     recipe: str = ""  # "paper": start from RECIPES["paper"]; "" = the defaults below
-    lr: float = 2e-3  # peak learning rate
+    lr: float = field(default=2e-3, metadata={"above": 0})  # peak learning rate
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
-    eps: float = 1e-8
-    weight_decay: float = 0.1  # on matrices only, not on norms, biases or embeddings
-    grad_clip: float = 1.0
-    warmup_steps: int = 100  # linear warm-up from 0
-    schedule: str = "cosine"  # after warm-up: "cosine" or "linear" decay to min_lr_ratio·lr, or "constant"
-    min_lr_ratio: float = 0.1
-    total_steps: int = 1000  # optimizer steps of the whole run
+    eps: float = field(default=1e-8, metadata={"above": 0})
+    # on matrices only, not on norms, biases or embeddings
+    weight_decay: float = field(default=0.1, metadata={"least": 0})
+    grad_clip: float = field(default=1.0, metadata={"least": 0})
+    warmup_steps: int = field(default=100, metadata={"least": 0})  # linear warm-up from 0
+    # after warm-up: "cosine" or "linear" decay to min_lr_ratio·lr, or "constant"
+    schedule: str = field(default="cosine", metadata={"choices": ("cosine", "linear", "constant")})
+    min_lr_ratio: float = field(default=0.1, metadata={"least": 0, "most": 1})  # a fraction of lr
+    total_steps: int = field(default=1000, metadata={"least": 1})  # optimizer steps of the whole run
 
 
 @dataclass
 class DeepSpeedSection:
-    zero_stage: int = 2  # 0 (plain data parallel), 1, 2 or 3
-    precision: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU), "bf16" or "fp32"
+    zero_stage: int = field(default=2, metadata={"choices": (0, 1, 2, 3)})  # 0: plain data parallel
+    # "auto" (bf16 on GPU, fp32 on CPU), "bf16" or "fp32"
+    precision: str = field(default="auto", metadata={"choices": ("auto", "bf16", "fp32")})
     offload_optimizer: bool = False  # ZeRO-Offload of optimizer states to CPU memory
     offload_param: bool = False  # parameters to CPU memory too (ZeRO-3 only)
     config_file: str = ""  # a raw DeepSpeed JSON: used as the base; batch sizes come from [data]
@@ -80,12 +88,15 @@ class DeepSpeedSection:
 class RunConfig:
     out_dir: str = "runs/default"  # checkpoints, metrics.jsonl, TensorBoard events, resolved config
     seed: int = 1234
-    checkpoint_every: int = 500  # optimizer steps; 0 = only at the end (and on SIGTERM/SIGINT)
-    keep_last: int = 3  # checkpoints kept; older ones are pruned
-    eval_every: int = 500  # optimizer steps; 0 = only at the end
-    eval_batches: int = 0  # validation batches per rank per evaluation; 0 = the whole set
-    log_every: int = 10
-    max_minutes: float = 0.0  # stop (with a checkpoint) after this wall time; 0 = no limit
+    # optimizer steps; 0 = only at the end (and on SIGTERM/SIGINT)
+    checkpoint_every: int = field(default=500, metadata={"least": 0})
+    keep_last: int = field(default=3, metadata={"least": 1})  # checkpoints kept; older ones are pruned
+    eval_every: int = field(default=500, metadata={"least": 0})  # optimizer steps; 0 = only at the end
+    # validation batches per rank per evaluation; 0 = the whole set
+    eval_batches: int = field(default=0, metadata={"least": 0})
+    log_every: int = field(default=10, metadata={"least": 1})
+    # stop (with a checkpoint) after this wall time; 0 = no limit
+    max_minutes: float = field(default=0.0, metadata={"least": 0})
     progress: bool = True  # progress bar on rank 0
     trace_batches: bool = False  # write OUT/trace/rank-R.jsonl: a hash of every sequence trained on
     compile: bool = False  # torch.compile each transformer block (BENCHMARKS.md: no gain measured at 350M)
@@ -94,13 +105,6 @@ class RunConfig:
 SECTIONS = {"optim": OptimConfig, "deepspeed": DeepSpeedSection, "run": RunConfig}
 # [data] is the loader's config, less these settings: each is stated once, in the section named
 DATA_FROM = {"seq_len": "model.seq_len", "patch_size": "model.patch_size", "seed": "run.seed"}
-
-# The least value of each numeric setting; POSITIVE ones must be above 0. Every one is finite.
-# ([data]'s ranges are checked by the LoaderConfig itself.)
-LEAST = {"optim.weight_decay": 0, "optim.grad_clip": 0, "optim.warmup_steps": 0, "optim.total_steps": 1,
-         "run.checkpoint_every": 0, "run.keep_last": 1, "run.eval_every": 0, "run.eval_batches": 0,
-         "run.log_every": 1, "run.max_minutes": 0}
-POSITIVE = ("optim.lr", "optim.eps")
 
 
 @dataclass
@@ -132,7 +136,7 @@ class TrainConfig:
         sections = {name: build_section(name, kind, values[name]) for name, kind in SECTIONS.items()}
         model_fields = dict(raw.get("model", {}))
         preset = model_fields.pop("preset", "tiny")
-        check_types("model", MegaByteConfig, model_fields)
+        check_types("model.", field_types(MegaByteConfig), model_fields)
         if preset not in PRESETS:
             raise ConfigError(f"model.preset {preset!r} is not a preset; choose one of {sorted(PRESETS)}")
         try:
@@ -144,36 +148,17 @@ class TrainConfig:
         config.check()
         return config
 
-    def setting(self, name: str):
-        """The value of "section.key"."""
-        section, key = name.split(".")
-        return getattr(getattr(self, section), key)
-
     def check(self) -> None:
-        """Ranges and combinations (the types are checked when the sections are built)."""
+        """Ranges and combinations (the types are checked when the sections are built; [data]'s
+        ranges by the LoaderConfig itself)."""
         data, optim = self.data, self.optim
-        for name, least in LEAST.items():
-            value = self.setting(name)
-            if not (math.isfinite(value) and value >= least):
-                raise ConfigError(f"{name} = {value}: must be at least {least}")
-        for name in POSITIVE:
-            value = self.setting(name)
-            if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"{name} = {value}: must be above 0")
-        if not 0 <= optim.min_lr_ratio <= 1:
-            raise ConfigError(f"optim.min_lr_ratio = {optim.min_lr_ratio}: must be 0 to 1 "
-                              "(a fraction of optim.lr)")
+        for name in SECTIONS:
+            check_fields(f"{name}.", getattr(self, name))
         if len(optim.betas) != 2 or not all(0 <= beta < 1 for beta in optim.betas):
             raise ConfigError(f"optim.betas = {optim.betas}: two numbers from 0 to below 1, "
                               "e.g. [0.9, 0.98]")
         if not data.datasets:
             raise ConfigError("data.datasets is empty: list at least one converted dataset directory")
-        choices = {"optim.schedule": (self.optim.schedule, ("cosine", "linear", "constant")),
-                   "deepspeed.precision": (self.deepspeed.precision, ("auto", "bf16", "fp32")),
-                   "deepspeed.zero_stage": (self.deepspeed.zero_stage, (0, 1, 2, 3))}
-        for name, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise ConfigError(f"{name} = {value!r}: choose one of {list(allowed)}")
         if self.deepspeed.offload_param and self.deepspeed.zero_stage != 3:
             raise ConfigError("deepspeed.offload_param needs deepspeed.zero_stage = 3")
 
@@ -211,7 +196,7 @@ def build_data_section(values: dict, model: MegaByteConfig, run: RunConfig) -> L
         raise ConfigError(f"data.{stated[0]} is {DATA_FROM[stated[0]]}: set it there (one value "
                           "for the model and the loader)")
     check_keys("data", LoaderConfig, values, exclude=set(DATA_FROM))
-    check_types("data", LoaderConfig, values)
+    check_types("data.", field_types(LoaderConfig), values)
     try:
         return LoaderConfig(**values, seq_len=model.seq_len, patch_size=model.patch_size, seed=run.seed)
     except (ValueError, TypeError) as error:
@@ -235,19 +220,47 @@ def with_recipe(optim: dict) -> dict:
 
 def build_section(name: str, kind, values: dict):
     check_keys(name, kind, values)
-    check_types(name, kind, values)
+    check_types(f"{name}.", field_types(kind), values)
     return kind(**values)
 
 
-def check_types(section: str, kind, values: dict) -> None:
-    """Each known key of `values` holds a value of its dataclass field's type (an int will do for
-    a float, a bool will not do for a number); ConfigError naming the key, the value and the type."""
-    for f in dataclasses.fields(kind):
-        value = values.get(f.name)
-        if f.name in values and not has_type(value, f.type):
-            expected = str(f.type) if typing.get_origin(f.type) else f.type.__name__  # list[str], int
-            raise ConfigError(f"{section}.{f.name} = {value!r}: expected {expected}, "
-                              f"not {type(value).__name__}")
+def field_types(kind) -> dict[str, type]:
+    """A dataclass's field names → their types."""
+    return {f.name: f.type for f in dataclasses.fields(kind)}
+
+
+def check_types(where: str, types: dict[str, type], values: dict) -> None:
+    """Each key of `values` that `types` names holds a value of that type (an int will do for a
+    float, a bool will not do for a number); ConfigError naming the key (after `where`, e.g.
+    "optim."), the value and the type."""
+    for key, kind in types.items():
+        value = values.get(key)
+        if key in values and not has_type(value, kind):
+            expected = str(kind) if typing.get_origin(kind) else kind.__name__  # list[str], int
+            raise ConfigError(f"{where}{key} = {value!r}: expected {expected}, not {type(value).__name__}")
+
+
+# a field's metadata key → (holds(value, bound), what it says)
+RANGES = {"least": (operator.ge, "at least {}"), "above": (operator.gt, "above {}"),
+          "most": (operator.le, "at most {}")}
+
+
+def check_fields(where: str, config) -> None:
+    """Each field of a dataclass instance is in the range its metadata declares (see the module's
+    docstring); ConfigError naming the key (after `where`, e.g. "optim."), the value and the range."""
+    for f in dataclasses.fields(config):
+        value, bounds = getattr(config, f.name), f.metadata
+        if "choices" in bounds and value not in bounds["choices"]:
+            raise ConfigError(f"{where}{f.name} = {value!r}: choose one of {list(bounds['choices'])}")
+        ranges = {key: bound for key, bound in bounds.items() if key in RANGES}
+        if ranges and not (math.isfinite(value) and all(RANGES[key][0](value, bound) for key, bound in ranges.items())):
+            raise ConfigError(f"{where}{f.name} = {value}: must be {range_text(ranges)}")
+
+
+def range_text(ranges: dict) -> str:
+    if ranges.keys() == {"least", "most"}:
+        return f"{ranges['least']} to {ranges['most']}"
+    return " and ".join(RANGES[key][1].format(bound) for key, bound in ranges.items())
 
 
 def has_type(value, kind) -> bool:
