@@ -13,7 +13,8 @@ import zstandard
 from loader_datasets import write_shards
 from pipeline.format.errors import DataError
 from pipeline.format.files import file_sha256
-from pipeline.format.reader import iter_members, scan_index
+from pipeline.format.member_index import scan_index
+from pipeline.format.reader import iter_members
 from pipeline.format.manifest import Manifest, ShardInfo, load_manifest, member_index_name
 from pipeline.format.shards import tar_member
 from pipeline.load.loader import LoaderConfig, build_train_loader, build_validation_loader

@@ -9,8 +9,9 @@ import pytest
 import zstandard
 
 from pipeline.format.errors import DataError
+from pipeline.format.member_index import read_member_index, read_members_at, scan_index
 from pipeline.format.reader import (check_shard, decode_payload, iter_members, iter_metas, iter_shard,
-                                    parse_meta, read_member_index, read_members_at, scan_index)
+                                    parse_meta)
 from pipeline.format.shards import ShardWriter, tar_member
 from helpers import write_shard
 

@@ -17,9 +17,9 @@ from pipeline.format import storage
 from pipeline.format.errors import DataError, UsageError
 from pipeline.format.files import file_sha256
 from pipeline.format.manifest import sample_bound
+from pipeline.format.member_index import read_member_index, scan_index
 from pipeline.format.reader import (check_shard, dataset_shards, has_checksum, iter_members, iter_metas,
-                                    iter_sample_members, read_chunks, read_member_index, read_meta,
-                                    scan_index)
+                                    iter_sample_members, read_chunks, read_meta)
 
 
 def list_shards(paths) -> list[dict]:

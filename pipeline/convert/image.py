@@ -35,7 +35,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.convert.inputs import expand_sources
-from pipeline.convert.samples import FileItem, Sample, SkipInput, TaskResult, batch_files, run_file_batch, sample_key
+from pipeline.convert.samples import (FileItem, Sample, SkipInput, TaskResult, batch_files, run_file_batch,
+                                      sample_key)
 from pipeline.format.errors import UsageError
 from pipeline.convert.labels import Label, LabelMap, NO_LABEL, build_label_map, folder_labels, read_label_file
 

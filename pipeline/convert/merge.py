@@ -22,7 +22,8 @@ from pipeline.format.files import (HashingWriter, file_sha256, publish, temporar
                                    write_bytes_atomically)
 from pipeline.format.manifest import (INDEX_NAME, Manifest, ShardInfo, load_manifest, member_index_name,
                                       shard_name)
-from pipeline.format.reader import check_shard, read_member_index
+from pipeline.format.member_index import read_member_index
+from pipeline.format.reader import check_shard
 
 
 def merge_parts(part_dirs: list[Path], out: Path) -> Manifest:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import zstandard
 
-from pipeline.convert.samples import FileItem, Sample, SkipInput, TaskResult, batch_files, run_file_batch, sample_key
+from pipeline.convert.samples import (FileItem, Sample, SkipInput, TaskResult, batch_files, run_file_batch,
+                                      sample_key)
 
 COMPRESSION_SUFFIXES = (".gz", ".zst", ".xz")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")

@@ -20,7 +20,8 @@ import os
 from pathlib import Path
 
 from pipeline.format.cache import cache_from_env
-from pipeline.format.remote import RemoteFile, Stat, StorageError, error_line, remote_call, remote_stat, url_name
+from pipeline.format.remote import (RemoteFile, Stat, StorageError, error_line, remote_call, remote_stat,
+                                    url_name)
 
 SCHEMES = ("s3://", "gs://", "gcs://", "http://", "https://")
 

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.format.errors import DataError
-from pipeline.format.reader import read_member_index, scan_index
 from pipeline.format.manifest import sample_bound
+from pipeline.format.member_index import read_member_index, scan_index
 
 log = logging.getLogger("megabyte.loader")
 

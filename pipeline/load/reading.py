@@ -29,9 +29,10 @@ from dataclasses import dataclass
 
 from pipeline.format import storage
 from pipeline.format.errors import DataError
-from pipeline.format.reader import (check_shard, decode_payload, iter_members, iter_metas, parse_meta,
-                                    read_members_at, sample_error, unreadable)
 from pipeline.format.manifest import ShardInfo, sample_bound
+from pipeline.format.member_index import read_members_at
+from pipeline.format.reader import (check_shard, decode_payload, iter_members, iter_metas, parse_meta,
+                                    sample_error, unreadable)
 from pipeline.load.packing import Tokens, placeholder
 
 log = logging.getLogger("megabyte.loader")
