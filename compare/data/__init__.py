@@ -1,0 +1,1 @@
+"""The real corpora of `megabyte compare`: pinned public archives → converted datasets."""
