@@ -253,7 +253,8 @@ def check_fields(where: str, config) -> None:
         if "choices" in bounds and value not in bounds["choices"]:
             raise ConfigError(f"{where}{f.name} = {value!r}: choose one of {list(bounds['choices'])}")
         ranges = {key: bound for key, bound in bounds.items() if key in RANGES}
-        if ranges and not (math.isfinite(value) and all(RANGES[key][0](value, bound) for key, bound in ranges.items())):
+        holds = all(RANGES[key][0](value, bound) for key, bound in ranges.items())
+        if ranges and not (math.isfinite(value) and holds):
             raise ConfigError(f"{where}{f.name} = {value}: must be {range_text(ranges)}")
 
 
