@@ -15,7 +15,7 @@ import torch
 from tools.cli import main as cli
 from train.config import load_config
 
-from helpers import (ENV, REPO, losses, make_dataset, run_training, traced, train_command,
+from helpers import (ENV, REPO, TINY_MODEL, losses, run_training, traced, train_command,
                      write_config)
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ reached inside the sample, so a cursor (sample, offset, carry) says exactly wher
 """
 
 import base64
-import math
 
 import numpy as np
 import torch
