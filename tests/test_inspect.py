@@ -85,7 +85,7 @@ def test_verify_checks_the_member_indexes(dataset, capsys):
     entry = manifest["shards"][0]
     index_path = dataset / (entry["name"] + ".idx")
     rows = np.frombuffer(index_path.read_bytes(), dtype="<i8").copy()
-    rows[2] += 1  # the first sample's length
+    rows[2] -= 1  # the first sample's length, still within the shard's longest
     index_path.write_bytes(rows.tobytes())
     assert main(["inspect", "verify", str(dataset)]) == 1
     assert "member index is corrupt or was replaced" in capsys.readouterr().err

@@ -2,8 +2,10 @@
 
     part manifests ──check_parts──▶ the complete set 0/n … n-1/n, converted with the same arguments
       ──▶ merged manifest: their shards renumbered NAME-000000.tar… in part order
+      ──read_member_index──▶ every shard's member index, checked (sha256, rows), before anything
+      │                      is written
       ──prepare_output──▶ an empty directory, or one an interrupted merge of the same parts left
-      ──place_shard──▶ each shard's member index copied (checked against its sha256), then the
+      ──place_shard──▶ each shard's member index written, then the
       │               shard hard-linked (same filesystem) or copied and checked against its
       │               sha256, under a temporary name then renamed: a shard file is whole or absent
       ──▶ index.json, written last
@@ -38,12 +40,15 @@ def merge_parts(part_dirs: list[Path], out: Path) -> Manifest:
             placements.append((Path(directory) / info.name, info, new_name))
             merged.shards.append(ShardInfo(**{**vars(info), "name": new_name}))
         merged.skipped.extend(manifest.skipped)
+    # every member index read and checked before anything is written: a lying one stops the
+    # merge with nothing made
+    indexes = [read_member_index(source, info) if info.index_sha256 is not None else None
+               for source, info, _ in placements]
     if prepare_output(out, merged):
         return merged
     try:
-        for source, info, new_name in placements:
-            if info.index_sha256 is not None:  # first, as a converter publishes a shard
-                index = read_member_index(source, info)
+        for (source, info, new_name), index in zip(placements, indexes):
+            if index is not None:  # first, as a converter publishes a shard
                 write_bytes_atomically(out / member_index_name(new_name), index.tobytes())
             place_shard(source, info, out / new_name)
         merged.save(out)

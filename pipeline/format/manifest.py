@@ -20,8 +20,10 @@ Invariants:
 - names read back from a shard or a manifest become file names (render, merge), so they follow
   fixed patterns, checked where they are read: keys KEY_PATTERN, dataset names NAME_PATTERN,
   shard files SHARD_PATTERN;
-- the counts of a shard entry bound what a reader allocates (sample_bound); a field that older
-  versions of the format did not write is None, and readers fall back as sample_bound does.
+- the counts of a shard entry bound what a reader allocates (sample_bound), and are bounded by
+  the shard's size (check_counts), itself checked against the file before it is read; a field
+  that older versions of the format did not write is None, and readers fall back as
+  sample_bound does.
 
 pipeline.format.shards writes shards; pipeline.format.reader reads them back.
 """
@@ -46,6 +48,11 @@ PAYLOAD_NAMES = {"zstd": "bin.zst", "none": "bin"}
 # no separator or "..": keys name rendered files); at most 90 bytes, so that every member name
 # fits a ustar header's 100
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,90}")
+MIN_SAMPLE_BYTES = 1024  # a sample's members take at least two 512-byte headers
+# the most bytes of byte stream one stored byte can stand for: a zstd RLE block (3-byte header
+# and the byte) makes 128 KiB; a raw member makes one
+MAX_RATIO = (128 << 10) // 4
+MAX_COUNT = 1 << 60  # no count of a manifest or a member index reaches it (int64 sums never overflow)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}")  # a dataset name: NAME of NAME-000000.tar
 SHARD_PATTERN = re.compile(rf"(?!.*\.\.)({NAME_PATTERN.pattern})-[0-9]{{6,}}\.tar")
 
@@ -114,12 +121,28 @@ class ShardInfo:
         check_shard_name(info.name)
         counts = [info.samples, info.payload_bytes, info.file_bytes]
         counts += [] if info.max_sample_bytes is None else [info.max_sample_bytes]
-        if not all(type(count) is int and count >= 0 for count in counts):
-            raise ValueError(f"shard {info.name}: samples and byte counts must be non-negative integers")
+        if not all(type(count) is int and 0 <= count < MAX_COUNT for count in counts):
+            raise ValueError(f"shard {info.name}: samples and byte counts must be integers in 0..2^60")
+        check_counts(info)
         for digest in (info.sha256, info.index_sha256 or ""):
             if not isinstance(digest, str):
                 raise ValueError(f"shard {info.name}: sha256 {digest!r} is not a hex digest")
         return info
+
+
+def check_counts(info: ShardInfo) -> None:
+    """What a shard entry claims must fit the shard's file_bytes (itself checked against the file
+    by every reader before it reads): each sample takes at least two member headers, and no
+    byte stream is more than MAX_RATIO times the bytes that store it."""
+    if info.samples * MIN_SAMPLE_BYTES > info.file_bytes:
+        raise ValueError(f"shard {info.name}: {info.samples} samples cannot fit in "
+                         f"{info.file_bytes} bytes")
+    if info.payload_bytes > MAX_RATIO * info.file_bytes:
+        raise ValueError(f"shard {info.name}: {info.payload_bytes} payload bytes cannot come from "
+                         f"{info.file_bytes} bytes")
+    if info.max_sample_bytes is not None and info.max_sample_bytes > info.payload_bytes:
+        raise ValueError(f"shard {info.name}: its longest sample ({info.max_sample_bytes} bytes) is "
+                         f"longer than all its samples ({info.payload_bytes})")
 
 
 @dataclass
