@@ -16,13 +16,20 @@ $(BIN)/megabyte: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
+# DeepSpeed compiles its CPU communication op (a shared-memory all-reduce for the ranks of one
+# machine) on first use, about a minute: built here once per virtualenv, not inside a test.
+$(VENV)/.cpu-comm-op: $(BIN)/megabyte
+	DS_ACCELERATOR=cpu $(BIN)/python -c "from deepspeed.accelerator import get_accelerator; \
+	get_accelerator().create_op_builder('ShareMemCommBuilder').load()"
+	touch $@
+
 .PHONY: setup demo test test-fast
 setup: $(BIN)/megabyte
 
 demo: setup
 	$(BIN)/megabyte demo
 
-test: setup
+test: setup $(VENV)/.cpu-comm-op
 	DS_ACCELERATOR=cpu $(BIN)/python -m pytest -q tests
 
 test-fast: setup

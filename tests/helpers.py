@@ -1,6 +1,6 @@
 """What several test files share: small datasets made on the spot, the tiny trainer config, and the
-ways a test starts real trainer processes (one process, or two ranks through torchrun or the
-`deepspeed` launcher), reads what they wrote and checks one-line errors."""
+ways a test starts real trainer processes (forked from this one, or the command lines themselves),
+reads what they wrote and checks one-line errors."""
 
 import json
 import os
@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import zstandard
+
+import forked
 
 from pipeline.convert.driver import ConvertOptions, convert
 from pipeline.convert.text import TextConverter
@@ -125,18 +127,20 @@ def train_flags(config: Path, extra=()) -> list[str]:
     return ["--config", str(config), *[f"--set={s}" for s in (*TINY_MODEL, *extra)]]
 
 
-def train_command(config: Path, ranks: int = 1, extra=(), launcher: str = "torchrun") -> list[str]:
-    """The command that trains `config` on `ranks` local ranks. Two ranks start through torchrun
-    (about 3 s a launch), or through the `deepspeed` launcher (`launcher="deepspeed"`, about 6 s,
-    and the one that builds DeepSpeed's CPU communication op) where the launcher is under test."""
+def train_command(config: Path, ranks: int = 1, extra=()) -> list[str]:
+    """`python -m train.main` on one rank, the `deepspeed` launcher on several: the command lines
+    themselves, for the tests whose subject they are."""
     flags = train_flags(config, extra)
     if ranks == 1:
         return [sys.executable, "-m", "train.main", *flags]
-    if launcher == "deepspeed":
-        return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
-                "--master_port", str(free_port()), "--module", "train.main", *flags]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks),
-            "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "train.main", *flags]
+    return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
+            "--master_port", str(free_port()), "--module", "train.main", *flags]
+
+
+def start_training(config: Path, ranks: int = 1, extra=()) -> forked.Forked:
+    """Train `config` on `ranks` ranks in processes forked from this one (tests/forked.py), in a
+    process group of their own."""
+    return forked.start(["-m", "train.main", *train_flags(config, extra)], ENV, ranks, free_port())
 
 
 def free_port() -> int:
@@ -145,11 +149,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_training(config: Path, ranks: int = 1, extra=(), timeout: int = 300, launcher: str = "torchrun"):
-    result = subprocess.run(train_command(config, ranks, extra, launcher), cwd=REPO, env=ENV,
-                            timeout=timeout, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+def finish(process: forked.Forked, timeout: int = 300) -> forked.Forked:
+    """Wait for `process` (killing its group past `timeout`); it must have exited with 0."""
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    return process
+
+
+def run_training(config: Path, ranks: int = 1, extra=(), timeout: int = 300) -> forked.Forked:
+    return finish(start_training(config, ranks, extra), timeout)
 
 
 def losses(run_dir: Path) -> list[float]:
@@ -165,11 +178,11 @@ def traced(run_dir: Path) -> list[str]:
     return hashes
 
 
-def wait_for_steps(process: subprocess.Popen, run_dir: Path, steps: int) -> None:
+def wait_for_steps(process: forked.Forked, run_dir: Path, steps: int) -> None:
     """Wait until the run in `process` has logged `steps` training steps (it must stay alive)."""
     deadline = time.time() + 240
     while not (run_dir / "metrics.jsonl").exists() or len(losses(run_dir)) < steps:
-        assert process.poll() is None and time.time() < deadline, process.stderr.read()[-2000:]
+        assert process.poll() is None and time.time() < deadline, process.stderr[-2000:]
         time.sleep(0.05)
 
 

@@ -5,15 +5,14 @@ and the steps after each resume match an uninterrupted 2-rank run."""
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from pipeline.format.errors import UsageError
-from helpers import ENV, REPO, TINY_MODEL, free_port, make_dataset, run_training, write_config
+import forked
+from helpers import ENV, REPO, TINY_MODEL, finish, free_port, make_dataset, run_training, write_config
 from train import checkpoint, reshard
 from train.config import load_config
 from train.export import model_from_checkpoint
@@ -25,12 +24,7 @@ def run_elastic(config: Path, ranks: int, until: int, extra=()) -> str:
     """tests/elastic_run.py on `ranks` processes; its stderr."""
     script = [str(REPO / "tests" / "elastic_run.py"), "--config", str(config),
               *[f"--set={s}" for s in TINY_MODEL], "--until", str(until), *extra]
-    launcher = [] if ranks == 1 else ["-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
-                                      "--master_port", str(free_port())]
-    result = subprocess.run([sys.executable, *launcher, *script], cwd=REPO, env=ENV, timeout=300,
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stderr
+    return finish(forked.start(script, ENV, ranks, free_port())).stderr
 
 
 def steps(run_dir: Path) -> dict[int, dict]:

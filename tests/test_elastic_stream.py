@@ -5,14 +5,13 @@ identity over the whole run holds each sequence of the stream exactly once, in o
 import json
 import os
 import signal
-import subprocess
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
-from helpers import ENV, REPO, losses, make_dataset, run_training, train_command, write_config
+from helpers import losses, make_dataset, run_training, start_training, write_config
 
 pytestmark = pytest.mark.slow  # every test here starts trainer processes
 
@@ -34,15 +33,13 @@ def train_until_sigterm(config: Path, run_dir: Path, ranks: int, extra: list[str
     """Train until `after` more steps are logged, SIGTERM the whole process group (launcher, ranks,
     loader workers), and return the step it saved at."""
     done = len(losses(run_dir)) if (run_dir / "metrics.jsonl").exists() else 0
-    process = subprocess.Popen(train_command(config, ranks, extra), cwd=REPO, env=ENV,
-                               start_new_session=True, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    process = start_training(config, ranks, extra)
     deadline = time.time() + 240
     while not (run_dir / "metrics.jsonl").exists() or len(losses(run_dir)) < done + after:
-        assert process.poll() is None and time.time() < deadline, process.stdout.read()[-3000:]
+        assert process.poll() is None and time.time() < deadline, (process.stdout + process.stderr)[-3000:]
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGTERM)  # the launcher exits non-zero then, whatever its ranks did
-    output = process.communicate(timeout=180)[0]
+    output = "".join(process.communicate(timeout=180))
     latest = (run_dir / "checkpoints" / "latest").read_text().strip()
     assert (run_dir / "checkpoints" / latest / "COMPLETE").is_file(), output[-3000:]
     return int(latest.removeprefix("step-"))

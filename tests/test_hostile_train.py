@@ -7,7 +7,6 @@ import errno
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -23,12 +22,7 @@ from train.config import load_config
 from train.loop import reachable_steps
 from train.state import RunState
 
-from helpers import ENV, REPO, TINY_MODEL, losses, run_training, train_command, wait_for_steps, write_config
-
-
-def start_in_own_session(config) -> subprocess.Popen:
-    return subprocess.Popen(train_command(config), cwd=REPO, env=ENV, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+from helpers import TINY_MODEL, losses, run_training, start_training, wait_for_steps, write_config
 
 
 @pytest.mark.slow
@@ -38,7 +32,7 @@ def test_group_sigterm_with_workers_saves_exits_0_and_resumes(tmp_path, data):
     run_dir = tmp_path / "run"
     saved = 0
     for attempt in range(3):
-        process = start_in_own_session(config)
+        process = start_training(config)
         wait_for_steps(process, run_dir, saved + 2)
         os.killpg(process.pid, signal.SIGTERM)  # the trainer and its loader workers, all at once
         stderr = process.communicate(timeout=120)[1]
@@ -64,7 +58,7 @@ def test_group_sigterm_during_validation_saves_and_exits_0(tmp_path, data):
     workers leave the group's SIGTERM to the trainer too."""
     config = write_config(tmp_path, data["text"], validation=data["text"], data={"num_workers": 2},
                           optim={"total_steps": 100000}, run={"checkpoint_every": 0, "eval_every": 1})
-    process = start_in_own_session(config)
+    process = start_training(config)
     wait_for_steps(process, tmp_path / "run", 2)
     os.killpg(process.pid, signal.SIGTERM)
     stderr = process.communicate(timeout=120)[1]
@@ -72,12 +66,12 @@ def test_group_sigterm_during_validation_saves_and_exits_0(tmp_path, data):
     assert (tmp_path / "run" / "checkpoints" / "latest").is_file()
 
 
-def freeze_during_a_save(process: subprocess.Popen, root: Path) -> Path:
+def freeze_during_a_save(process, root: Path) -> Path:
     """Stop the run's process group (SIGSTOP) while a checkpoint after step 1 is half written:
     files in it, no COMPLETE yet; returns that folder."""
     deadline = time.time() + 240
     while True:
-        assert process.poll() is None and time.time() < deadline, process.stderr.read()[-2000:]
+        assert process.poll() is None and time.time() < deadline, process.stderr[-2000:]
         partial = [folder for folder in root.glob("step-*") if not (folder / checkpoint.MARKER).exists()]
         if partial and partial[0].name > "step-000001":
             os.killpg(process.pid, signal.SIGSTOP)
@@ -92,7 +86,7 @@ def freeze_during_a_save(process: subprocess.Popen, root: Path) -> Path:
 def test_a_save_killed_half_way_is_never_taken_for_a_complete_one(tmp_path, data):
     config = write_config(tmp_path, data["text"], optim={"total_steps": 100000}, run={"checkpoint_every": 1})
     root = tmp_path / "run" / "checkpoints"
-    process = start_in_own_session(config)
+    process = start_training(config)
     half = freeze_during_a_save(process, root)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
@@ -184,9 +178,8 @@ def test_training_resumes_from_the_newest_intact_checkpoint(tmp_path, data):
     # none intact: one line, exit 2
     for folder in (run_dir / "checkpoints").glob("step-*"):
         next(folder.glob("*model_states.pt")).unlink()
-    failed = subprocess.run(train_command(config), cwd=REPO, env=ENV, capture_output=True, text=True,
-                            timeout=300)
-    assert failed.returncode == 2 and "no intact checkpoint" in failed.stderr
+    failed = start_training(config)
+    assert failed.wait(timeout=300) == 2 and "no intact checkpoint" in failed.stderr
     assert "Traceback" not in failed.stderr
 
 
@@ -335,9 +328,8 @@ def test_a_resume_that_cannot_continue_the_stream_names_the_setting(tmp_path, da
     before = sorted(p.name for p in folder.iterdir())
     for change, words in [(f'data.datasets=["{data["text"]}", "{data["val"]}"]', "saved with other datasets"),
                           ("run.seed=8", "saved with other seed")]:
-        result = subprocess.run(train_command(config, extra=[change]), cwd=REPO, env=ENV, timeout=300,
-                                capture_output=True, text=True)
-        assert result.returncode == 2, result.stderr[-2000:]
+        result = start_training(config, extra=[change])
+        assert result.wait(timeout=300) == 2, result.stderr[-2000:]
         errors = [line for line in result.stderr.splitlines() if "error:" in line]
         assert len(errors) == 1 and words in errors[0], result.stderr[-2000:]
         assert "Traceback" not in result.stderr

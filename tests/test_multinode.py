@@ -1,9 +1,10 @@
 """Two nodes on one machine: the deepspeed launcher in its no-ssh mode, started once per node as
-SLURM's srun would (README, Training on several nodes), each node a process tree of its own with
+SLURM's srun would (docs/training.md, Several nodes), each node a process tree of its own with
 one rank on 127.0.0.1. The run equals one node with two ranks; SLURM's SIGUSR1 sent to every
 process of one node (its launcher, rank and loader worker) stops both ranks at the same step with
-a checkpoint, and the run resumes from it. Two ranks on one node stopped by a group SIGTERM three
-times in a row resume each time and end as a run never stopped."""
+a checkpoint, and the run resumes from it. Two ranks on one node through the launcher (which
+builds DeepSpeed's CPU communication op on its first run on a machine) stopped by a group SIGTERM
+three times in a row resume each time and end as a run never stopped."""
 
 import json
 import os

@@ -2,10 +2,10 @@
 
 import argparse
 import os
-import subprocess
-import sys
 
 import pytest
+
+import forked
 
 from model.flops import count_flops
 
@@ -84,10 +84,9 @@ def test_the_trainer_engine_step_has_zero_gradient_hooks_and_its_optimizer_step(
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
-    result = subprocess.run([sys.executable, bench.__file__, "--preset", "tiny", "--device", "cpu",
-                             "--batch-size", "2", "--warmup", "1", "--set", "seq_len=64", "dropout=0",
-                             "--deepspeed", "2"], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = forked.start([bench.__file__, "--preset", "tiny", "--device", "cpu", "--batch-size", "2",
+                           "--warmup", "1", "--set", "seq_len=64", "dropout=0", "--deepspeed", "2"], env)
+    assert result.wait(timeout=300) == 0, result.stderr[-2000:]
     rows = {line[:26].strip(): line[26:].split() for line in result.stdout.splitlines()}
     assert "DeepSpeed ZeRO-2 (the trainer engine)" in result.stdout
     for part in (bench.GLOBAL, bench.LOCAL, bench.OPTIMIZER, bench.GRADIENTS):
