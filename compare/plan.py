@@ -32,6 +32,7 @@ from train.config import TrainConfig
 from train.windows import predicted_per_window
 
 MIN_STEPS = 50  # half a step of rounding is then at most 1% of the budget
+MAX_STEPS = 10**9  # a budget buying more is a typo (1e308), not a plan
 TIMED_STEPS = 5  # budget_minutes: training steps timed per model (the median counts),
 WARM_UP_SECONDS = 1.0  # after at least this long of untimed ones: a fresh process's first steps are slow
 
@@ -49,8 +50,9 @@ class RunPlan:
         return self.flops_per_byte * self.positions_per_step
 
 
-def plan_suite(suite: Suite) -> dict[str, RunPlan]:
-    """Every run's plan: from OUT/plan.json where it was made before, else made now (and saved)."""
+def plan_suite(suite: Suite, save: bool = True) -> dict[str, RunPlan]:
+    """Every run's plan: from OUT/plan.json where it was made before, else made now (and saved,
+    unless `save` is False: `--plan`, a dry run, writes nothing)."""
     path = suite.out_dir / "plan.json"
     saved = read_plan(path)
     plans = {}
@@ -64,6 +66,8 @@ def plan_suite(suite: Suite) -> dict[str, RunPlan]:
                              "data, budget, config or the run changed since): choose another out_dir, or "
                              f"remove {suite.run_dir(run)} and its entry in {path}")
         plans[run.name] = old or plan_run(suite, run, config, fingerprint)
+    if not save:
+        return plans
     suite.out_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps({name: asdict(plan) for name, plan in plans.items()}, indent=1) + "\n"
     write_text_atomically(path, text, on_error="usage")
@@ -87,15 +91,26 @@ def plan_run(suite: Suite, run: RunSpec, config: TrainConfig, fingerprint: str) 
     positions = config.data.batch_size * predicted_per_window(config.model)
     plan = RunPlan(0, training_flops_per_byte(config.model), positions, fingerprint)
     if suite.budget_flops:
-        plan.steps = round(suite.budget_flops / plan.flops_per_step)
+        steps = suite.budget_flops / plan.flops_per_step
+        if steps > MAX_STEPS:
+            raise too_many_steps(suite, run, steps)
+        plan.steps = round(steps)
         if plan.steps < MIN_STEPS:
             raise UsageError(f"run {run.name!r}: budget_flops = {suite.budget_flops:.3g} buys {plan.steps} "
                              f"steps of {plan.flops_per_step:.3g} FLOPs; at least {MIN_STEPS} are needed "
                              f"(raise it to {MIN_STEPS * plan.flops_per_step:.3g}, or shrink data.batch_size)")
     else:
         plan.seconds_per_step = time_step(config, suite.ranks)
-        plan.steps = max(1, int(60 * suite.budget_minutes / plan.seconds_per_step))
+        steps = 60 * suite.budget_minutes / plan.seconds_per_step
+        if steps > MAX_STEPS:
+            raise too_many_steps(suite, run, steps)
+        plan.steps = max(1, int(steps))
     return plan
+
+
+def too_many_steps(suite: Suite, run: RunSpec, steps: float) -> UsageError:
+    return UsageError(f"{suite.path}: run {run.name!r}: {suite.budget_text()} buys {steps:.3g} steps, more "
+                      f"than the {MAX_STEPS:,} a run may plan: lower the budget")
 
 
 def time_step(config: TrainConfig, ranks: int) -> float:

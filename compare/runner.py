@@ -7,9 +7,10 @@
               measure (compare/measure.py) → OUT/runs/NAME/result.json
     then OUT/results.json, OUT/results.md and OUT/curves.png from every run's result
 
-A SIGINT or SIGTERM while a run trains reaches the trainer (Ctrl-C reaches the whole process
-group; a SIGTERM sent to this process alone is passed on), which saves a checkpoint and exits;
-this process then stops too, with the line that says how to continue: the same command.
+A SIGINT, SIGTERM or SIGUSR1 while a run trains reaches the trainer (Ctrl-C reaches the whole
+process group; one sent to this process alone is passed on), which saves a checkpoint and exits;
+this process then stops too (Interrupted, exit code 130: not an error), with the line that says
+where it stood and how to continue: the same command.
 """
 
 import json
@@ -22,13 +23,16 @@ from compare.measure import measure_run
 from compare.plan import RunPlan, plan_suite
 from compare.suite import RunSpec, Suite
 from compare.wall import add_launch
-from pipeline.format.errors import UsageError
+from pipeline.format.errors import Interrupted, UsageError
 from pipeline.format.files import write_text_atomically
 from train import checkpoint
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)  # the trainer's (train.loop.StopRequest)
+
+
 class RunStopped(UsageError):
-    """A run's trainer stopped before its last step (a signal, or it failed)."""
+    """A run's trainer stopped before its last step without being asked to (it failed)."""
 
     exit_code = 130
 
@@ -71,16 +75,18 @@ def train(suite: Suite, run: RunSpec, plan: RunPlan) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     add_launch(run_dir, time.perf_counter() - started)
     step = trained_steps(run_dir)
-    if process.returncode != 0 or received or step < plan.steps:
-        why = (f"{signal.Signals(received).name} received" if received
-               else f"its trainer exited with {process.returncode}" if process.returncode else "it was stopped")
+    if received:
+        raise Interrupted(f"run {run.name!r} interrupted ({signal.Signals(received).name}) at step {step} "
+                          f"of {plan.steps}: rerun the same command to continue")
+    if process.returncode != 0 or step < plan.steps:
+        why = f"its trainer exited with {process.returncode}" if process.returncode else "it was stopped"
         raise RunStopped(f"run {run.name!r}: {why} at step {step} of {plan.steps}; rerun the same command "
                          "to continue from its last checkpoint")
 
 
 def wait_passing_signals(process: subprocess.Popen) -> int | None:
-    """Wait for the trainer; a SIGINT or SIGTERM meanwhile is passed on to it (not acted on here,
-    so that it can save). Returns the signal received, if any."""
+    """Wait for the trainer; a SIGINT, SIGTERM or SIGUSR1 meanwhile is passed on to it (not acted on
+    here, so that it can save). Returns the signal received, if any."""
     received = []
 
     def pass_on(signum, frame):
@@ -88,7 +94,7 @@ def wait_passing_signals(process: subprocess.Popen) -> int | None:
         if process.poll() is None:
             process.send_signal(signum)
 
-    previous = {sig: signal.signal(sig, pass_on) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, pass_on) for sig in STOP_SIGNALS}
     try:
         process.wait()
     finally:

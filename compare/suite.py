@@ -14,7 +14,7 @@
     [set]                                 # keys of the train config, for every run
     "model.seq_len" = 512
     [[runs]]
-    name = "megabyte"                     # letters, digits, '.', '_', '-'
+    name = "megabyte"                     # letters, digits, '_', '-' (it names OUT/runs/NAME)
     preset = "tiny"
     set = { "model.dropout" = 0.0 }       # this run's own keys, over [set]
 
@@ -28,13 +28,13 @@ Everything is checked before anything trains: a bad suite is one UsageError line
 import hashlib
 import json
 import math
-import re
 import sys
 import typing
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 from pipeline.format.errors import UsageError
+from pipeline.format.manifest import KEY_PATTERN
 from train.config import (ConfigError, TrainConfig, check_fields, check_types, load_config, read_toml,
                           resolve_shipped)
 
@@ -42,7 +42,7 @@ SHIPPED_SUITES = Path(__file__).parent / "suites"
 # train config keys the comparison sets for every run; a suite may not set them
 OWNED_KEYS = ("data.datasets", "data.validation", "optim.total_steps", "run.out_dir", "run.eval_every",
               "run.eval_batches", "run.checkpoint_every", "run.max_minutes")
-RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")
+RUN_NAME = KEY_PATTERN  # a run's name follows the rule of a sample's key: no dot, no separator
 
 
 @dataclass
@@ -66,11 +66,11 @@ class Suite:
     budget_minutes: float = 0.0  # 0 when the budget is in FLOPs
     overrides: dict[str, object] = field(default_factory=dict, metadata={"key": "set"})
     config: str = "tiny-cpu"
-    generate_bytes: int = field(default=8192, metadata={"least": 1})
-    curve_points: int = field(default=8, metadata={"least": 1})
-    curve_batches: int = field(default=16, metadata={"least": 1})
+    generate_bytes: int = field(default=8192, metadata={"least": 1, "most": 2**24})
+    curve_points: int = field(default=8, metadata={"least": 1, "most": 1000})
+    curve_batches: int = field(default=16, metadata={"least": 1, "most": 10**6})
     launcher: list[str] = field(default_factory=lambda: [sys.executable])
-    ranks: int = field(default=1, metadata={"least": 1})
+    ranks: int = field(default=1, metadata={"least": 1, "most": 2**20})
 
     def run_dir(self, run: RunSpec) -> Path:
         return self.out_dir / "runs" / run.name
@@ -197,7 +197,7 @@ def build_run(path: Path, index: int, entry) -> RunSpec:
         if not isinstance(entry.get(key), str):
             raise UsageError(f"{path}: {where}: {key} is missing (a string)")
     if not RUN_NAME.fullmatch(entry["name"]):
-        raise UsageError(f"{path}: {where}: name {entry['name']!r}: letters, digits, '.', '_' and '-' "
+        raise UsageError(f"{path}: {where}: name {entry['name']!r}: 1-90 letters, digits, '_' and '-' "
                          "only (it names a folder)")
     overrides = entry.get("set", {})
     if not isinstance(overrides, dict):

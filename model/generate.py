@@ -26,7 +26,8 @@ def check_generation(max_new_bytes: int, temperature: float = 1.0, top_k: int | 
                      top_p: float | None = None, seed: int | None = None, keep: int | None = None,
                      context: int | None = None) -> None:
     """ValueError, saying what to change, for arguments that make no sense: the one check of
-    generation arguments, for `generate` and for `megabyte generate` before it loads a model.
+    generation arguments for callers of `generate` (`megabyte generate` checks its flags' ranges
+    as it parses them, tools/arguments.py).
     keep is checked against the context when both are given."""
     if max_new_bytes < 1:
         raise ValueError(f"cannot generate {max_new_bytes} bytes: ask for at least 1")

@@ -33,28 +33,39 @@ def save_weights(model: nn.Module, path, extra: dict | None = None) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
-def load_weights(path, device: str = "cpu") -> tuple[nn.Module, dict]:
-    """(model in eval mode, metadata); the model class follows the stored config."""
-    from model import build_model  # model/__init__ imports this module
+def refusal(path, reason) -> ValueError:
+    return ValueError(f"{path}: not a megabyte model file ({reason})")
 
-    def refuse(reason) -> ValueError:
-        return ValueError(f"{path}: not a megabyte model file ({reason})")
 
+def read_header(path) -> tuple[MegaByteConfig, dict]:
+    """(model config, metadata) from the file's header alone: no tensor is read, so arguments can
+    be checked against the model before it is loaded."""
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
     except OSError as error:
         raise ValueError(f"{path}: cannot read it ({error.strerror or error})") from None
     except SafetensorError as error:
-        raise refuse(f"not a whole safetensors file: {error}") from None
+        raise refusal(path, f"not a whole safetensors file: {error}") from None
     if metadata.get("format") != FORMAT:
-        raise refuse(f"no {FORMAT!r} metadata")
+        raise refusal(path, f"no {FORMAT!r} metadata")
     try:
-        model = build_model(MegaByteConfig.from_dict(json.loads(metadata["config"])))
+        return MegaByteConfig.from_dict(json.loads(metadata["config"])), metadata
     except (KeyError, ValueError, TypeError) as error:
-        raise refuse(f"its model config is unusable: {error}") from None
+        raise refusal(path, f"its model config is unusable: {error}") from None
+
+
+def load_weights(path, device: str = "cpu") -> tuple[nn.Module, dict]:
+    """(model in eval mode, metadata); the model class follows the stored config."""
+    from model import build_model  # model/__init__ imports this module
+
+    config, metadata = read_header(path)
+    try:
+        model = build_model(config)
+    except (ValueError, TypeError) as error:
+        raise refusal(path, f"its model config is unusable: {error}") from None
     try:
         load_model(model, str(path), device=device)
     except (SafetensorError, RuntimeError) as error:  # missing, unexpected or misshapen tensors
-        raise refuse(f"its tensors do not fit its config: {textwrap.shorten(str(error), 200)}") from None
+        raise refusal(path, f"its tensors do not fit its config: {textwrap.shorten(str(error), 200)}") from None
     return model.eval(), metadata

@@ -1,6 +1,8 @@
 """`megabyte compare`: budgets, resumable runs, results, and bad suites refused before training."""
 
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -9,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from compare.plan import plan_run
+from compare.plan import plan_run, plan_suite
+from compare.runner import trained_steps
 from compare.suite import SHIPPED_SUITES, build_suite, load_suite
 from pipeline.format.errors import UsageError
 from helpers import ENV, REPO, make_dataset, write_config
@@ -92,21 +95,36 @@ def test_a_rerun_skips_finished_runs(finished, data, tmp_path, capsys):
     assert json.loads(before)["runs"] == json.loads((finished / "results.json").read_text())["runs"]
 
 
+def interrupt(suite: Path, run_dir: Path, after_step: int, sig: signal.Signals, group: bool) -> int:
+    """Start the comparison, send it `sig` once `run_dir` has a checkpoint past `after_step` (to its
+    whole process group, as Ctrl-C or a scheduler does, or to it alone); check its last line: an
+    interruption, not an error. Returns the step of that checkpoint."""
+    process = subprocess.Popen(compare_command(suite), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while trained_steps(run_dir) <= after_step:
+        assert process.poll() is None and time.time() < deadline, process.stderr.read()[-2000:]
+        time.sleep(0.05)
+    if group:
+        os.killpg(process.pid, sig)  # the comparison and its trainer, at once
+    else:
+        process.send_signal(sig)  # the comparison alone: it passes the signal on to the trainer
+    assert process.wait(timeout=120) == 130
+    err = process.stderr.read()
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and re.fullmatch(
+        rf"megabyte compare: run '{run_dir.name}' interrupted \({sig.name}\) at step (\d+) of (\d+): "
+        "rerun the same command to continue", last), err
+    return int(re.search(r"at step (\d+)", last).group(1))
+
+
 @pytest.mark.slow
 def test_an_interrupted_comparison_continues_to_the_same_results(finished, data, tmp_path):
     suite = write_suite(tmp_path / "suite.toml", data, tmp_path / "out")
-    process = subprocess.Popen(compare_command(suite), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
-    checkpoints = tmp_path / "out" / "runs" / "deep" / "checkpoints"  # the second run
-    deadline = time.time() + 300
-    while not any(checkpoints.glob("step-*/COMPLETE")):
-        assert process.poll() is None and time.time() < deadline, process.stderr.read()[-2000:]
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)  # to the comparison alone: it passes it on to the trainer
-    assert process.wait(timeout=120) == 130
-    error = process.stderr.read().strip().splitlines()[-1]
-    assert error.startswith("megabyte compare: error: run 'deep': SIGTERM received at step ")
-    assert error.endswith("rerun the same command to continue from its last checkpoint")
+    runs = tmp_path / "out" / "runs"
+    interrupt(suite, runs / "megabyte", 0, signal.SIGUSR1, group=True)  # SLURM's pre-emption warning
+    step = interrupt(suite, runs / "deep", 0, signal.SIGTERM, group=False)
+    interrupt(suite, runs / "deep", step, signal.SIGTERM, group=True)
     assert not (tmp_path / "out" / "results.json").exists()
 
     again = subprocess.run(compare_command(suite), cwd=REPO, env=ENV, capture_output=True, text=True,
@@ -116,7 +134,7 @@ def test_an_interrupted_comparison_continues_to_the_same_results(finished, data,
     resumed = json.loads((tmp_path / "out" / "results.json").read_text())["runs"]
     reference = json.loads((finished / "results.json").read_text())["runs"]
     assert [{k: run[k] for k in FIXED} for run in resumed] == [{k: run[k] for k in FIXED} for run in reference]
-    assert len(json.loads((tmp_path / "out" / "runs" / "deep" / "compare-wall.json").read_text())) == 2
+    assert len(json.loads((tmp_path / "out" / "runs" / "deep" / "compare-wall.json").read_text())) == 3
 
 
 @pytest.mark.parametrize("change, message", [
@@ -180,14 +198,15 @@ def test_every_shipped_suite_plans_each_run():
             assert plan.steps * plan.flops_per_step == pytest.approx(suite.budget_flops, rel=0.01)
 
 
-def test_a_wall_clock_budget_is_planned_from_timed_steps(data, tmp_path, capsys):
-    suite = write_suite(tmp_path / "suite.toml", data, tmp_path / "out", budget="budget_minutes = 0.5")
-    assert cli(["compare", str(suite), "--plan"]) == 0
+def test_a_wall_clock_budget_is_planned_from_timed_steps(data, tmp_path):
+    suite = load_suite(str(write_suite(tmp_path / "suite.toml", data, tmp_path / "out",
+                                       budget="budget_minutes = 0.5")))
+    plan_suite(suite)  # as a real run plans: saved in OUT/plan.json
     plan = json.loads((tmp_path / "out" / "plan.json").read_text())
     for name in ("megabyte", "deep"):
         seconds = plan[name]["seconds_per_step"]
         assert seconds > 0 and plan[name]["steps"] == max(1, int(30 / seconds))
     assert not (tmp_path / "out" / "runs").exists()
     # planned once: a second look reuses the timing rather than measuring again
-    assert cli(["compare", str(suite), "--plan"]) == 0
+    plan_suite(suite)
     assert json.loads((tmp_path / "out" / "plan.json").read_text()) == plan

@@ -6,8 +6,11 @@ the file mode of exported weights."""
 import dataclasses
 import io
 import json
+import logging
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -19,7 +22,7 @@ from model import PRESETS, build_model, generate
 from model.weights import save_weights
 from tools.cli import main as cli
 
-from helpers import error_line
+from helpers import ENV, REPO, error_line, free_port
 from train.windows import dataset_streams, dataset_ids, eval_modes, evaluate_streams
 
 CONFIG = dataclasses.replace(PRESETS["tiny"], seq_len=64, global_dim=64, global_heads=2, local_dim=32,
@@ -46,27 +49,38 @@ def files(tmp_path_factory):
 # megabyte generate: arguments checked before the model is loaded, and by the library as well
 
 
+def refused(argv: list[str], capsys) -> str:
+    """Run the command, which must refuse with exit code 2 (returned, or argparse's SystemExit for
+    a flag out of its range) and one stderr line; returns that line."""
+    try:
+        code = cli(argv)
+    except SystemExit as stop:
+        code = stop.code
+    assert code == 2, argv
+    return error_line(capsys)
+
+
 @pytest.mark.parametrize("flags, message", [
-    (["--bytes", "-1"], "cannot generate -1 bytes: ask for at least 1"),
-    (["--bytes", "0"], "cannot generate 0 bytes"),
-    (["--temperature", "-1"], "temperature -1.0: must be 0 (greedy) or above"),
-    (["--temperature", "nan"], "temperature nan: must be 0 (greedy) or above"),
-    (["--temperature", "inf"], "temperature inf"),
-    (["--top-k", "0"], "top-k 0: must be at least 1"),
-    (["--top-k", "-5"], "top-k -5: must be at least 1"),
-    (["--top-p", "0"], "top-p 0.0: must be above 0 and at most 1"),
-    (["--top-p", "1.5"], "top-p 1.5: must be above 0 and at most 1"),
-    (["--top-p", "nan"], "top-p nan"),
-    (["--seed", "-1"], "seed -1: must be 0 to 2**64 - 1"),
+    (["--bytes", "-1"], "argument --bytes: -1: must be 1 to 16,777,216"),
+    (["--bytes", "0"], "argument --bytes: 0: must be 1 to"),
+    (["--bytes", "99999999999999999999"], "argument --bytes: 99999999999999999999: must be 1 to"),
+    (["--bytes", "1e3"], "argument --bytes: '1e3' is not an integer"),
+    (["--temperature", "-1"], "argument --temperature: -1: must be at least 0"),
+    (["--temperature", "nan"], "argument --temperature: nan: must be at least 0"),
+    (["--temperature", "inf"], "argument --temperature: inf"),
+    (["--top-k", "0"], "argument --top-k: 0: must be at least 1"),
+    (["--top-k", "-5"], "argument --top-k: -5: must be at least 1"),
+    (["--top-p", "0"], "argument --top-p: 0: must be above 0 and at most 1"),
+    (["--top-p", "1.5"], "argument --top-p: 1.5: must be above 0 and at most 1"),
+    (["--top-p", "nan"], "argument --top-p: nan"),
+    (["--seed", "-1"], "argument --seed: -1: must be 0 to 18,446,744,073,709,551,615"),
     (["--keep", "0.3"], "--keep is the fraction of --prompt-image kept as the prompt: give --prompt-image"),
-    (["--prompt-image", "x.png", "--keep", "2"], "--keep 2.0: the fraction of the picture kept must be at "
-                                                  "least 0 and below 1"),
-    (["--prompt-image", "x.png", "--keep", "1"], "--keep 1.0"),
-    (["--prompt-image", "x.png", "--keep", "-0.5"], "--keep -0.5"),
+    (["--prompt-image", "x.png", "--keep", "2"], "argument --keep: 2: must be at least 0 and below 1"),
+    (["--prompt-image", "x.png", "--keep", "1"], "argument --keep: 1: must be at least 0 and below 1"),
+    (["--prompt-image", "x.png", "--keep", "-0.5"], "argument --keep: -0.5"),
 ])
 def test_generate_refuses_arguments_that_make_no_sense(tmp_path, capsys, flags, message):
-    assert cli(["generate", "--model", MISSING_MODEL, *flags]) == 2
-    line = error_line(capsys)
+    line = refused(["generate", "--model", MISSING_MODEL, *flags], capsys)
     assert line.startswith("megabyte generate: error: ") and message in line, line
 
 
@@ -143,13 +157,13 @@ def test_a_file_that_is_not_a_megabyte_model_is_one_line_naming_it(files, tmp_pa
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
-    (["--max-bytes", "-1"], "--max-bytes -1: must be at least 0 (0 = all of it)"),
+    (["--batch-size", "0"], "argument --batch-size: 0: must be 1 to 65,536"),
+    (["--max-bytes", "-1"], "argument --max-bytes: -1: must be at least 0"),
+    (["--sliding", "0"], "argument --sliding: 0: must be at least 1"),
     (["--device", "nonsense"], "--device nonsense: not a torch device"),
 ])
 def test_eval_refuses_arguments_before_loading_the_model(files, capsys, flags, message):
-    assert cli(["eval", MISSING_MODEL, "--data", str(files["data"]), *flags]) == 2
-    assert message in error_line(capsys)
+    assert message in refused(["eval", MISSING_MODEL, "--data", str(files["data"]), *flags], capsys)
 
 
 def test_eval_refuses_data_that_is_missing_or_has_nothing_to_score(files, tmp_path, capsys):
@@ -281,3 +295,157 @@ def test_saved_weights_follow_the_umask(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.safetensors").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "b.safetensors").stat().st_mode) == 0o600
+
+
+# ---------------------------------------------------------------------------------------------
+# every number a command reads has a range, checked before any work starts and before any output
+# folder exists
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["convert", "text", "F", "--out", "O", "--level", "99"], "argument --level: 99: must be 1 to 22"),
+    (["convert", "text", "F", "--out", "O", "--workers", "0"], "argument --workers: 0: must be 1 to 1,024"),
+    (["convert", "image", "F", "--out", "O", "--size", "0"], "argument --size: 0: must be 1 to 8,192"),
+    (["convert", "image", "F", "--out", "O", "--size", "64", "--max-pixels", "-1"], "argument --max-pixels"),
+    (["convert", "audio", "F", "--out", "O", "--sample-rate", "0"], "argument --sample-rate: 0"),
+    (["convert", "audio", "F", "--out", "O", "--clip-seconds", "nan"], "argument --clip-seconds: nan: must be "
+                                                                        "above 0 and at most 1,000,000"),
+    (["inspect", "stats", "D", "--max-samples", "0"], "argument --max-samples: 0: must be at least 1"),
+    (["inspect", "show", "D", "--index", "-1"], "argument --index: -1: must be at least 0"),
+    (["inspect", "show", "D", "--bytes", "-1"], "argument --bytes: -1: must be at least 0"),
+    (["inspect", "render", "D", "--out", "O.png", "--count", "0"], "argument --count: 0: must be 1 to 4,096"),
+    (["inspect", "render", "D", "--out", "O.png", "--scale", "100000"], "argument --scale: 100000: must be 1 to 16"),
+    (["inspect", "render", "D", "--out", "O.png", "--columns", "x"], "argument --columns: 'x' is not an integer"),
+])
+def test_numbers_out_of_range_are_refused_before_any_work(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "F").write_text("a document\n")
+    line = refused(argv, capsys)
+    assert line.startswith(f"megabyte {' '.join(argv[:2])}: error: {message}"), line
+    assert listing(tmp_path) == ["F"]  # no O/ left behind
+
+
+# ---------------------------------------------------------------------------------------------
+# megabyte compare: a suite's names and numbers are checked; a dry run writes nothing
+
+
+def write_suite(folder, data, out_dir, budget="budget_flops = 1e12", run_name="megabyte", extra=()):
+    suite = folder / "suite.toml"
+    suite.write_text("\n".join([f'train = "{data}"', f'validation = "{data}"', f'out_dir = "{out_dir}"',
+                                budget, *extra, '[set]', '"model.seq_len" = 64', '[[runs]]',
+                                f'name = "{run_name}"', 'preset = "tiny"']) + "\n")
+    return suite
+
+
+def test_a_dry_run_plans_and_writes_nothing(files, tmp_path, capsys):
+    out_dir = tmp_path / "etc"  # anywhere at all: a dry run creates nothing there
+    assert cli(["compare", str(write_suite(tmp_path, files["data"], out_dir)), "--plan"]) == 0
+    assert capsys.readouterr().out.startswith("megabyte: ")
+    assert listing(tmp_path) == ["suite.toml"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"run_name": ".."}, "runs[0]: name '..': 1-90 letters, digits, '_' and '-' only"),
+    ({"run_name": "a.b"}, "name 'a.b'"),
+    ({"run_name": ""}, "name ''"),
+    ({"budget": "budget_flops = 1e308"}, "1e+308 training FLOPs buys 1.97e+298 steps, more than the "
+                                         "1,000,000,000 a run may plan: lower the budget"),
+    ({"extra": ["curve_points = 0"]}, "curve_points = 0: must be 1 to 1000"),
+    ({"extra": ["generate_bytes = 1000000000000"]}, "generate_bytes = 1000000000000: must be 1 to 16777216"),
+    ({"extra": ["ranks = -1"]}, "ranks = -1: must be 1 to"),
+    ({"extra": ["curve_batches = 0"]}, "curve_batches = 0: must be 1 to"),
+])
+def test_a_suite_with_a_bad_name_or_number_is_one_line_and_writes_nothing(files, tmp_path, capsys, change,
+                                                                          message):
+    suite = write_suite(tmp_path, files["data"], tmp_path / "out", **change)
+    for flags in ([], ["--plan"]):
+        assert cli(["compare", str(suite), *flags]) == 2
+        line = error_line(capsys)
+        assert line.startswith(f"megabyte compare: error: {suite}: ") and message in line, line
+    assert listing(tmp_path) == ["suite.toml"]
+
+
+# ---------------------------------------------------------------------------------------------
+# arguments are checked against the model's config, read from its file's header, before its
+# weights are loaded
+
+
+def test_arguments_the_model_cannot_take_are_refused_before_its_weights_are_read(files, tmp_path, capsys,
+                                                                                  monkeypatch):
+    import train.export
+
+    transformer = tmp_path / "transformer.safetensors"
+    save_weights(build_model(dataclasses.replace(CONFIG, architecture="transformer", patch_size=1, local_layers=0)),
+                 transformer, {"modality": "text"})
+    monkeypatch.setattr(train.export, "load_any", lambda *a: pytest.fail("the weights were loaded"))
+    for argv, message in [
+        (["eval", str(transformer), "--data", str(files["data"]), "--strided"], "--strided shifts the patch grid"),
+        (["eval", str(files["model"]), "--data", str(files["data"]), "--sliding", "65"], "--sliding 65: the "
+                                                                                         "stride must be 1 to 64"),
+        (["generate", "--model", str(transformer), "--prompt-image", "x.png"], "--prompt-image needs an image model"),
+    ]:
+        assert cli(argv) == 2, argv
+        assert message in error_line(capsys)
+    assert listing(tmp_path) == ["transformer.safetensors"]
+
+
+# ---------------------------------------------------------------------------------------------
+# a reader that goes away, and libraries that talk
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(files):
+    """`megabyte config ... | head`: the pipe is closed before anything is written."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([sys.executable, "-m", "tools.cli", "config", "--config", "tiny-cpu"],
+                                cwd=REPO, env=ENV, stdout=write_end, stderr=subprocess.PIPE, text=True,
+                                timeout=60)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141 and result.stderr == "", result.stderr
+
+
+def test_a_reader_that_goes_away_mid_output_ends_it_quietly(files, monkeypatch, capsys):
+    class ClosedPipe(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert cli(["inspect", "stats", str(files["data"])]) == 141
+    assert capsys.readouterr().err == ""
+
+
+def fresh_logging(monkeypatch) -> None:
+    """Logging as a new process has it: no handler yet (pytest's own, added for the test's call,
+    are set aside until it ends)."""
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    for logger, level in ((root, logging.WARNING), (logging.getLogger("megabyte"), logging.NOTSET)):
+        monkeypatch.setattr(logger, "level", level)
+    root.manager._clear_cache()  # levels were set behind logging's back
+
+
+def test_library_log_lines_do_not_precede_the_one_error_line(tmp_path, monkeypatch, capsys):
+    """convert to an S3 endpoint that refuses connections: botocore's "Found credentials in
+    environment variables." (INFO) stays unsaid."""
+    import s3fs
+
+    import pipeline.format.remote
+
+    fresh_logging(monkeypatch)
+    for name, value in [("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                        ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_MAX_ATTEMPTS", "1"),
+                        ("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")]:
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(pipeline.format.remote, "RETRIES", 1)
+    s3fs.S3FileSystem.clear_instance_cache()
+    (tmp_path / "F").write_text("a document\n")
+    try:
+        assert cli(["convert", "text", str(tmp_path / "F"), "--out", "s3://bucket/text", "--no-progress"]) == 2
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+        logging.getLogger().manager._clear_cache()
+    line = error_line(capsys)
+    assert line.startswith("megabyte convert: error: s3://bucket/text/") and "EndpointConnectionError" in line
+    assert listing(tmp_path) == ["F"]

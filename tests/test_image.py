@@ -269,7 +269,6 @@ def test_files_folders_and_globs_in_any_mix(tmp_path, capsys):
     ("synsets without classes", ["--labels", "{tmp}/synsets.txt"], "needs a class list"),
     ("id out of range", ["--labels", "{tmp}/big.txt", "--classes-from", "{tmp}/train"],
      "label 4 is outside 1..3"),
-    ("bad size", ["--size", "0"], "--size 0"),
     ("both class options", ["--labels", "{tmp}/synsets.txt", "--classes", "{tmp}/c.txt",
                             "--classes-from", "{tmp}/train"], "not both"),
 ])

@@ -20,7 +20,7 @@ def cmd_compare(args) -> int:
 
     suite = load_suite(args.suite)
     if args.plan:
-        for name, plan in plan_suite(suite).items():
+        for name, plan in plan_suite(suite, save=False).items():  # a dry run writes nothing
             print(f"{name}: {plan.steps:,} steps × {plan.flops_per_step:.3g} FLOPs = "
                   f"{plan.steps * plan.flops_per_step:.3g} FLOPs, {plan.steps * plan.positions_per_step:,} bytes")
         return 0

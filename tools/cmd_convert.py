@@ -5,7 +5,6 @@ ConvertOptions): a dataclass keeps each field's default as a class attribute.
 """
 
 import argparse
-import logging
 from pathlib import Path
 
 from pipeline.convert.audio import AudioConverter, AudioSettings, audio_files
@@ -17,6 +16,10 @@ from pipeline.convert.text import TextConverter
 from pipeline.format import storage
 from pipeline.format.audio_codec import ENCODINGS
 from pipeline.format.manifest import PAYLOAD_NAMES
+from tools.arguments import bounded
+
+MAX_SIDE = 8192  # --size: an 8192×8192 image is 192 MiB of bytes, one sample
+MAX_WORKERS = 1024
 
 
 def register(subparsers) -> None:
@@ -37,8 +40,9 @@ def register(subparsers) -> None:
     image.add_argument("sources", nargs="+", metavar="SRC",
                        help="image files, folders (searched recursively) and globs, in any mix; "
                             "one ImageFolder (SRC/<synset>/*.JPEG); or .npz files / a folder of them")
-    image.add_argument("--size", type=int, required=True, metavar="S",
-                       help="side of the stored square images in pixels (the paper: 64, 256, 640)")
+    image.add_argument("--size", type=bounded(int, 1, MAX_SIDE), required=True, metavar="S",
+                       help=f"side of the stored square images in pixels, 1 to {MAX_SIDE} (the paper: "
+                            "64, 256, 640)")
     image.add_argument("--resize", choices=RESIZE_METHODS, default=ImageSettings.resize,
                        help="crop: shorter side to S (antialiased bicubic), centre crop (default); "
                             "box: whole image to S×S with a box filter, as downsampled ImageNet")
@@ -62,7 +66,7 @@ def register(subparsers) -> None:
     image.add_argument("--label-base", type=int, choices=[0, 1], default=1,
                        help="the first integer id in --labels (default: 1, as in ImageNet's ground "
                             "truth; metadata labels are 0-based class indices); .npz labels count from 1")
-    image.add_argument("--max-pixels", type=int, default=ImageSettings.max_pixels, metavar="N",
+    image.add_argument("--max-pixels", type=bounded(int, 1, 2**40), default=ImageSettings.max_pixels, metavar="N",
                        help="Pillow's decompression-bomb limit: images over N pixels warn, over 2·N "
                             f"are skipped (default: Pillow's {ImageSettings.max_pixels:,})")
     add_output_flags(image, default_name="image")
@@ -72,12 +76,12 @@ def register(subparsers) -> None:
                                             "→ mono PCM bytes at one sample rate")
     audio.add_argument("sources", nargs="+", metavar="SRC",
                        help="files, directories (searched recursively) or quoted globs")
-    audio.add_argument("--sample-rate", type=int, default=AudioSettings.sample_rate, metavar="HZ",
+    audio.add_argument("--sample-rate", type=bounded(int, 1, 10**6), default=AudioSettings.sample_rate, metavar="HZ",
                        help=f"target sample rate; others are resampled (default: {AudioSettings.sample_rate})")
     audio.add_argument("--encoding", choices=list(ENCODINGS), default=AudioSettings.encoding,
                        help="pcm16: 16-bit little-endian PCM, the paper's setting; mulaw8: 8-bit µ-law "
                             f"(default: {AudioSettings.encoding})")
-    audio.add_argument("--clip-seconds", type=float, default=AudioSettings.clip_seconds, metavar="SECONDS",
+    audio.add_argument("--clip-seconds", type=bounded(float, above=0, most=10**6), default=AudioSettings.clip_seconds, metavar="SECONDS",
                        help="cut each file into clips this long (the last one shorter), the offset "
                             "recorded (default: one sample per file)")
     add_source_filters(audio, "the endings of audio formats; '*' takes every file")
@@ -122,10 +126,11 @@ def add_output_flags(parser: argparse.ArgumentParser, default_name: str) -> None
     parser.add_argument("--compression", choices=list(PAYLOAD_NAMES), default=ConvertOptions.compression,
                         help="payload compression: zstd (<key>.bin.zst) or none (<key>.bin) "
                              f"(default: {ConvertOptions.compression})")
-    parser.add_argument("--level", type=int, default=ConvertOptions.level,
+    parser.add_argument("--level", type=bounded(int, 1, 22), default=ConvertOptions.level,
                         help=f"zstd level, 1-22 (default: {ConvertOptions.level})")
-    parser.add_argument("--workers", type=int, default=ConvertOptions.workers,
-                        help=f"parallel worker processes; 1 converts in this process (default: {ConvertOptions.workers})")
+    parser.add_argument("--workers", type=bounded(int, 1, MAX_WORKERS), default=ConvertOptions.workers,
+                        help="parallel worker processes; 1 converts in this process "
+                             f"(default: {ConvertOptions.workers})")
     parser.add_argument("--part", default=None, metavar="I/N",
                         help="convert only part I of N (0-based), a deterministic disjoint subset "
                              "of the inputs; join the parts with `convert merge`")
@@ -144,7 +149,6 @@ def output_location(text: str) -> Path | str:
 
 def run_conversion(args, converter, files: list[Path], modality_arguments: dict) -> int:
     """Turn the shared flags into ConvertOptions, run the converter and print a summary."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     part = parse_part(args.part)
     arguments = {
         "modality": converter.modality,

@@ -7,7 +7,11 @@ from pathlib import Path
 
 from tools import inspect, render
 from pipeline.format import storage
-from pipeline.format.errors import DataError, UsageError
+from pipeline.format.errors import DataError
+from tools.arguments import bounded
+
+MAX_RENDERED = 4096  # --count, --columns: samples in one grid
+MAX_SCALE = 16
 
 
 def register(subparsers) -> None:
@@ -24,16 +28,16 @@ def register(subparsers) -> None:
 
     add_verb("ls", "shards with their samples and bytes", cmd_ls)
     stats = add_verb("stats", "totals, sample lengths, byte histogram and entropy", cmd_stats)
-    stats.add_argument("--max-samples", type=int, default=None,
+    stats.add_argument("--max-samples", type=bounded(int, least=1), default=None,
                        help="look at only the first N samples (default: all)")
     add_verb("verify", "check sha256 of every shard and decode every member; exit 1 on any problem",
              cmd_verify)
     show = add_verb("show", "one sample: its metadata and first bytes", cmd_show)
     which = show.add_mutually_exclusive_group()
     which.add_argument("--key", default=None, help="the sample's key")
-    which.add_argument("--index", type=int, default=0,
+    which.add_argument("--index", type=bounded(int, least=0), default=0,
                        help="the sample's position in the dataset, 0-based (default: 0)")
-    show.add_argument("--bytes", type=int, default=512, help="how many leading bytes to print (default: 512)")
+    show.add_argument("--bytes", type=bounded(int, least=0), default=512, help="how many leading bytes to print (default: 512)")
     show.add_argument("--hex", action="store_true", help="print a hexdump instead of text")
     render_verb = add_verb("render", "image samples → one PNG grid, audio samples → WAV files, decoded "
                                      "from the stored bytes", cmd_render)
@@ -41,13 +45,15 @@ def register(subparsers) -> None:
                              help="the PNG to write (images), or a folder for <index>-<key>.wav files (audio; a "
                                   ".wav name for one sample)")
     chosen = render_verb.add_mutually_exclusive_group()
-    chosen.add_argument("--count", type=int, default=16, help="render the first N samples (default: 16)")
+    chosen.add_argument("--count", type=bounded(int, 1, MAX_RENDERED), default=16,
+                        help=f"render the first N samples, 1 to {MAX_RENDERED} (default: 16)")
     chosen.add_argument("--indices", type=index_list, default=None, metavar="I,J,…",
                         help="render the samples at these dataset positions, 0-based, e.g. 0,7,42")
-    render_verb.add_argument("--columns", type=int, default=None,
+    render_verb.add_argument("--columns", type=bounded(int, 1, MAX_RENDERED), default=None,
                              help="images per grid row (default: a near-square grid)")
-    render_verb.add_argument("--scale", type=int, default=1,
-                             help="enlarge each image this many times, nearest neighbour (default: 1)")
+    render_verb.add_argument("--scale", type=bounded(int, 1, MAX_SCALE), default=1,
+                             help=f"enlarge each image this many times (1 to {MAX_SCALE}), nearest "
+                                  "neighbour (default: 1)")
 
 
 def cmd_ls(args) -> int:
@@ -120,8 +126,6 @@ def index_list(text: str) -> list[int]:
 
 
 def cmd_render(args) -> int:
-    if args.count <= 0 or (args.columns is not None and args.columns <= 0) or args.scale <= 0:
-        raise UsageError("--count, --columns and --scale must be positive")
     written, rendered = render.render_samples(args.paths, args.out, args.indices, args.count,
                                               args.columns, args.scale)
     total = inspect.count_samples(args.paths)

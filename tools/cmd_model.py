@@ -11,10 +11,13 @@ from pathlib import Path
 
 from pipeline.format.errors import DataError, UsageError
 from pipeline.format.files import write_atomically
+from tools.arguments import bounded
 from tools.outputs import check_output_file
 
 MODEL_HELP = "an exported .safetensors file, a run directory, or a step-NNNNNN checkpoint folder"
 DEVICE_HELP = "torch device, e.g. cpu or cuda:0 (default: cuda when there is one)"
+MAX_BATCH = 65536  # --batch-size: windows in one forward
+MAX_GENERATED = 2**24  # --bytes: 16 MiB, hours of sampling already
 TRUST_HELP = ("read a checkpoint's DeepSpeed files even if they hold more than plain data (unpickling "
               "them can run code): only for checkpoints you trust")
 
@@ -28,11 +31,12 @@ def register(subparsers) -> None:
     evaluate.add_argument("--strided", action="store_true",
                           help="also strided inference (MegaByte §2.3): a second pass shifted by half a "
                                "patch, each byte scored where it sits in the first half of its patch")
-    evaluate.add_argument("--sliding", type=int, default=None, metavar="STRIDE",
+    evaluate.add_argument("--sliding", type=bounded(int, least=1), default=None, metavar="STRIDE",
                           help="also sliding windows advancing by STRIDE bytes (≤ the context; "
                                "PerceiverAR: ≤ its latents, and latents/2 unless given)")
-    evaluate.add_argument("--batch-size", type=int, default=8, help="windows per forward (default: 8)")
-    evaluate.add_argument("--max-bytes", type=int, default=0,
+    evaluate.add_argument("--batch-size", type=bounded(int, 1, MAX_BATCH), default=8,
+                          help=f"windows per forward, 1 to {MAX_BATCH} (default: 8)")
+    evaluate.add_argument("--max-bytes", type=bounded(int, least=0), default=0,
                           help="score only the first N ids of the dataset; 0 = all of it (default)")
     evaluate.add_argument("--image-order", choices=["raster", "patch"], default=None,
                           help="byte order of images (default: the order the model was trained on)")
@@ -57,17 +61,20 @@ def register(subparsers) -> None:
                         help="raw bytes to continue, as the model reads them")
     prompt.add_argument("--prompt-image", type=Path, default=None,
                         help="image models: a picture whose first --keep fraction of bytes is the prompt")
-    generate.add_argument("--keep", type=float, default=None,
+    generate.add_argument("--keep", type=bounded(float, least=0, below=1), default=None,
                           help="with --prompt-image: fraction of the picture's bytes kept, at least 0 "
                                "and below 1 (default: 0.5)")
-    generate.add_argument("--bytes", type=int, default=512,
-                          help="bytes to generate for text and audio, at least 1 (images: the rest of "
-                               "the picture)")
-    generate.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default: 1.0)")
-    generate.add_argument("--top-k", type=int, default=None, help="sample from the k ≥ 1 likeliest bytes")
-    generate.add_argument("--top-p", type=float, default=None,
+    generate.add_argument("--bytes", type=bounded(int, 1, MAX_GENERATED), default=512,
+                          help=f"bytes to generate for text and audio, 1 to {MAX_GENERATED:,} (images: "
+                               "the rest of the picture)")
+    generate.add_argument("--temperature", type=bounded(float, least=0), default=1.0,
+                          help="0 = greedy (default: 1.0)")
+    generate.add_argument("--top-k", type=bounded(int, least=1), default=None,
+                          help="sample from the k ≥ 1 likeliest bytes")
+    generate.add_argument("--top-p", type=bounded(float, above=0, most=1), default=None,
                           help="nucleus sampling mass, above 0 and at most 1, e.g. 0.95")
-    generate.add_argument("--seed", type=int, default=0, help="sampling seed, 0 to 2**64 - 1 (default: 0)")
+    generate.add_argument("--seed", type=bounded(int, 0, 2**64 - 1), default=0,
+                          help="sampling seed, 0 to 2**64 - 1 (default: 0)")
     generate.add_argument("--out", type=Path, default=None,
                           help="output file: required for image (.png) and audio (.wav) models; "
                                "text goes to stdout unless given")
@@ -84,23 +91,26 @@ def load_model(path: Path, trust: bool):
     return load_any(path, trust)
 
 
+def read_model_header(path: Path):
+    """(model config, metadata) without the weights: what the arguments are checked against."""
+    from train.export import read_model_header
+
+    return read_model_header(path)
+
+
 def cmd_eval(args) -> int:
     from tqdm import tqdm
 
     from train.windows import dataset_ids, dataset_streams, eval_modes, evaluate_streams
 
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
-    if args.max_bytes < 0:
-        raise UsageError(f"--max-bytes {args.max_bytes}: must be at least 0 (0 = all of it)")
     device = pick_device(args.device)
     ids = dataset_ids(args.data, max_ids=args.max_bytes)
     if ids == 0:
         raise DataError(f"{args.data}: the dataset has no bytes to score")
-    # the arguments and the data are fine: now the model
-    model, metadata = load_model(args.model, args.trust_checkpoint)
-    config = model.config
+    config, _ = read_model_header(args.model)
     modes = eval_modes(config, args.strided, args.sliding)
+    # the arguments and the data are fine, for this model too: now its weights
+    model, metadata = load_model(args.model, args.trust_checkpoint)
     order = args.image_order or metadata.get("image_order", "raster")
     with tqdm(total=ids * len(modes), desc="eval", unit="B", unit_scale=True, leave=False,
               disable=True if args.no_progress else None) as bar:  # None: only on a terminal
@@ -155,23 +165,15 @@ def cmd_generate(args) -> int:
     device = pick_device(args.device)
     if args.cuda_graphs and device.type != "cuda":
         raise UsageError(f"--cuda-graphs: needs a CUDA device, and this runs on {device.type} (--device cuda)")
+    check_against_model(args, *read_model_header(args.model))
     model, metadata = load_model(args.model, args.trust_checkpoint)
-    if args.cuda_graphs and not model.decodes_with_cuda_graphs:
-        raise UsageError(f"--cuda-graphs: a {model.config.architecture} model has no local step to capture "
-                         "(megabyte and no_global have)")
     model.to(device)
     modality = metadata.get("modality", "text")
     data_arguments = json.loads(metadata.get("data_arguments", "{}"))
-    if modality in ("image", "audio") and args.out is None:
-        raise UsageError(f"this is an {modality} model: give --out FILE "
-                         f"({'.png' if modality == 'image' else '.wav'})")
     prompt = read_prompt(args, model, modality, data_arguments, metadata)
     if modality == "image":
         size = data_arguments["size"]
         count = size * size * 3 - len(prompt)
-        if size * size * 3 > model.config.seq_len:
-            raise UsageError(f"a {size}×{size} image is {size * size * 3} bytes, more than the "
-                             f"model's context of {model.config.seq_len}")
     else:
         count = args.bytes
     if modality == "audio":
@@ -188,20 +190,33 @@ def cmd_generate(args) -> int:
 
 
 def check_generate_args(args) -> None:
-    """What can be refused without the model, refused before it is loaded."""
-    from model.generate import check_generation
-
-    try:
-        check_generation(args.bytes, args.temperature, args.top_k, args.top_p, args.seed)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+    """What can be refused without the model, refused before it is loaded (the numbers' ranges
+    were checked as they were parsed)."""
     if args.keep is not None and args.prompt_image is None:
         raise UsageError("--keep is the fraction of --prompt-image kept as the prompt: give --prompt-image")
-    if args.keep is not None and not 0 <= args.keep < 1:
-        raise UsageError(f"--keep {args.keep}: the fraction of the picture kept must be at least 0 and "
-                         "below 1 (1 would leave nothing to generate)")
     if args.out is not None:
         check_output_file(args.out, "--out")
+
+
+def check_against_model(args, config, metadata: dict) -> None:
+    """What the model's config and metadata (its file's header) refuse, refused before its weights
+    are loaded."""
+    from model import MODELS
+
+    if args.cuda_graphs and not MODELS[config.architecture].decodes_with_cuda_graphs:
+        raise UsageError(f"--cuda-graphs: a {config.architecture} model has no local step to capture "
+                         "(megabyte and no_global have)")
+    modality = metadata.get("modality", "text")
+    if modality in ("image", "audio") and args.out is None:
+        raise UsageError(f"this is an {modality} model: give --out FILE "
+                         f"({'.png' if modality == 'image' else '.wav'})")
+    if args.prompt_image is not None and modality != "image":
+        raise UsageError("--prompt-image needs an image model")
+    if modality == "image":
+        size = json.loads(metadata.get("data_arguments", "{}"))["size"]
+        if size * size * 3 > config.seq_len:
+            raise UsageError(f"a {size}×{size} image is {size * size * 3} bytes, more than the "
+                             f"model's context of {config.seq_len}")
 
 
 def read_prompt(args, model, modality: str, data_arguments: dict, metadata: dict) -> bytes:
@@ -211,8 +226,6 @@ def read_prompt(args, model, modality: str, data_arguments: dict, metadata: dict
         except OSError as error:
             raise UsageError(f"{args.prompt_file}: cannot read the prompt ({error.strerror})") from None
     if args.prompt_image is not None:
-        if modality != "image":
-            raise UsageError("--prompt-image needs an image model")
         import numpy as np
         from PIL import Image
 

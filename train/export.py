@@ -17,8 +17,8 @@ from unittest import mock
 
 import torch
 
-from model import build_model
-from model.weights import load_weights, save_weights
+from model import MegaByteConfig, build_model
+from model.weights import load_weights, read_header, save_weights
 from pipeline.format.errors import UsageError
 from pipeline.format.files import write_atomically
 from pipeline.format.manifest import load_manifest
@@ -145,7 +145,21 @@ def load_any(path, trust: bool = False) -> tuple[torch.nn.Module, dict]:
     return model, metadata
 
 
-def export_metadata(config: dict, step: int) -> dict:
+def read_model_header(path) -> tuple[MegaByteConfig, dict]:
+    """(model config, metadata but the step) of an exported file or a checkpoint, read without any
+    weights: the tools check their arguments against the model before loading it (load_any)."""
+    path = Path(path)
+    folder = None if path.is_file() else find_checkpoint(path)
+    try:
+        if folder is None:
+            return read_header(path)
+        config = checkpoint.read_config(folder)
+        return stored_model_config(config), export_metadata(config, step=None)
+    except (KeyError, ValueError, TypeError) as error:
+        raise UsageError(str(error) if folder is None else f"{folder}: its config is unusable ({error})") from None
+
+
+def export_metadata(config: dict, step: int | None) -> dict:
     """The checkpoint's step, image order and its data's modality and converter arguments (as
     recorded at training start; read from the datasets for checkpoints saved without them)."""
     media = config.get(MEDIA) or data_metadata(config["data"]["datasets"])

@@ -16,6 +16,13 @@ class DataError(Exception):
     exit_code = 1
 
 
+class Interrupted(Exception):
+    """The user stopped the command (Ctrl-C, SIGTERM, SIGUSR1) and it stopped as designed: not an
+    error. The message says where it stood and how to go on. Exit code 130."""
+
+    exit_code = 130
+
+
 def report_errors(command: str, func, *args) -> int:
     """Run func(*args); an expected error becomes one line on stderr and its exit code."""
     try:
@@ -23,6 +30,9 @@ def report_errors(command: str, func, *args) -> int:
     except (UsageError, DataError) as error:
         print(f"megabyte {command}: error: {error}", file=sys.stderr)
         return error.exit_code
+    except Interrupted as stop:
+        print(f"megabyte {command}: {stop}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print(f"megabyte {command}: interrupted", file=sys.stderr)
         return 130
