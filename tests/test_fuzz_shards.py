@@ -10,12 +10,16 @@ loaders with on_error "raise" and "skip". What must hold:
   refuse to be built with a ValueError, as for a dataset too small for their streams: the trainer
   and eval report those as one line too);
 - no silent acceptance: every byte stream read back is one of the original samples' (by key,
-  for the reader), or the sample is reported damaged.
+  for the reader), or the sample is reported damaged;
+- no hang (each case within 10 s) and nothing written.
 
 A damaged shard is tried twice, with its manifest entry left as it was (the sha256 check catches
 it) and with the entry made to agree (size, sha256), as if the damage came before the manifest
-was written: then the format's own checks must catch it. Seeded: the same cases every run
-(FUZZ_SEED=n in the environment runs another set).
+was written: then the format's own checks must catch it. The consistent liar goes further: a
+shard, its member index and the manifest damaged together (bit flips, truncation, length fields
+set to 0, -1, 2^31 or 2^63, JSON values of another type), every size and sha256 in the manifest
+rewritten to agree. Seeded: the same cases every run (FUZZ_SEED=n in the environment runs
+another set).
 """
 
 import contextlib
@@ -25,6 +29,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import tarfile
 from pathlib import Path
 
@@ -285,22 +290,150 @@ def check_loaders(directory: Path, modality: str, originals: dict[str, bytes]) -
 # the cases
 
 
-def test_fuzzed_shards_are_refused_in_one_line_and_never_read_wrong(datasets, tmp_path):
+def run_cases(datasets, tmp_path: Path, count: int, tag: str, damage) -> dict[str, int]:
+    """Damage `count` fresh copies of the datasets, damage(directory, rng) → what it did (parts
+    joined by ", "), and read each every way, within 10 s and writing nothing. Returns how often
+    each kind of damage (the first word of a part) came."""
     seen = {}
-    for case in range(CASES):
-        rng = random.Random(f"{SEED}-{case}")
+    for case in range(count):
+        rng = random.Random(f"{SEED}{tag}-{case}")
         modality = rng.choice(sorted(datasets))
         pristine, originals, shards = datasets[modality]
         directory = tmp_path / f"case{case}"
         shutil.copytree(pristine, directory)
-        what = damage_shard(directory, rng) if rng.random() < 0.75 else edit_manifest(directory, rng)
+        what = damage(directory, rng)
+        before = snapshot(tmp_path)
         try:
-            check_inspect(directory, shards)
-            check_reader(directory, originals)
-            check_loaders(directory, modality, originals)
+            with deadline(10):
+                check_inspect(directory, shards)
+                check_reader(directory, originals)
+                check_loaders(directory, modality, originals)
+            assert snapshot(tmp_path) == before, "something was written"
         except AssertionError as error:
             raise AssertionError(f"case {case} ({modality}: {what}): {error}") from error
         shutil.rmtree(directory)
-        kind = what.split()[0]
-        seen[kind] = seen.get(kind, 0) + 1
+        for part in what.split(", "):
+            seen[part.split()[0]] = seen.get(part.split()[0], 0) + 1
+    return seen
+
+
+@contextlib.contextmanager
+def deadline(seconds: float):
+    """An AssertionError if the block runs longer than `seconds` (a hang)."""
+    def hung(signum, frame):
+        raise AssertionError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_fuzzed_shards_are_refused_in_one_line_and_never_read_wrong(datasets, tmp_path):
+    def damage(directory, rng):
+        return damage_shard(directory, rng) if rng.random() < 0.75 else edit_manifest(directory, rng)
+
+    seen = run_cases(datasets, tmp_path, CASES, "", damage)
     assert set(seen) == {"flip", "truncate", "rename", "meta", "manifest"}, seen
+
+
+# ---------------------------------------------------------------------------------------------
+# a consistent liar: shard, member index and manifest damaged together, every sha256 and size in
+# the manifest made to agree with what it describes
+
+
+LIES = (0, -1, 2**31, 2**63)  # what a length field is set to
+
+
+def set_member_size(data: bytearray, rng: random.Random) -> None:
+    """One member header's size field set to one of LIES (octal where it fits, else base-256 as
+    GNU tar writes it), its header checksum made to agree."""
+    offset = rng.choice(tar_headers(bytes(data)))
+    value = rng.choice(LIES)
+    if 0 <= value < 8**11:
+        field = b"%011o\0" % value
+    else:
+        field = bytes([0xFF if value < 0 else 0x80]) + (value % 2**88).to_bytes(11, "big")
+    data[offset + 124:offset + 136] = field
+    data[offset + 148:offset + 156] = b" " * 8
+    data[offset + 148:offset + 156] = b"%06o\0 " % sum(data[offset:offset + 512])
+
+
+def damage_bytes(data: bytearray, rng: random.Random, row_bytes: int | None) -> str:
+    """Flip a byte, cut the file, or set a length field to one of LIES: a member header's size
+    (row_bytes None: a shard) or one number of a member index row."""
+    kind = rng.choice(["flip", "truncate", "length", "length"])
+    if kind == "flip" and data:
+        data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+    elif kind == "truncate":
+        del data[rng.randrange(len(data) + 1) if rng.random() < 0.7 else len(data) - rng.randrange(1, 25):]
+    elif row_bytes is None:
+        set_member_size(data, rng)
+    elif len(data) >= row_bytes:
+        at = rng.randrange(len(data) // 8) * 8
+        data[at:at + 8] = (rng.choice(LIES) % 2**64).to_bytes(8, "little")
+    return kind
+
+
+OTHER_TYPES = ["7", "", [], [1], {}, {"a": 1}, None, True, 1.5, -1, 0, 2**31, 2**63, 10**30]
+
+
+def swap_json_value(index: dict, rng: random.Random) -> str:
+    """One value anywhere in the manifest replaced by one of another type."""
+    places = []
+
+    def walk(node, path):
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, value in items:
+            places.append((node, key, f"{path}.{key}"))
+            walk(value, f"{path}.{key}")
+
+    walk(index, "")
+    node, key, path = rng.choice(places)
+    node[key] = rng.choice([v for v in OTHER_TYPES if type(v) is not type(node[key])])
+    return f"json {path}"
+
+
+def lie_consistently(directory: Path, rng: random.Random) -> str:
+    """Damage a shard, its member index and/or the manifest; the manifest's sizes and sha256
+    then agree with the files, and sometimes its sample count with the index."""
+    index = json.loads((directory / "index.json").read_text())
+    number = rng.randrange(len(index["shards"]))
+    entry = index["shards"][number]
+    shard = directory / entry["name"]
+    member_index = directory / (entry["name"] + ".idx")
+    what = []
+    for target in rng.sample(["shard", "idx", "json"], rng.randint(1, 2)):
+        if target == "json":
+            continue
+        path = shard if target == "shard" else member_index
+        data = bytearray(path.read_bytes())
+        what.append(f"{target} {damage_bytes(data, rng, None if target == 'shard' else 24)}")
+        path.write_bytes(bytes(data))
+    entry.update(file_bytes=shard.stat().st_size, sha256=file_sha256(shard),
+                 index_sha256=file_sha256(member_index))
+    if rng.random() < 0.3:
+        entry["samples"] = member_index.stat().st_size // 24
+    if "json" in what or not what or rng.random() < 0.3:
+        what.append(swap_json_value(index, rng))
+    text = json.dumps(index)
+    if rng.random() < 0.05:
+        text = text[:rng.randrange(len(text))]
+        what.append("json truncated")
+    (directory / "index.json").write_text(text)
+    return ", ".join(what) + f" (shard {number})"
+
+
+LIAR_CASES = 200
+
+
+def test_a_consistent_liar_is_refused_in_one_line_and_never_read_wrong(datasets, tmp_path):
+    seen = run_cases(datasets, tmp_path, LIAR_CASES, "-liar", lie_consistently)
+    assert set(seen) == {"shard", "idx", "json"}, seen

@@ -23,7 +23,7 @@ from pipeline.format import storage
 from pipeline.format.errors import DataError
 from pipeline.format.manifest import (INDEX_DTYPE, MAX_RATIO, MIN_SAMPLE_BYTES, ShardInfo, check_key,
                                       member_index_name, sample_bound)
-from pipeline.format.reader import TAR_ERRORS, parse_meta, regular_members
+from pipeline.format.reader import TAR_ERRORS, file_size, parse_meta, read_member, regular_members
 
 ROW_BYTES = 3 * np.dtype(INDEX_DTYPE).itemsize  # one sample's row
 
@@ -95,6 +95,7 @@ def scan_index(path, max_length: int | None = None) -> np.ndarray:
     rows, key, first, end, length = [], None, 0, 0, None
     try:
         with storage.open_binary(path) as file, tarfile.open(fileobj=file, mode="r:") as tar:
+            size = file_size(file)
             for info in regular_members(tar):
                 member_key = info.name.partition(".")[0]
                 if member_key != key:
@@ -102,7 +103,7 @@ def scan_index(path, max_length: int | None = None) -> np.ndarray:
                         rows.append([first, end - first, length])
                     key, first, length = check_key(member_key), info.offset, None
                 if info.name.endswith(".json"):
-                    meta = parse_meta({"json": tar.extractfile(info).read()}, max_length)
+                    meta = parse_meta({"json": read_member(tar, info, size)}, max_length)
                     length = meta["length"]
                 end = info.offset_data + info.size + (-info.size % 512)
     except TAR_ERRORS as error:
@@ -133,7 +134,7 @@ def read_members_at(file, offset: int, size: int) -> tuple[str, dict]:
                 if key is not None and member_key != key or extension in members:
                     raise DataError(f"bytes {offset}..{offset + size} are not one sample's members")
                 key = check_key(member_key)
-                members[extension] = tar.extractfile(info).read()
+                members[extension] = read_member(tar, info, size)
     except TAR_ERRORS as error:
         raise DataError(f"broken tar at byte {offset} ({error})") from None
     if key is None:

@@ -17,8 +17,9 @@
 
 Errors are DataError. iter_shard stops at the first one, naming the shard and key; a caller with
 its own error policy (pipeline.load.reading) calls the stages one by one and names errors with
-sample_error. What a sample may hold is bounded before anything is allocated for it: by its
-metadata length, itself bounded by its manifest entry (pipeline.format.manifest.sample_bound).
+sample_error. What a sample may hold is bounded before anything is allocated for it: a member by
+the size of its file (read_member), a byte stream by its metadata length, itself bounded by its
+manifest entry (pipeline.format.manifest.sample_bound).
 """
 
 import functools
@@ -35,9 +36,9 @@ from pipeline.format.errors import DataError, UsageError
 from pipeline.format.files import file_sha256
 from pipeline.format.manifest import PAYLOAD_NAMES, ShardInfo, check_key, load_manifest, sample_bound
 
-# what reading a damaged archive raises: tarfile's errors, the file's read errors, and
-# ValueError from a malformed pax header field
-TAR_ERRORS = (tarfile.TarError, OSError, EOFError, ValueError)
+# what reading a damaged archive raises: tarfile's errors, the file's read errors, ValueError
+# from a malformed pax header field, OverflowError from a seek past any size
+TAR_ERRORS = (tarfile.TarError, OSError, EOFError, ValueError, OverflowError)
 
 CHUNK_BYTES = 1 << 20  # decompressed bytes per piece of a streamed payload
 _decompressors: dict[int, zstandard.ZstdDecompressor] = {}  # pid → decompressor (not picklable)
@@ -94,8 +95,26 @@ def regular_members(tar: tarfile.TarFile):
     """The archive's regular files, in stored order, with nothing kept of those passed."""
     while (info := tar.next()) is not None:
         tar.members = []  # tarfile would list every member: 2 per sample, 2048+ bytes per sample
+        if info.size < 0:  # tarfile would step back to this header, again and again
+            raise tarfile.ReadError(f"member {info.name} at byte {info.offset} claims {info.size} bytes")
         if info.isreg():
             yield info
+
+
+def file_size(file) -> int:
+    """The size of an open file, its position back at 0."""
+    size = file.seek(0, os.SEEK_END)
+    file.seek(0)
+    return size
+
+
+def read_member(tar: tarfile.TarFile, info: tarfile.TarInfo, end: int) -> bytes:
+    """A member's bytes; the size its header claims must lie inside the file (`end` bytes)
+    before anything is read or allocated for it."""
+    if info.size > end - info.offset_data:
+        raise tarfile.ReadError(f"member {info.name} at byte {info.offset} claims {info.size} bytes; "
+                                f"the archive ends at byte {end}")
+    return tar.extractfile(info).read()
 
 
 def archive_end_problem(file, offset: int) -> str | None:
@@ -124,6 +143,7 @@ def iter_members(path, start: int = 0, stop: int | None = None, *, suffix: str =
     end = None  # what is wrong with the end of the archive, if anything
     try:
         with file, tarfile.open(fileobj=file, mode="r:") as tar:
+            size = file_size(file)
             for info in regular_members(tar):
                 member_key, _, extension = info.name.partition(".")
                 if member_key != key:
@@ -138,7 +158,7 @@ def iter_members(path, start: int = 0, stop: int | None = None, *, suffix: str =
                     continue
                 if extension in members:
                     raise DataError(f"member {info.name} appears twice in a row")
-                members[extension] = tar.extractfile(info).read()
+                members[extension] = read_member(tar, info, size)
             end = archive_end_problem(file, tar.offset)
     except storage.StorageError:
         raise  # the remote file could not be read: it names the shard and the cause
