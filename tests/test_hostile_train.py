@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 
 from model import build_model
 from model.weights import load_weights
@@ -22,7 +23,7 @@ from train.config import load_config
 from train.loop import reachable_steps
 from train.state import RunState
 
-from helpers import TINY_MODEL, losses, run_training, start_training, wait_for_steps, write_config
+from helpers import TINY_MODEL, error_line, losses, run_training, start_training, wait_for_steps, write_config
 
 
 @pytest.mark.slow
@@ -249,12 +250,35 @@ class DiskFull(Files):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, world_of_one):
+class TorchOnAFullDisk:
+    """A DeepSpeed engine whose torch.save meets a full disk: torch says so in a RuntimeError, in
+    one of these words (as measured on a full tmpfs), never in an OSError."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+    def save_checkpoint(self, save_dir, tag, save_latest):
+        folder = Path(save_dir) / tag
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "mp_rank_00_model_states.pt").write_bytes(b"half a model")
+        raise RuntimeError(self.message)
+
+
+@pytest.mark.parametrize("engine, said", [
+    (DiskFull(), "No space left"),
+    (TorchOnAFullDisk("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"), "unexpected pos"),
+    (TorchOnAFullDisk("PytorchStreamWriter failed writing file data/0: file write failed"), "file write failed"),
+    (TorchOnAFullDisk("basic_ios::clear: iostream error"), "iostream error"),
+])
+def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, world_of_one, engine, said):
+    from train.engine import EngineState
+
     root = tmp_path / "checkpoints"
     save_two(root)
-    with pytest.raises(UsageError, match="step-000006: cannot save the checkpoint .*No space left.* "
+    part = engine if isinstance(engine, DiskFull) else EngineState(engine)
+    with pytest.raises(UsageError, match=f"step-000006: cannot save the checkpoint .*{said}.* "
                                          "the newest is still step-000004"):
-        checkpoint.save(root, 6, {"engine": DiskFull(), "run": RunState(step=6)}, {}, keep_last=3)
+        checkpoint.save(root, 6, {"engine": part, "run": RunState(step=6)}, {}, keep_last=3)
     assert not (root / "step-000006").exists() and checkpoint.newest_intact(root) == root / "step-000004"
     assert (root / "latest").read_text().strip() == "step-000004"
 
@@ -274,6 +298,18 @@ def test_export_out_errors_are_one_line_and_leave_no_tmp(tmp_path, capsys, monke
     monkeypatch.setattr("train.export.save_weights", full_disk)
     assert cli(["export", str(folder), "--out", str(out / "model.safetensors")]) == 2
     assert "No space left" in capsys.readouterr().err and list(out.iterdir()) == []
+    monkeypatch.undo()
+
+    def safetensors_on_a_full_disk(model, path, metadata):  # what it raises there: not an OSError
+        Path(path).write_bytes(b"partial")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr("model.weights.save_model", safetensors_on_a_full_disk)
+    target = out / "new" / "folders" / "model.safetensors"
+    assert cli(["export", str(folder), "--out", str(target)]) == 2
+    line = error_line(capsys)
+    assert f"{target}: cannot write the export" in line and "No space left on device" in line, line
+    assert list(out.iterdir()) == []  # not even the folders it made for the file
     monkeypatch.undo()
     truncate = folder / "mp_rank_00_model_states.pt"
     truncate.write_bytes(truncate.read_bytes()[:500])

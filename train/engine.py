@@ -233,6 +233,11 @@ def initialising_partitioned_parameters():
             setattr(torch.nn.init, name, function)
 
 
+# how torch.save's writer words a failed write: a full disk says "unexpected pos" (a short write
+# found at the next record), "file write failed", or the stream's "iostream error"
+TORCH_WRITE_FAILURES = ("write", "unexpected pos", "iostream error")
+
+
 class EngineState:
     """The engine (model, optimizer, lr schedule) as a checkpoint part. DeepSpeed writes and reads
     it in its own format, every rank its ZeRO partition (train.checkpoint.SavesItself)."""
@@ -244,7 +249,7 @@ class EngineState:
         try:
             self.engine.save_checkpoint(str(folder.parent), tag=folder.name, save_latest=False)
         except RuntimeError as error:  # torch.save's writer reports a failed write (disk full) so
-            if "write" not in str(error):
+            if not any(words in str(error) for words in TORCH_WRITE_FAILURES):
                 raise
             raise OSError(errno.EIO, f"torch.save failed: {str(error).splitlines()[0]}") from None
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from unittest import mock
 
 import torch
+from safetensors import SafetensorError
 
 from model import MegaByteConfig, build_model
 from model.weights import load_weights, read_header, save_weights
@@ -173,9 +174,15 @@ def export(path, out: Path, trust: bool = False) -> Path:
     if out.is_dir():
         raise UsageError(f"{out}: is a folder; give --out the .safetensors file to write")
     model, metadata, folder = model_from_checkpoint(path, trust)
+    made = [parent for parent in out.parents if not parent.exists()]  # innermost first
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(out, lambda tmp: save_weights(model, tmp, metadata))
-    except OSError as error:
-        raise UsageError(f"{out}: cannot write the export ({error.strerror or error})") from None
+    except (OSError, SafetensorError) as error:  # a full disk is a SafetensorError ("I/O error: ...")
+        for parent in made:  # the folders made for it go too: nothing of a failed export stays
+            try:
+                parent.rmdir()
+            except OSError:
+                break  # not made here, or not empty
+        raise UsageError(f"{out}: cannot write the export ({getattr(error, 'strerror', None) or error})") from None
     return folder
