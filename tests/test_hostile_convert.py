@@ -1,5 +1,5 @@
 """Hostile and unlucky conversions: truncated inputs, a killed converter's workers, an
-interrupted merge, a full disk."""
+interrupted merge, a full disk (simulated, and a real tmpfs where one can be mounted)."""
 
 import errno
 import json
@@ -235,3 +235,44 @@ def test_a_full_disk_stops_the_conversion_in_one_line_and_it_resumes(tmp_path, m
     monkeypatch.undo()
     assert cli(*command, "--out", tmp_path / "out") == 0
     assert dataset_files(tmp_path / "out") == dataset_files(tmp_path / "clean")
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 32 KiB tmpfs mounted at tmp_path/disk (root may mount one; elsewhere the test is
+    skipped), and a function that grows it: a real full disk, then space freed."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+
+    def mount(options: str, flags: int = 0) -> int:
+        return libc.mount(b"tmpfs", str(disk).encode(), b"tmpfs", flags, options.encode())
+
+    if mount("size=32k,mode=0755") != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({os.strerror(ctypes.get_errno())})")
+    try:
+        yield disk, lambda: mount("size=4m", 32)  # MS_REMOUNT
+    finally:
+        libc.umount2(str(disk).encode(), 2)  # MNT_DETACH
+
+
+def test_a_full_tmpfs_stops_the_conversion_in_one_line_and_a_rerun_completes(tmp_path, small_tmpfs, capsys):
+    disk, free_space = small_tmpfs
+    (tmp_path / "in").mkdir()
+    for i in range(20):
+        (tmp_path / "in" / f"{i:02d}.txt").write_bytes(os.urandom(2000))
+    command = ["convert", "text", tmp_path / "in", "--shard-size", "8K", "--no-progress"]
+    assert cli(*command, "--out", tmp_path / "clean") == 0
+    capsys.readouterr()
+    assert cli(*command, "--out", disk / "out") == 2
+    line = one_error_line(capsys)
+    out = disk / "out"
+    assert f"{out}: cannot write (No space left on device); the shards so far are kept" in line
+    assert not (out / "index.json").exists() and not list(out.glob(".*.tmp*"))
+    assert list(out.glob("*.tar"))  # whole shards, each with its index
+    assert sorted(p.name for p in disk.iterdir()) == ["out"]
+    assert free_space() == 0
+    assert cli(*command, "--out", out) == 0
+    assert dataset_files(out) == dataset_files(tmp_path / "clean")

@@ -1,11 +1,12 @@
 """Datasets at URLs, against real servers on 127.0.0.1: moto's S3 server and an HTTP server that
 answers Range requests. Convert to S3 (with a resume), read back (inspect, samples, loader, eval),
-survive a connection cut mid-shard and a server restart mid-read with the same bytes as from local
+survive a connection cut mid-shard, a server restart mid-read and a server dying mid-conversion with the same bytes as from local
 disk, cache shards without evicting one being read, and turn a bad URL into one line, exit 2."""
 
 import dataclasses
 import http.server
 import json
+import logging
 import os
 import re
 import socket
@@ -21,7 +22,7 @@ from loader_datasets import text_docs
 from model import PRESETS, build_model
 from model.weights import save_weights
 from pipeline.convert import output as convert_output
-from pipeline.format import reader, storage
+from pipeline.format import reader, remote, storage
 from pipeline.format.cache import CACHE_DIR_ENV, CACHE_LIMIT_ENV
 from pipeline.format.remote import RETRIES
 from pipeline.format.errors import DataError, UsageError
@@ -451,3 +452,46 @@ def test_short_training_run_from_s3(data, s3, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert sum(r["kind"] == "train" for r in records) == 3 and any(r["kind"] == "eval" for r in records)
+
+
+def test_a_server_dying_mid_conversion_is_one_line_and_a_rerun_resumes(data, tmp_path, monkeypatch, capsys):
+    """Its own moto server, stopped before the fourth upload (the journal and a shard's files
+    are up): the conversion stops in one line, exit 2; the server back on the same port, a rerun
+    goes on to the same files as a local conversion."""
+    from moto.server import ThreadedMotoServer
+
+    source, local = tmp_path / "docs.jsonl", tmp_path / "local"
+    source.write_text("".join(data["source"].read_text().splitlines(keepends=True)[:40]))
+    assert cli([*CONVERT, str(source), "--out", str(local)]) == 0
+    assert len(list(local.glob("*.tar"))) >= 3
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    use_endpoint(monkeypatch, f"http://127.0.0.1:{port}")  # moto's buckets live in this process
+    monkeypatch.setattr(remote, "BACKOFF", 0.01)
+    monkeypatch.setattr(logging.getLogger("werkzeug"), "disabled", True)  # the server's access log
+    upload, uploads = storage.upload, []
+
+    def dying(local_path, location):
+        if len(uploads) == 3:
+            server.stop()
+        upload(local_path, location)
+        uploads.append(location)
+
+    monkeypatch.setattr(storage, "upload", dying)
+    url = f"s3://{BUCKET}/died"
+    try:
+        capsys.readouterr()
+        assert cli([*CONVERT, str(source), "--out", url]) == 2
+        line = error_line(capsys)
+        assert line.startswith(f"megabyte convert: error: {url}/") and f"after {RETRIES} tries" in line
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        left = storage.listdir(url)
+        assert "index.json" not in left and 0 < len(left) < len(list(local.iterdir()))
+        monkeypatch.setattr(storage, "upload", upload)
+        assert cli([*CONVERT, str(source), "--out", url]) == 0
+        assert storage.listdir(url) == sorted(p.name for p in local.iterdir())
+        assert samples(url) == samples(local)
+    finally:
+        server.stop()
