@@ -1,7 +1,8 @@
 """Datasets at URLs, against real servers on 127.0.0.1: moto's S3 server and an HTTP server that
 answers Range requests. Convert to S3 (with a resume), read back (inspect, samples, loader, eval),
-survive a connection cut mid-shard, a server restart mid-read and a server dying mid-conversion with the same bytes as from local
-disk, cache shards without evicting one being read, and turn a bad URL into one line, exit 2."""
+survive a connection cut mid-shard and a server restart mid-read with the same bytes as from local
+disk, resume a conversion the server died in, cache shards without evicting one being read, and
+turn a bad URL into one line, exit 2."""
 
 import dataclasses
 import http.server
