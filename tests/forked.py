@@ -83,20 +83,29 @@ def start(args: list[str], env: dict, ranks: int = 1, port: int | None = None) -
     out, err = logs / "stdout", logs / "stderr"
     sys.stdout.flush()
     sys.stderr.flush()
+    def launcher() -> int:
+        os.setsid()
+        redirect(out, err)
+        return launch(args, env, ranks, port)
+
     pid = os.fork()
     if pid == 0:
-        code = 1
-        try:
-            os.setsid()
-            redirect(out, err)
-            code = launch(args, env, ranks, port)
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+        exit_child(launcher)
     return Forked(pid, out, err)
+
+
+def exit_child(work) -> None:
+    """In a forked child: run work() and leave with its exit code (1 on an exception, its
+    traceback on stderr), never returning into the test process's code."""
+    code = 1
+    try:
+        code = work()
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def redirect(out: Path, err: Path) -> None:
@@ -119,15 +128,7 @@ def launch(args: list[str], env: dict, ranks: int, port: int | None) -> int:
     for rank in range(ranks):
         pid = os.fork()
         if pid == 0:
-            code = 1
-            try:
-                code = run_rank(args, {**rank_env, "RANK": str(rank), "LOCAL_RANK": str(rank)})
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
+            exit_child(lambda: run_rank(args, {**rank_env, "RANK": str(rank), "LOCAL_RANK": str(rank)}))
         pids.append(pid)
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
