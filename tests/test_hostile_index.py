@@ -3,6 +3,7 @@ rewritten to match it, a manifest whose counts no shard of its size can hold. Ea
 before anything is allocated or sought, in one line naming the file and the sample: by the
 loader, `inspect verify`, `convert merge`; the manifest's counts by every reader."""
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -14,7 +15,7 @@ import pytest
 from helpers import error_line
 from loader_datasets import text_docs, write_shards
 from pipeline.format.errors import DataError, report_errors
-from pipeline.load.loader import LoaderConfig, build_train_loader
+from pipeline.load.loader import LoaderConfig, build_train_loader, build_validation_loader
 from tools.cli import main
 
 SHARD = "ds-000000.tar"
@@ -155,3 +156,19 @@ def test_merge_refuses_a_lying_member_index_before_writing_anything(tmp_path, ca
     assert main(["convert", "merge", *map(str, parts), "--out", str(tmp_path / "merged")]) == 1
     assert f"{index_path}: sample 0: its members start at byte -1" in error_line(capsys)
     assert not (tmp_path / "merged").exists()
+
+
+def test_validation_counts_no_payload_the_samples_do_not_hold(pristine, tmp_path):
+    """A payload_bytes a thousand times the real one (its shard's size allows it): the validation
+    pass would count a thousand times the sequences, all PAD; skip leaves the shard out, raise
+    stops at the first sequence missing."""
+    manifest = json.loads((pristine / "index.json").read_text())
+    real = manifest["shards"][0]["payload_bytes"]
+    directory = forged(pristine, tmp_path, rows=lambda index: None, payload_bytes=1000 * real)
+    config = LoaderConfig(validation=str(directory), seq_len=64, patch_size=8, micro_batch_size=2,
+                          num_workers=0, on_error="skip")
+    honest = len(build_validation_loader(dataclasses.replace(config, validation=str(pristine))))
+    loader = build_validation_loader(config)
+    assert len(loader) < honest and len(list(loader)) == len(loader)
+    with pytest.raises(DataError, match="ran out after .* the shards hold less than the manifest says"):
+        list(build_validation_loader(dataclasses.replace(config, on_error="raise")))

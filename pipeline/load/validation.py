@@ -15,7 +15,8 @@
 Every byte of the dataset (and every document boundary) lands in exactly one row of one rank,
 and every rank yields the same number of batches, so a distributed eval never waits on a rank
 that has finished. With on_error="skip", every rank checks every shard up front (size, sha256,
-metadata) and leaves the bad ones out, the same way on all ranks; a payload found bad later
+metadata, the payload bytes the manifest counts) and leaves the bad ones out, the same way on all
+ranks; a payload found bad later
 becomes PAD ids of its length, so the split does not shift.
 """
 
@@ -52,6 +53,10 @@ def make_layout(source: Source, *, on_error: str, verify: bool) -> Layout:
             try:
                 shard.check(verify)
                 metas = scan_metas(shard)
+                payload = sum(meta["length"] for meta in metas)
+                if payload != shard.info.payload_bytes:  # what the concatenated layout counts
+                    raise DataError(f"{shard.path}: its samples hold {payload} bytes, the manifest "
+                                    f"says {shard.info.payload_bytes}")
             except DataError as error:
                 policy.handle(error)
                 continue
