@@ -1,7 +1,8 @@
 """Member indexes and manifests that lie consistently: a `.idx` whose sha256 in index.json was
 rewritten to match it, a manifest whose counts no shard of its size can hold. Each is refused
 before anything is allocated or sought, in one line naming the file and the sample: by the
-loader, `inspect verify`, `convert merge`; the manifest's counts by every reader."""
+loader, `inspect verify`, `convert merge`; the manifest's counts by every reader (inspect, the
+loaders, eval)."""
 
 import dataclasses
 import hashlib
@@ -172,3 +173,19 @@ def test_validation_counts_no_payload_the_samples_do_not_hold(pristine, tmp_path
     assert len(loader) < honest and len(list(loader)) == len(loader)
     with pytest.raises(DataError, match="ran out after .* the shards hold less than the manifest says"):
         list(build_validation_loader(dataclasses.replace(config, on_error="raise")))
+
+
+def test_eval_of_a_dataset_whose_manifest_lies_is_one_line(pristine, tmp_path, capsys):
+    import torch
+
+    from model import PRESETS, build_model
+    from model.weights import save_weights
+
+    config = dataclasses.replace(PRESETS["tiny"], seq_len=64, global_dim=32, global_heads=2, local_dim=16,
+                                 local_heads=2, global_layers=1, local_layers=1)
+    torch.manual_seed(0)
+    save_weights(build_model(config), tmp_path / "model.safetensors", {"modality": "text"})
+    directory = forged(pristine, tmp_path, rows=lambda index: None, samples=10**12)
+    assert main(["eval", str(tmp_path / "model.safetensors"), "--data", str(directory), "--device", "cpu",
+                 "--no-progress"]) == 2
+    assert f"{directory}/index.json: not a valid manifest (shard {SHARD}: 1000000000000 samples" in error_line(capsys)
