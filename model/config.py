@@ -53,6 +53,10 @@ ACTIVATIONS = ("gelu", "relu", "swiglu")
 NORMS = ("layernorm", "rmsnorm")
 POS_EMBEDDINGS = ("learned", "none")
 LOCAL_ATTENTIONS = ("sdpa", "matmul")  # kernels of the local model's attention
+# sane bounds, far above the paper's models (32 layers, 1.2M-byte images): a config from a file is
+# refused past them before anything is built (building 10**9 layers never ends, even unallocated)
+MAX_LAYERS = 256  # per stack, global and local
+MAX_SEQ_LEN = 2**24
 
 
 @dataclass
@@ -94,6 +98,9 @@ class MegaByteConfig:
         check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
         check(self.mlp_ratio > 0 and self.init_std > 0, "mlp_ratio and init_std must be positive")
         check(self.patch_size >= 1 and self.seq_len >= 1, "patch_size and seq_len must be positive")
+        check(self.seq_len <= MAX_SEQ_LEN, f"seq_len={self.seq_len} is over {MAX_SEQ_LEN:,} bytes")
+        check(max(self.global_layers, self.local_layers) <= MAX_LAYERS,
+              f"global_layers={self.global_layers}, local_layers={self.local_layers}: at most {MAX_LAYERS} each")
         check(self.seq_len % self.patch_size == 0,
               f"seq_len={self.seq_len} must be a multiple of patch_size={self.patch_size}; "
               f"try seq_len={math.ceil(self.seq_len / self.patch_size) * self.patch_size}")
@@ -181,4 +188,10 @@ class MegaByteConfig:
         if unknown:
             raise ValueError(f"MegaByteConfig: unknown field(s) {unknown}; known fields are "
                              f"{sorted(known | set(VOCABULARY))}")
+        for f in dataclasses.fields(cls):  # a stored config is read from a file: its types too
+            value = fields.get(f.name, f.default)
+            kinds = (int, float) if f.type is float else (f.type,)
+            if type(value) not in kinds:  # exact: a bool is no number here
+                raise ValueError(f"MegaByteConfig: {f.name}={value!r}: expected {f.type.__name__}, "
+                                 f"not {type(value).__name__}")
         return cls(**fields)

@@ -108,8 +108,8 @@ class Files:
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "model_states.pt").write_bytes(bytes(range(256)) * 40)
-        (folder / "optim_states.pt").write_bytes(b"optimizer" * 100)
+        torch.save({"module": torch.arange(2560.0)}, folder / "model_states.pt")
+        torch.save({"optimizer": torch.ones(100)}, folder / "optim_states.pt")
 
     def load(self, folder: Path) -> None:
         pass

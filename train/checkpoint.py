@@ -30,15 +30,18 @@ afresh there, and rank r < saved ranks restores what rank r saved.
 import json
 import shutil
 import sys
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
 
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from pipeline.format.errors import UsageError
-from pipeline.format.files import file_sha256, write_text_atomically
+from pipeline.format.files import file_sha256, inside, write_text_atomically
+from train.config import check_stored
 
 if TYPE_CHECKING:  # importing torch.distributed.checkpoint costs ~0.6 s, and no isinstance needs it
     from torch.distributed.checkpoint.stateful import Stateful
@@ -173,7 +176,7 @@ def read_state(folder: Path, rank: int = 0) -> dict:
     try:
         record = json.loads(base.with_suffix(".json").read_text())
         tensors = load_file(base.with_suffix(".safetensors"))
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, SafetensorError) as error:
         raise UsageError(f"{base}: unreadable trainer state ({error})") from None
     if (record.get("format"), record.get("version")) != (STATE_FORMAT, STATE_VERSION):
         raise UsageError(f"{base}.json: not a {STATE_FORMAT} v{STATE_VERSION} file")
@@ -181,12 +184,18 @@ def read_state(folder: Path, rank: int = 0) -> dict:
 
 
 def read_config(folder: Path) -> dict:
-    """The run's resolved config, as saved with the checkpoint (TrainConfig.to_dict())."""
+    """The run's resolved config, as saved with the checkpoint (TrainConfig.to_dict()): a JSON
+    object whose sections hold values of their fields' types, as its readers expect."""
     path = Path(folder) / CONFIG
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise UsageError(f"{path}: cannot read the checkpoint's config ({error})") from None
+    try:
+        check_stored(config)
+    except UsageError as error:
+        raise UsageError(f"{path}: {error}") from None
+    return config
 
 
 def split_tensors(value, key: str, tensors: dict):
@@ -243,22 +252,57 @@ def write_marker(folder: Path) -> None:
 
 
 def damage(folder: Path) -> str | None:
-    """What is wrong with a complete checkpoint's files (missing, resized, changed), or None."""
+    """What is wrong with a complete checkpoint's files, or None: a name in COMPLETE that leads out
+    of the folder, a file missing, resized or changed since it was saved, or one that is not what
+    its name says (unreadable: a record rewritten to match a damaged file is not believed either)."""
     try:
         text = (Path(folder) / MARKER).read_text()
         if text == "ok\n":  # written before markers held a record: nothing to check against
             return None
         files = json.loads(text)["files"]
-    except (OSError, ValueError, TypeError, KeyError):
+        records = [(name, record["size"], record["sha256"]) for name, record in files.items()]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return f"unreadable {MARKER} record"
-    for name, expected in files.items():
-        path = Path(folder) / name
+    for name, size, sha256 in records:
+        path = inside(Path(folder), name)
+        if path is None:
+            return f"{MARKER} names {name!r}, which is not a file inside the checkpoint folder"
         if not path.is_file():
             return f"{name} is missing"
-        if path.stat().st_size != expected["size"]:
-            return f"{name} is {path.stat().st_size:,} bytes, {expected['size']:,} when saved"
-        if file_record(path)["sha256"] != expected["sha256"]:
+        if path.stat().st_size != size:
+            return f"{name} is {path.stat().st_size:,} bytes, {size!r} when saved"
+        if file_record(path)["sha256"] != sha256:
             return f"{name} changed since it was saved (sha256 differs)"
+    for name, _, _ in records:
+        problem = unreadable(Path(folder), name)
+        if problem:
+            return f"{name}: {problem}"
+    return None
+
+
+def unreadable(folder: Path, name: str) -> str | None:
+    """Why a checkpoint's file is not what its name says, found without unpickling or loading
+    it, or None: a .pt that is no zip archive (torch.save's format), a .json that does not parse,
+    a .safetensors whose header does not, a config.json its readers cannot use."""
+    path = folder / name
+    try:
+        if name == CONFIG:
+            read_config(folder)
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt"):
+                pass
+        elif path.suffix == ".pt":
+            with zipfile.ZipFile(path) as archive:
+                if not any(member.endswith("data.pkl") for member in archive.namelist()):
+                    return "not a torch.save file (no data.pkl in it)"
+    except UsageError as error:
+        return str(error).removeprefix(f"{path}: ")
+    except zipfile.BadZipFile as error:
+        return f"not a torch.save file ({error})"
+    except (OSError, ValueError, SafetensorError) as error:
+        return f"unreadable ({error})"
     return None
 
 
@@ -297,8 +341,9 @@ def latest(root: Path) -> Path | None:
     root = Path(root)
     pointer = root / LATEST
     if pointer.is_file():
-        folder = root / pointer.read_text().strip()
-        if (folder / MARKER).is_file():
+        name = pointer.read_text(errors="replace").strip()
+        folder = root / name
+        if name.startswith(STEP_PREFIX) and inside(root, name) and (folder / MARKER).is_file():
             return folder
     complete = complete_checkpoints(root)
     return complete[-1] if complete else None

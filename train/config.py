@@ -323,6 +323,22 @@ def stored_model_config(raw: dict) -> MegaByteConfig:
     return MegaByteConfig.from_dict({k: v for k, v in raw["model"].items() if k != "preset"})
 
 
+def check_stored(config) -> None:
+    """Each section a stored config holds is an object whose keys have their fields' types (the
+    keys it leaves out are not checked: older checkpoints have fewer); `media` maps names to text."""
+    kinds = {"data": LoaderConfig, "model": MegaByteConfig, **SECTIONS}
+    if not isinstance(config, dict):
+        raise UsageError(f"holds a {type(config).__name__}, not a config object")
+    for name, section in config.items():
+        if name in kinds or name == "media":
+            if not isinstance(section, dict):
+                raise UsageError(f"[{name}] is a {type(section).__name__}, not a section")
+        if name in kinds:
+            check_types(f"{name}.", field_types(kinds[name]), section)
+        elif name == "media" and not all(isinstance(value, str) for value in section.values()):
+            raise UsageError("[media] holds values that are not text")
+
+
 def dump_config(config: TrainConfig) -> str:
     return json.dumps(config.to_dict(), indent=1)
 

@@ -11,6 +11,7 @@ in SAFE_GLOBALS (data only), never arbitrary code.
 import json
 import os
 import pickle
+import textwrap
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from unittest import mock
@@ -19,7 +20,7 @@ import torch
 from safetensors import SafetensorError
 
 from model import MegaByteConfig, build_model
-from model.weights import load_weights, read_header, save_weights
+from model.weights import load_weights, read_header, save_weights, shape_problem, tensor_shapes
 from pipeline.format.errors import UsageError
 from pipeline.format.files import write_atomically
 from pipeline.format.manifest import load_manifest
@@ -83,6 +84,28 @@ def unpickler_reason(message: str) -> str:
     return message.strip().splitlines()[0] if message.strip() else "unreadable pickle"
 
 
+def stored_shapes(folder: Path, zero_stage: int, trust: bool) -> tuple[Path, dict[str, tuple]]:
+    """(DeepSpeed's model-states file, name → shape of every weight it lists: the module's tensors
+    at stage 0, its param_shapes under ZeRO), read without reading a tensor (mmap)."""
+    files = sorted(folder.glob("mp_rank_*_model_states.pt"))
+    if not files:
+        raise UsageError(f"{folder}: no DeepSpeed model states in it (mp_rank_*_model_states.pt)")
+    with plain_torch_load(trust):
+        try:
+            states = torch.load(files[0], map_location="cpu", weights_only=not trust, mmap=True)
+        except (RuntimeError, ValueError, EOFError, OSError) as error:
+            raise UsageError(f"{files[0]}: unreadable ({textwrap.shorten(str(error), 120)})") from None
+    key = "module" if zero_stage == 0 else "param_shapes"
+    try:
+        listed = states[key].items() if zero_stage == 0 else [i for group in states[key] for i in group.items()]
+        shapes = {name: tuple(value.shape if zero_stage == 0 else value) for name, value in listed}
+    except (KeyError, TypeError, AttributeError, ValueError):
+        shapes = None
+    if not shapes or not all(type(n) is int and n >= 0 for shape in shapes.values() for n in shape):
+        raise UsageError(f"{files[0]}: its {key} is not a list of tensor shapes")
+    return files[0], shapes
+
+
 def consolidated_state_dict(folder: Path, zero_stage: int, trust: bool = False) -> dict:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # consolidation runs on the CPU anyway
     with plain_torch_load(trust):
@@ -91,9 +114,14 @@ def consolidated_state_dict(folder: Path, zero_stage: int, trust: bool = False) 
             return torch.load(files[0], map_location="cpu", weights_only=not trust)["module"]
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        with open(os.devnull, "w") as quiet, redirect_stdout(quiet), redirect_stderr(quiet):
-            # its progress prints are noise here; errors still raise
-            return get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
+        try:
+            with open(os.devnull, "w") as quiet, redirect_stdout(quiet), redirect_stderr(quiet):
+                # its progress prints are noise here; errors still raise
+                return get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
+        except (ValueError, RuntimeError, KeyError, TypeError, IndexError, AttributeError, EOFError) as error:
+            # files that pass their record and their listed shapes, yet disagree with each other
+            raise UsageError(f"{folder}: its ZeRO files do not add up to the model "
+                             f"({textwrap.shorten(str(error), 120)})") from None
 
 
 MEDIA = "media"  # the key of data_metadata() in a checkpoint's config.json
@@ -119,19 +147,38 @@ def model_from_checkpoint(path, trust: bool = False) -> tuple[torch.nn.Module, d
     """(model with the consolidated weights, export metadata, checkpoint folder) — no DeepSpeed
     engine, one process; `trust`: DeepSpeed's pickles may hold anything (see plain_torch_load)."""
     folder = find_checkpoint(path)
-    config = checkpoint.read_config(folder)
+    config = checkpoint.read_config(folder)  # its sections' types checked
+    stage = config.get("deepspeed", {}).get("zero_stage")
+    if stage not in (0, 1, 2, 3):
+        raise UsageError(f"{folder / checkpoint.CONFIG}: deepspeed.zero_stage = {stage!r}, expected 0 to 3")
+    # the config is believed only once the model it describes (built on the meta device) has the
+    # shapes DeepSpeed's files list: only then is anything allocated
+    states, stored = stored_shapes(folder, stage, trust)
     try:
-        model = build_model(stored_model_config(config))
-    except ValueError as error:
-        raise UsageError(f"{folder}: {error}") from None
-    weights = consolidated_state_dict(folder, config["deepspeed"]["zero_stage"], trust)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    tied = {name for name in missing if name.endswith("weight") and "head" in name}
-    if unexpected or set(missing) - tied:
-        raise UsageError(f"{folder}: checkpoint does not match its model config "
-                         f"(missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)})")
-    step = checkpoint.read_state(folder)["run"]["step"]
-    return model.eval(), export_metadata(config, step), folder
+        model_config = stored_model_config(config)
+        expected = tensor_shapes(model_config, len(stored))
+    except (KeyError, ValueError, TypeError, OverflowError, RuntimeError) as error:
+        raise UsageError(f"{folder / checkpoint.CONFIG}: its model is unusable "
+                         f"({textwrap.shorten(str(error), 200)})") from None
+    refuse_mismatch(states, expected, stored)
+    weights = consolidated_state_dict(folder, stage, trust)
+    refuse_mismatch(folder, expected, {name: tuple(tensor.shape) for name, tensor in weights.items()})
+    model = build_model(model_config)
+    model.load_state_dict(weights, strict=False)  # shapes checked: only a tied name may be missing
+    try:
+        step = checkpoint.read_state(folder)["run"]["step"]
+        metadata = export_metadata(config, step)
+    except (KeyError, TypeError, IndexError) as error:
+        raise UsageError(f"{folder}: its trainer state or config lacks {error}") from None
+    if type(step) is not int or step < 0:
+        raise UsageError(f"{folder}: its trainer state says step {step!r}")
+    return model.eval(), metadata, folder
+
+
+def refuse_mismatch(source: Path, expected: dict, shapes: dict) -> None:
+    problem = shape_problem(expected, shapes)
+    if problem:
+        raise UsageError(f"{source}: does not match the model of {checkpoint.CONFIG} ({problem})")
 
 
 def load_any(path, trust: bool = False) -> tuple[torch.nn.Module, dict]:

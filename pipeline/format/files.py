@@ -1,4 +1,5 @@
-"""Writing a file whole or not at all, and hashing a file: the one way every writer does it.
+"""Writing a file whole or not at all, hashing a file, and confining a file name read from a
+record to its folder (inside): the one way every writer and reader does it.
 
     write_atomically(path, write)
       write(.NAME.tmp.SUFFIX)   beside `path`, hidden, keeping the suffix (PIL, soundfile and
@@ -100,3 +101,14 @@ class HashingWriter:
         self.sha256.update(data)
         self.size += len(data)
         return len(data)
+
+
+def inside(folder: Path, name) -> Path | None:
+    """folder/name, if `name` (read from a record) is a relative path that stays inside `folder`:
+    no '..', not absolute, no symlink leading out; else None."""
+    if not isinstance(name, str) or not name or "\\" in name or "\0" in name or name.startswith("/"):
+        return None
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        return None
+    path = folder / name
+    return path if path.resolve().is_relative_to(folder.resolve()) else None
