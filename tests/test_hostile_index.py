@@ -189,3 +189,19 @@ def test_eval_of_a_dataset_whose_manifest_lies_is_one_line(pristine, tmp_path, c
     assert main(["eval", str(tmp_path / "model.safetensors"), "--data", str(directory), "--device", "cpu",
                  "--no-progress"]) == 2
     assert f"{directory}/index.json: not a valid manifest (shard {SHARD}: 1000000000000 samples" in error_line(capsys)
+
+
+@pytest.mark.parametrize("change, said", [
+    (lambda m: m["shards"].__setitem__(0, 5), "a shard entry is a int, not a JSON object"),
+    (lambda m: m.__setitem__("shards", {"a": 1}), "shards is a dict, not a list"),
+    (lambda m: m["shards"][0].__setitem__("owner", "x"), "a shard entry has unknown keys ['owner']"),
+])
+def test_a_manifest_of_the_wrong_shape_is_one_line_naming_it(pristine, tmp_path, capsys, change, said):
+    directory = tmp_path / "ds"
+    shutil.copytree(pristine, directory)
+    manifest = json.loads((directory / "index.json").read_text())
+    change(manifest)
+    (directory / "index.json").write_text(json.dumps(manifest))
+    assert main(["inspect", "ls", str(directory)]) == 2
+    line = error_line(capsys)
+    assert f"{directory / 'index.json'}: not a valid manifest ({said})" in line, line

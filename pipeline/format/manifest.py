@@ -30,7 +30,7 @@ pipeline.format.shards writes shards; pipeline.format.reader reads them back.
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from pipeline.format import storage
@@ -117,6 +117,7 @@ class ShardInfo:
     @classmethod
     def from_dict(cls, d: dict) -> "ShardInfo":
         """A manifest's shard entry, checked: its name becomes a path, its counts bound reads."""
+        check_entry(d, cls, "a shard entry")
         info = cls(**d)
         check_shard_name(info.name)
         counts = [info.samples, info.payload_bytes, info.file_bytes]
@@ -128,6 +129,15 @@ class ShardInfo:
             if not isinstance(digest, str):
                 raise ValueError(f"shard {info.name}: sha256 {digest!r} is not a hex digest")
         return info
+
+
+def check_entry(d, cls, what: str, extra: set = frozenset()) -> None:
+    """`d` is a JSON object whose keys are fields of `cls` (or `extra`)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{what} is a {type(d).__name__}, not a JSON object")
+    unknown = set(d) - {f.name for f in fields(cls)} - set(extra)
+    if unknown:
+        raise ValueError(f"{what} has unknown keys {sorted(unknown)}")
 
 
 def check_counts(info: ShardInfo) -> None:
@@ -172,6 +182,9 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Manifest":
+        check_entry(d, cls, "the manifest", extra={"totals"})
+        if not isinstance(d["shards"], list):
+            raise ValueError(f"shards is a {type(d['shards']).__name__}, not a list")
         d = dict(d)
         d.pop("totals", None)
         d["shards"] = [ShardInfo.from_dict(s) for s in d["shards"]]
