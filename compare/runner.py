@@ -32,9 +32,9 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)  # the trainer's 
 
 
 class RunStopped(UsageError):
-    """A run's trainer stopped before its last step without being asked to (it failed)."""
+    """A run's trainer stopped before its last step without being asked to: it failed (exit 1)."""
 
-    exit_code = 130
+    exit_code = 1
 
 
 def run_suite(suite: Suite, device=None) -> list[dict]:
