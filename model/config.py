@@ -118,6 +118,7 @@ class MegaByteConfig:
             check(self.global_layers == 0, "no_global has no global model: set global_layers=0")
         if arch in WITH_GLOBAL:
             check(self.global_layers >= 1, f"global_layers must be at least 1 for {arch}")
+            check(self.global_heads >= 1, f"global_heads must be at least 1 for {arch}")
             check(self.global_dim % P == 0,
                   f"global_dim={self.global_dim} must be a multiple of patch_size={P} "
                   f"(the global model's width is P·D_G); try global_dim={max(1, round(self.global_dim / P)) * P}")
@@ -125,6 +126,7 @@ class MegaByteConfig:
                   f"global_heads={self.global_heads} must divide global_dim={self.global_dim}")
         if arch in WITH_LOCAL:
             check(self.local_layers >= 1, f"local_layers must be at least 1 for {arch}")
+            check(self.local_heads >= 1, f"local_heads must be at least 1 for {arch}")
             check(self.local_dim % self.local_heads == 0,
                   f"local_heads={self.local_heads} must divide local_dim={self.local_dim}")
         if arch == "perceiver_ar":

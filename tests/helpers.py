@@ -2,6 +2,7 @@
 ways a test starts real trainer processes (forked from this one, or the command lines themselves),
 reads what they wrote and checks one-line errors."""
 
+import contextlib
 import json
 import os
 import random
@@ -195,3 +196,23 @@ def error_line(capsys) -> str:
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     return err.strip()
+
+
+@contextlib.contextmanager
+def deadline(seconds: float):
+    """An AssertionError if the block runs longer than `seconds` (a hang)."""
+    def hung(signum, frame):
+        raise AssertionError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under root and its bytes: what a test compares to see that nothing was written."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

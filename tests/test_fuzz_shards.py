@@ -29,7 +29,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import tarfile
 from pathlib import Path
 
@@ -46,6 +45,8 @@ from pipeline.format.shards import tar_member
 from pipeline.format.vocab import BOUNDARY_ID, PAD_ID
 from pipeline.load.loader import LoaderConfig, build_train_loader, build_validation_loader
 from tools.cli import build_parser, main
+
+from helpers import deadline, snapshot
 
 SEED = int(os.environ.get("FUZZ_SEED", 20240511))
 CASES = 300
@@ -315,25 +316,6 @@ def run_cases(datasets, tmp_path: Path, count: int, tag: str, damage) -> dict[st
         for part in what.split(", "):
             seen[part.split()[0]] = seen.get(part.split()[0], 0) + 1
     return seen
-
-
-@contextlib.contextmanager
-def deadline(seconds: float):
-    """An AssertionError if the block runs longer than `seconds` (a hang)."""
-    def hung(signum, frame):
-        raise AssertionError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, hung)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_fuzzed_shards_are_refused_in_one_line_and_never_read_wrong(datasets, tmp_path):

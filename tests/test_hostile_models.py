@@ -24,14 +24,16 @@ from helpers import TINY_MODEL, error_line
 CONFIG = MegaByteConfig(seq_len=64, patch_size=8, global_dim=64, global_layers=2, global_heads=2,
                         local_dim=32, local_layers=1, local_heads=2, dropout=0.0)
 LIES = [("global_layers", 10**9), ("global_dim", 2**40), ("seq_len", 2**40), ("global_layers", 1),
-        ("local_dim", 64), ("global_layers", "2"), ("dropout", [0.0])]
+        ("local_dim", 64), ("global_layers", "2"), ("dropout", [0.0]), ("global_heads", 0),
+        ("local_heads", -1)]
 
 
-def exported(tmp_path: Path, **changes) -> Path:
+def exported(tmp_path: Path, metadata: dict | None = None, **changes) -> Path:
     """A model file whose header's config says `changes` and whose tensors are CONFIG's."""
     path = tmp_path / "model.safetensors"
     config = {**CONFIG.to_dict(), **changes}
-    save_model(build_model(CONFIG), str(path), metadata={"format": FORMAT, "config": json.dumps(config)})
+    save_model(build_model(CONFIG), str(path),
+               metadata={"format": FORMAT, "config": json.dumps(config), **(metadata or {})})
     return path
 
 
@@ -55,6 +57,17 @@ def test_an_exported_config_the_tensors_do_not_bear_out_is_one_line(tmp_path, ca
                                                                      command):
     model, out = exported(tmp_path, **{field: value}), tmp_path / "out.bin"
     refused(capsys, model_commands(model, out, data["text"])[command], model, out)
+
+
+@pytest.mark.parametrize("metadata", [{"modality": "image", "data_arguments": "{}"},
+                                      {"modality": "image", "data_arguments": "not json"},
+                                      {"modality": "image", "data_arguments": '{"size": -1}'},
+                                      {"modality": "audio", "data_arguments": '{"encoding": "mp3"}'},
+                                      {"modality": "smell"}, {"image_order": "spiral"}])
+def test_metadata_the_tools_cannot_use_is_one_line(tmp_path, capsys, metadata):
+    model, out = exported(tmp_path, metadata), tmp_path / "out.png"
+    line = refused(capsys, ["generate", "--model", str(model), "--out", str(out)], model, out)
+    assert "its metadata is unusable" in line
 
 
 def test_an_honest_exported_file_still_generates(tmp_path):

@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import textwrap
+import warnings
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from unittest import mock
@@ -64,7 +65,8 @@ def plain_torch_load(trust: bool):
 
     def load(file, *args, **kwargs):
         kwargs["weights_only"] = True
-        with torch.serialization.safe_globals(safe_globals()):
+        with torch.serialization.safe_globals(safe_globals()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. a damaged header's pickle protocol: the load decides
             try:
                 return original(file, *args, **kwargs)
             except pickle.UnpicklingError as error:
@@ -90,11 +92,7 @@ def stored_shapes(folder: Path, zero_stage: int, trust: bool) -> tuple[Path, dic
     files = sorted(folder.glob("mp_rank_*_model_states.pt"))
     if not files:
         raise UsageError(f"{folder}: no DeepSpeed model states in it (mp_rank_*_model_states.pt)")
-    with plain_torch_load(trust):
-        try:
-            states = torch.load(files[0], map_location="cpu", weights_only=not trust, mmap=True)
-        except (RuntimeError, ValueError, EOFError, OSError) as error:
-            raise UsageError(f"{files[0]}: unreadable ({textwrap.shorten(str(error), 120)})") from None
+    states = load_states(files[0], trust, mmap=True)
     key = "module" if zero_stage == 0 else "param_shapes"
     try:
         listed = states[key].items() if zero_stage == 0 else [i for group in states[key] for i in group.items()]
@@ -106,19 +104,29 @@ def stored_shapes(folder: Path, zero_stage: int, trust: bool) -> tuple[Path, dic
     return files[0], shapes
 
 
+def load_states(path: Path, trust: bool, mmap: bool = False) -> dict:
+    """One of DeepSpeed's .pt files, read as plain_torch_load allows; a damaged one is a UsageError."""
+    with plain_torch_load(trust):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=not trust, mmap=mmap)
+        except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError, EOFError,
+                OSError, pickle.UnpicklingError) as error:  # what a damaged pickle or zip makes torch raise
+            raise UsageError(f"{path}: unreadable ({textwrap.shorten(str(error), 120)})") from None
+
+
 def consolidated_state_dict(folder: Path, zero_stage: int, trust: bool = False) -> dict:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # consolidation runs on the CPU anyway
+    if zero_stage == 0:
+        return load_states(sorted(folder.glob("mp_rank_*_model_states.pt"))[0], trust)["module"]
     with plain_torch_load(trust):
-        if zero_stage == 0:
-            files = sorted(folder.glob("mp_rank_*_model_states.pt"))
-            return torch.load(files[0], map_location="cpu", weights_only=not trust)["module"]
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         try:
             with open(os.devnull, "w") as quiet, redirect_stdout(quiet), redirect_stderr(quiet):
                 # its progress prints are noise here; errors still raise
                 return get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
-        except (ValueError, RuntimeError, KeyError, TypeError, IndexError, AttributeError, EOFError) as error:
+        except (ValueError, RuntimeError, KeyError, TypeError, IndexError, AttributeError, EOFError,
+                OSError) as error:
             # files that pass their record and their listed shapes, yet disagree with each other
             raise UsageError(f"{folder}: its ZeRO files do not add up to the model "
                              f"({textwrap.shorten(str(error), 120)})") from None
@@ -186,11 +194,12 @@ def load_any(path, trust: bool = False) -> tuple[torch.nn.Module, dict]:
     path = Path(path)
     if path.is_file():
         try:
-            return load_weights(path)
+            model, metadata = load_weights(path)
         except ValueError as error:
             raise UsageError(str(error)) from None
-    model, metadata, _ = model_from_checkpoint(path, trust)
-    return model, metadata
+        return model, check_media(metadata, path)
+    model, metadata, folder = model_from_checkpoint(path, trust)
+    return model, check_media(metadata, folder)
 
 
 def read_model_header(path) -> tuple[MegaByteConfig, dict]:
@@ -200,11 +209,40 @@ def read_model_header(path) -> tuple[MegaByteConfig, dict]:
     folder = None if path.is_file() else find_checkpoint(path)
     try:
         if folder is None:
-            return read_header(path)
+            config, metadata = read_header(path)
+            return config, check_media(metadata, path)
         config = checkpoint.read_config(folder)
-        return stored_model_config(config), export_metadata(config, step=None)
+        return stored_model_config(config), check_media(export_metadata(config, step=None), folder)
     except (KeyError, ValueError, TypeError) as error:
         raise UsageError(str(error) if folder is None else f"{folder}: its config is unusable ({error})") from None
+
+
+def check_media(metadata: dict, source) -> dict:
+    """`metadata` (an exported file's, or a checkpoint's export metadata), its fields the tools
+    turn bytes into media with checked: a known modality and image order, data_arguments a JSON
+    object with the picture size or the audio's rate and encoding they use. UsageError naming
+    `source` otherwise."""
+    from pipeline.format.audio_codec import ENCODINGS
+
+    def bad(what: str) -> UsageError:
+        return UsageError(f"{source}: its metadata is unusable ({what})")
+
+    modality, order = metadata.get("modality", "text"), metadata.get("image_order", "raster")
+    if modality not in ("text", "image", "audio", "mixed") or order not in ("raster", "patch"):
+        raise bad(f"modality {modality!r}, image_order {order!r}")
+    try:
+        arguments = json.loads(metadata.get("data_arguments", "{}"))
+    except (TypeError, ValueError):
+        arguments = None
+    if not isinstance(arguments, dict):
+        raise bad("data_arguments is not a JSON object")
+    size, resize = arguments.get("size"), arguments.get("resize", "crop")
+    if modality == "image" and not (type(size) is int and 1 <= size <= 2**12 and resize in ("crop", "box")):
+        raise bad(f"an image size of {size!r}, resized by {resize!r}")
+    rate, encoding = arguments.get("sample_rate", 16000), arguments.get("encoding", "pcm16")
+    if modality == "audio" and not (type(rate) is int and 1 <= rate <= 2**20 and encoding in ENCODINGS):
+        raise bad(f"audio at {rate!r} Hz in {encoding!r}")
+    return metadata
 
 
 def export_metadata(config: dict, step: int | None) -> dict:
