@@ -89,9 +89,9 @@ def unpickler_reason(message: str) -> str:
 def stored_shapes(folder: Path, zero_stage: int, trust: bool) -> tuple[Path, dict[str, tuple]]:
     """(DeepSpeed's model-states file, name → shape of every weight it lists: the module's tensors
     at stage 0, its param_shapes under ZeRO), read without reading a tensor (mmap)."""
-    files = sorted(folder.glob("mp_rank_*_model_states.pt"))
+    files = sorted(folder.glob("*mp_rank_*_model_states.pt"))  # ZeRO-3: one per rank, alike in this
     if not files:
-        raise UsageError(f"{folder}: no DeepSpeed model states in it (mp_rank_*_model_states.pt)")
+        raise UsageError(f"{folder}: no DeepSpeed model states in it (*mp_rank_*_model_states.pt)")
     states = load_states(files[0], trust, mmap=True)
     key = "module" if zero_stage == 0 else "param_shapes"
     try:
