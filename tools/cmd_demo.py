@@ -17,8 +17,8 @@ from pipeline.convert.text import TextConverter
 HELD_OUT_EVERY = 50  # every 50th source file (in sorted order) is held out for validation
 # measured on 2 idle cores (README, The demo): training steps a minute, and the minutes of the rest
 # (conversion, held-out evaluation, compressors, sample)
-STEPS_PER_MINUTE = 180
-OTHER_MINUTES = 1.5
+STEPS_PER_MINUTE = 210
+OTHER_MINUTES = 0.3
 
 
 def register(subparsers) -> None:
