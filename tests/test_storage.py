@@ -327,7 +327,8 @@ def test_server_restart_mid_read_resumes_at_the_byte_reached(data):
         server.stop()
 
 
-def test_a_server_that_stays_down_is_one_error_naming_the_offset(data):
+def test_a_server_that_stays_down_is_one_error_naming_the_offset(data, monkeypatch):
+    monkeypatch.setattr(remote, "BACKOFF", 0.001)  # the tries, not the waits between them
     server = HTTPServer(data["local"])
     url = f"{server.url}/text-000000.tar"
     f = storage.open_binary(url)  # its size is known: nothing is read yet
@@ -390,6 +391,8 @@ def test_cache_needs_a_limit(monkeypatch, tmp_path, data):
 
 
 def test_bad_urls_are_one_line_and_exit_2(data, s3, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(remote, "BACKOFF", 0.001)  # the tries, not the waits between them
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's own retries of a refused connection
     closed = free_port()
     cases = [
         ("s3://no-such-bucket/text", "no such manifest (The specified bucket does not exist)"),
@@ -470,6 +473,7 @@ def test_a_server_dying_mid_conversion_is_one_line_and_a_rerun_resumes(data, tmp
     server.start()
     use_endpoint(monkeypatch, f"http://127.0.0.1:{port}")  # moto's buckets live in this process
     monkeypatch.setattr(remote, "BACKOFF", 0.01)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's own retries of a refused connection
     monkeypatch.setattr(logging.getLogger("werkzeug"), "disabled", True)  # the server's access log
     upload, uploads = storage.upload, []
 
