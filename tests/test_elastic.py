@@ -135,7 +135,8 @@ def fake_checkpoint(folder: Path, ranks: int, data: dict) -> Path:
     (folder / checkpoint.STATE).mkdir(parents=True)
     for rank in range(ranks):
         (folder / checkpoint.STATE / f"rank-{rank:05d}.json").write_text("{}")
-    (folder / checkpoint.CONFIG).write_text(json.dumps({"data": data, "deepspeed": {"zero_stage": 2}}))
+    stored = {"data": {"datasets": ["unused"], **data}, "deepspeed": {"zero_stage": 2}}
+    (folder / checkpoint.CONFIG).write_text(json.dumps(stored))
     return folder
 
 

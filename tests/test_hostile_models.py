@@ -5,6 +5,7 @@ before any module is built from a config the tensors do not bear out, and writes
 falls back to the newest intact checkpoint."""
 
 import json
+import re
 import os
 from pathlib import Path
 
@@ -135,6 +136,8 @@ def test_param_shapes_that_do_not_fit_the_config_are_one_line(tmp_path, capsys, 
     ("mp_rank_00_model_states.pt", lambda data: b"not a zip" * 100, "not a torch.save file"),
     ("config.json", lambda data: b"[1, 2]", "not a config object"),
     ("config.json", lambda data: data.replace(b'"zero_stage": 0', b'"zero_stage": "0"'), "zero_stage"),
+    ("config.json", lambda data: re.sub(rb'"micro_batch_size": \d+', b'"micro_batch_size": 0', data),
+     "micro_batch_size must be a positive integer, got 0"),
     ("state/rank-00000.safetensors", lambda data: data[:10], "unreadable"),
     ("state/rank-00000.json", lambda data: data[:-5], "unreadable")])
 @pytest.mark.parametrize("command", ["export", "generate", "eval"])

@@ -324,8 +324,10 @@ def stored_model_config(raw: dict) -> MegaByteConfig:
 
 
 def check_stored(config) -> None:
-    """Each section a stored config holds is an object whose keys have their fields' types (the
-    keys it leaves out are not checked: older checkpoints have fewer); `media` maps names to text."""
+    """Each section a stored config holds is an object whose keys have their fields' types, and a
+    whole config (one with [data]) the ranges and combinations of a config read from a file (the
+    keys it leaves out take their defaults: older checkpoints have fewer); `media` maps names to
+    text."""
     kinds = {"data": LoaderConfig, "model": MegaByteConfig, **SECTIONS}
     if not isinstance(config, dict):
         raise UsageError(f"holds a {type(config).__name__}, not a config object")
@@ -337,6 +339,8 @@ def check_stored(config) -> None:
             check_types(f"{name}.", field_types(kinds[name]), section)
         elif name == "media" and not all(isinstance(value, str) for value in section.values()):
             raise UsageError("[media] holds values that are not text")
+    if "data" in config:  # a trainer's whole config: its ranges too (a part alone has no datasets)
+        TrainConfig.from_dict({name: section for name, section in config.items() if name != "media"})
 
 
 def dump_config(config: TrainConfig) -> str:

@@ -132,7 +132,9 @@ def repair_universal_load(engine: "DeepSpeedEngine", conversion: Path) -> None:
 def describe_change(folder: Path, config: TrainConfig, world_size: int) -> str | None:
     """One line saying what a resume changes against the run that saved `folder` (ranks, gradient
     accumulation, micro-batch, global batch, loader workers), or None when nothing."""
-    data = checkpoint.read_config(folder)["data"]
+    data = checkpoint.read_config(folder).get("data")
+    if data is None:  # a config without [data] says nothing of how the run cut its batches
+        return None
     saved = batch_layout(data["batch_size"], data["micro_batch_size"], data["num_workers"],
                          checkpoint.saved_ranks(folder))
     now = batch_layout(config.data.batch_size, config.data.micro_batch_size, config.data.num_workers,
