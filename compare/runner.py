@@ -10,7 +10,9 @@
 A SIGINT, SIGTERM or SIGUSR1 while a run trains reaches the trainer (Ctrl-C reaches the whole
 process group; one sent to this process alone is passed on), which saves a checkpoint and exits;
 this process then stops too (Interrupted, exit code 130: not an error), with the line that says
-where it stood and how to continue: the same command.
+where it stood and how to continue: the same command. One that comes while a run is measured (or
+the reports written) stops this process the same way, naming what it was doing; what it had not
+finished is redone by the rerun (every file is written whole or not at all).
 """
 
 import json
@@ -39,9 +41,25 @@ class RunStopped(UsageError):
 
 def run_suite(suite: Suite, device=None) -> list[dict]:
     """Train and measure every run not done yet; returns every run's result, in the suite's order."""
+    plans = plan_suite(suite)  # checks every run before any trains
+    doing = ["starting"]
+
+    def stop(signum, frame):
+        raise Interrupted(f"interrupted ({signal.Signals(signum).name}) while {doing[0]}: rerun the "
+                          "same command to continue")
+
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}  # train() passes them on
+    try:
+        return run_all(suite, plans, device, doing)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_all(suite: Suite, plans: dict[str, RunPlan], device, doing: list[str]) -> list[dict]:
+    """run_suite's loop; `doing[0]` says what it is doing, for an interruption's line."""
     from compare.report import write_reports
 
-    plans = plan_suite(suite)  # checks every run before any trains
     results = []
     for run in suite.runs:
         result_path = suite.run_dir(run) / "result.json"
@@ -52,10 +70,12 @@ def run_suite(suite: Suite, device=None) -> list[dict]:
             print(f"{run.name}: {plan.steps} steps of {plan.flops_per_step:.3g} FLOPs "
                   f"({plan.positions_per_step:,} bytes each)", flush=True)
             train(suite, run, plan)
+            doing[0] = f"measuring run {run.name!r}"
             result = measure_run(suite, run, plan, device)
             text = json.dumps(result, indent=1) + "\n"
             write_text_atomically(result_path, text, on_error="usage")
         results.append(json.loads(result_path.read_text()))
+    doing[0] = "writing the reports"
     write_reports(suite, results)
     return results
 

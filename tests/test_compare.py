@@ -210,3 +210,21 @@ def test_a_wall_clock_budget_is_planned_from_timed_steps(data, tmp_path):
     # planned once: a second look reuses the timing rather than measuring again
     plan_suite(suite)
     assert json.loads((tmp_path / "out" / "plan.json").read_text()) == plan
+
+
+def test_a_signal_while_a_run_is_measured_stops_in_one_line_and_writes_no_result(data, tmp_path, capsys,
+                                                                                   monkeypatch):
+    """Outside a run's training, a SIGTERM stops the comparison as one at training time does:
+    exit 130, one line naming what it was doing, and no result half-written (the rerun redoes it)."""
+    import compare.runner
+
+    monkeypatch.setattr(compare.runner, "train", lambda suite, run, plan: None)  # trained before
+    monkeypatch.setattr(compare.runner, "measure_run",
+                        lambda *args: os.kill(os.getpid(), signal.SIGTERM) or time.sleep(5))
+    suite = write_suite(tmp_path / "suite.toml", data, tmp_path / "out")
+    assert cli(["compare", str(suite)]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == ("megabyte compare: interrupted (SIGTERM) while measuring run 'megabyte': rerun the "
+                   "same command to continue"), err
+    assert not list((tmp_path / "out").rglob("result*.json"))
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the comparison's handler is gone
