@@ -377,7 +377,7 @@ def test_arguments_the_model_cannot_take_are_refused_before_its_weights_are_read
     transformer = tmp_path / "transformer.safetensors"
     save_weights(build_model(dataclasses.replace(CONFIG, architecture="transformer", patch_size=1, local_layers=0)),
                  transformer, {"modality": "text"})
-    monkeypatch.setattr(train.export, "load_any", lambda *a: pytest.fail("the weights were loaded"))
+    monkeypatch.setattr(train.export, "load_found", lambda *a: pytest.fail("the weights were loaded"))
     for argv, message in [
         (["eval", str(transformer), "--data", str(files["data"]), "--strided"], "--strided shifts the patch grid"),
         (["eval", str(files["model"]), "--data", str(files["data"]), "--sliding", "65"], "--sliding 65: the "

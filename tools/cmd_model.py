@@ -85,17 +85,24 @@ def register(subparsers) -> None:
     generate.set_defaults(func=cmd_generate)
 
 
-def load_model(path: Path, trust: bool):
-    from train.export import load_any  # reads DeepSpeed checkpoints: imported on use
+def find_model(path: Path) -> Path:
+    """The exported file, or the checkpoint folder checked once (train.export.find_model)."""
+    from train.export import find_model  # reads DeepSpeed checkpoints: imported on use
 
-    return load_any(path, trust)
+    return find_model(path)
 
 
-def read_model_header(path: Path):
+def load_model(found: Path, trust: bool):
+    from train.export import load_found
+
+    return load_found(found, trust)
+
+
+def read_model_header(found: Path):
     """(model config, metadata) without the weights: what the arguments are checked against."""
     from train.export import read_model_header
 
-    return read_model_header(path)
+    return read_model_header(found)
 
 
 def cmd_eval(args) -> int:
@@ -107,10 +114,11 @@ def cmd_eval(args) -> int:
     ids = dataset_ids(args.data, max_ids=args.max_bytes)
     if ids == 0:
         raise DataError(f"{args.data}: the dataset has no bytes to score")
-    config, _ = read_model_header(args.model)
+    found = find_model(args.model)
+    config, _ = read_model_header(found)
     modes = eval_modes(config, args.strided, args.sliding)
     # the arguments and the data are fine, for this model too: now its weights
-    model, metadata = load_model(args.model, args.trust_checkpoint)
+    model, metadata = load_model(found, args.trust_checkpoint)
     order = args.image_order or metadata.get("image_order", "raster")
     with tqdm(total=ids * len(modes), desc="eval", unit="B", unit_scale=True, leave=False,
               disable=True if args.no_progress else None) as bar:  # None: only on a terminal
@@ -165,8 +173,9 @@ def cmd_generate(args) -> int:
     device = pick_device(args.device)
     if args.cuda_graphs and device.type != "cuda":
         raise UsageError(f"--cuda-graphs: needs a CUDA device, and this runs on {device.type} (--device cuda)")
-    check_against_model(args, *read_model_header(args.model))
-    model, metadata = load_model(args.model, args.trust_checkpoint)
+    found = find_model(args.model)
+    check_against_model(args, *read_model_header(found))
+    model, metadata = load_model(found, args.trust_checkpoint)
     model.to(device)
     modality = metadata.get("modality", "text")
     data_arguments = json.loads(metadata.get("data_arguments", "{}"))

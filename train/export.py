@@ -155,6 +155,12 @@ def model_from_checkpoint(path, trust: bool = False) -> tuple[torch.nn.Module, d
     """(model with the consolidated weights, export metadata, checkpoint folder) — no DeepSpeed
     engine, one process; `trust`: DeepSpeed's pickles may hold anything (see plain_torch_load)."""
     folder = find_checkpoint(path)
+    model, metadata = model_from_folder(folder, trust)
+    return model, metadata, folder
+
+
+def model_from_folder(folder: Path, trust: bool) -> tuple[torch.nn.Module, dict]:
+    """model_from_checkpoint of a folder find_checkpoint returned (checked already)."""
     config = checkpoint.read_config(folder)  # its sections' types checked
     stage = config.get("deepspeed", {}).get("zero_stage")
     if stage not in (0, 1, 2, 3):
@@ -180,7 +186,7 @@ def model_from_checkpoint(path, trust: bool = False) -> tuple[torch.nn.Module, d
         raise UsageError(f"{folder}: its trainer state or config lacks {error}") from None
     if type(step) is not int or step < 0:
         raise UsageError(f"{folder}: its trainer state says step {step!r}")
-    return model.eval(), metadata, folder
+    return model.eval(), metadata
 
 
 def refuse_mismatch(source: Path, expected: dict, shapes: dict) -> None:
@@ -189,32 +195,41 @@ def refuse_mismatch(source: Path, expected: dict, shapes: dict) -> None:
         raise UsageError(f"{source}: does not match the model of {checkpoint.CONFIG} ({problem})")
 
 
+def find_model(path) -> Path:
+    """An exported .safetensors file as it is, or the complete checkpoint `path` names, checked
+    (find_checkpoint: every file hashed, so done once): what load_found and read_model_header take."""
+    path = Path(path)
+    return path if path.is_file() else find_checkpoint(path)
+
+
 def load_any(path, trust: bool = False) -> tuple[torch.nn.Module, dict]:
     """An exported .safetensors file or a checkpoint → (model in eval mode, metadata)."""
-    path = Path(path)
-    if path.is_file():
+    return load_found(find_model(path), trust)
+
+
+def load_found(found: Path, trust: bool = False) -> tuple[torch.nn.Module, dict]:
+    """load_any of what find_model returned."""
+    if found.is_file():
         try:
-            model, metadata = load_weights(path)
+            model, metadata = load_weights(found)
         except ValueError as error:
             raise UsageError(str(error)) from None
-        return model, check_media(metadata, path)
-    model, metadata, folder = model_from_checkpoint(path, trust)
-    return model, check_media(metadata, folder)
+    else:
+        model, metadata = model_from_folder(found, trust)
+    return model, check_media(metadata, found)
 
 
-def read_model_header(path) -> tuple[MegaByteConfig, dict]:
-    """(model config, metadata but the step) of an exported file or a checkpoint, read without any
-    weights: the tools check their arguments against the model before loading it (load_any)."""
-    path = Path(path)
-    folder = None if path.is_file() else find_checkpoint(path)
+def read_model_header(found: Path) -> tuple[MegaByteConfig, dict]:
+    """(model config, metadata but the step) of what find_model returned, read without any
+    weights: the tools check their arguments against the model before loading it (load_found)."""
     try:
-        if folder is None:
-            config, metadata = read_header(path)
-            return config, check_media(metadata, path)
-        config = checkpoint.read_config(folder)
-        return stored_model_config(config), check_media(export_metadata(config, step=None), folder)
+        if found.is_file():
+            config, metadata = read_header(found)
+            return config, check_media(metadata, found)
+        config = checkpoint.read_config(found)
+        return stored_model_config(config), check_media(export_metadata(config, step=None), found)
     except (KeyError, ValueError, TypeError) as error:
-        raise UsageError(str(error) if folder is None else f"{folder}: its config is unusable ({error})") from None
+        raise UsageError(str(error) if found.is_file() else f"{found}: its config is unusable ({error})") from None
 
 
 def check_media(metadata: dict, source) -> dict:
@@ -222,7 +237,8 @@ def check_media(metadata: dict, source) -> dict:
     turn bytes into media with checked: a known modality and image order, data_arguments a JSON
     object with the picture size or the audio's rate and encoding they use. UsageError naming
     `source` otherwise."""
-    from pipeline.format.audio_codec import ENCODINGS
+    from pipeline.convert.audio import AudioSettings
+    from pipeline.format.audio_codec import DEFAULT_ENCODING, ENCODINGS
 
     def bad(what: str) -> UsageError:
         return UsageError(f"{source}: its metadata is unusable ({what})")
@@ -239,7 +255,8 @@ def check_media(metadata: dict, source) -> dict:
     size, resize = arguments.get("size"), arguments.get("resize", "crop")
     if modality == "image" and not (type(size) is int and 1 <= size <= 2**12 and resize in ("crop", "box")):
         raise bad(f"an image size of {size!r}, resized by {resize!r}")
-    rate, encoding = arguments.get("sample_rate", 16000), arguments.get("encoding", "pcm16")
+    rate = arguments.get("sample_rate", AudioSettings.sample_rate)  # the converter's defaults
+    encoding = arguments.get("encoding", DEFAULT_ENCODING)
     if modality == "audio" and not (type(rate) is int and 1 <= rate <= 2**20 and encoding in ENCODINGS):
         raise bad(f"audio at {rate!r} Hz in {encoding!r}")
     return metadata
