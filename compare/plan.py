@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from compare.suite import RunSpec, Suite
+from compare.sweep import grid_trials
 from model.flops import training_flops_per_byte
 from pipeline.format.errors import UsageError
 from pipeline.format.files import write_text_atomically
@@ -50,26 +51,29 @@ class RunPlan:
         return self.flops_per_byte * self.positions_per_step
 
 
-def plan_suite(suite: Suite, save: bool = True) -> dict[str, RunPlan]:
-    """Every run's plan: from OUT/plan.json where it was made before, else made now (and saved,
-    unless `save` is False: `--plan`, a dry run, writes nothing)."""
+def plan_suite(suite: Suite, trials: list[RunSpec] | None = None, save: bool = True) -> dict[str, RunPlan]:
+    """Each trial's plan (default: every setting of every run's grid, compare/sweep.py): from
+    OUT/plan.json where it was made before, else made now and added to it (unless `save` is False:
+    `--plan`, a dry run, writes nothing)."""
+    trials = trials if trials is not None else [t for run in suite.runs for t in grid_trials(suite, run)]
     path = suite.out_dir / "plan.json"
     saved = read_plan(path)
     plans = {}
-    for run in suite.runs:
-        config = suite.train_config(run, total_steps=1)  # every key, the preset: checked here
+    for trial in trials:
+        config = suite.train_config(trial, total_steps=1)  # every key, the preset: checked here
         config.check_paths()
         fingerprint = suite.fingerprint(config)
-        old = saved.get(run.name)
+        old = saved.get(trial.name)
         if old is not None and old.fingerprint != fingerprint:
-            raise UsageError(f"{suite.out_dir}: run {run.name!r} was planned from other settings (the "
+            raise UsageError(f"{suite.out_dir}: run {trial.name!r} was planned from other settings (the "
                              "data, budget, config or the run changed since): choose another out_dir, or "
-                             f"remove {suite.run_dir(run)} and its entry in {path}")
-        plans[run.name] = old or plan_run(suite, run, config, fingerprint)
+                             f"remove {suite.run_dir(trial)} and its entry in {path}")
+        plans[trial.name] = old or plan_run(suite, trial, config, fingerprint)
     if not save:
         return plans
     suite.out_dir.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({name: asdict(plan) for name, plan in plans.items()}, indent=1) + "\n"
+    every = {**saved, **plans}
+    text = json.dumps({name: asdict(plan) for name, plan in every.items()}, indent=1) + "\n"
     write_text_atomically(path, text, on_error="usage")
     return plans
 
@@ -140,3 +144,23 @@ def time_step(config: TrainConfig, ranks: int) -> float:
         if started > warm_until:
             times.append(time.perf_counter() - started)
     return sorted(times)[TIMED_STEPS // 2]
+
+
+def suite_cost(suite: Suite, plans: dict[str, RunPlan]) -> tuple[float, float]:
+    """(training FLOPs, training seconds on this machine) of the whole suite: every setting of every
+    grid, and each run's other seeds counted at its dearest setting (which one is best is not known
+    before it trains). Seconds come from timing each model's steps here, as budget_minutes does;
+    evaluation and generation come on top."""
+    timed = {}  # a model and its batch → seconds per step: settings that differ by lr cost the same
+    flops = seconds = 0.0
+    for run in suite.runs:
+        costs = []
+        for trial in grid_trials(suite, run):
+            plan, config = plans[trial.name], suite.train_config(trial, total_steps=1)
+            key = json.dumps([config.model.to_dict(), config.data.micro_batch_size, config.data.batch_size])
+            if key not in timed:
+                timed[key] = plan.seconds_per_step or time_step(config, suite.ranks)
+            costs.append((plan.steps * plan.flops_per_step, plan.steps * timed[key]))
+        flops += sum(f for f, _ in costs) + (suite.seeds - 1) * max(f for f, _ in costs)
+        seconds += sum(s for _, s in costs) + (suite.seeds - 1) * max(s for _, s in costs)
+    return flops, seconds

@@ -1,10 +1,13 @@
-"""Run a suite: each run trains in its own process, then is measured here; results at the end.
+"""Run a suite: each trial trains in its own process, then is scored here; results at the end.
 
     for each run, in the suite's order:
         OUT/runs/NAME/result.json exists  → done before: skipped
-        else  launcher -m train.main ...  → trains, or resumes from its newest checkpoint
-              newest checkpoint's step < the plan's steps → the run was stopped: stop here too
-              measure (compare/measure.py) → OUT/runs/NAME/result.json
+        else, for each trial of its grid, then its best setting's other seeds (compare/sweep.py):
+              OUT/runs/TRIAL/scores.json exists → done before: skipped
+              else  launcher -m train.main ...  → trains, or resumes from its newest checkpoint
+                    newest checkpoint's step < the plan's steps → it was stopped: stop here too
+                    score (compare/measure.py) → OUT/runs/TRIAL/scores.json
+              the run's summary, its best trial's other figures → OUT/runs/NAME/result.json
     then OUT/results.json, OUT/results.md and OUT/curves.png from every run's result
 
 A SIGINT, SIGTERM or SIGUSR1 while a run trains reaches the trainer (Ctrl-C reaches the whole
@@ -21,7 +24,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from compare.measure import measure_run
+from compare import sweep
+from compare.measure import measure_best, score_trial
 from compare.plan import RunPlan, plan_suite
 from compare.suite import RunSpec, Suite
 from compare.wall import add_launch
@@ -40,8 +44,8 @@ class RunStopped(UsageError):
 
 
 def run_suite(suite: Suite, device=None) -> list[dict]:
-    """Train and measure every run not done yet; returns every run's result, in the suite's order."""
-    plans = plan_suite(suite)  # checks every run before any trains
+    """Train and measure every trial not done yet; returns every run's result, in the suite's order."""
+    plan_suite(suite)  # checks every setting of every run before any trains
     doing = ["starting"]
 
     def stop(signum, frame):
@@ -50,13 +54,13 @@ def run_suite(suite: Suite, device=None) -> list[dict]:
 
     previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}  # train() passes them on
     try:
-        return run_all(suite, plans, device, doing)
+        return run_all(suite, device, doing)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def run_all(suite: Suite, plans: dict[str, RunPlan], device, doing: list[str]) -> list[dict]:
+def run_all(suite: Suite, device, doing: list[str]) -> list[dict]:
     """run_suite's loop; `doing[0]` says what it is doing, for an interruption's line."""
     from compare.report import write_reports
 
@@ -66,18 +70,55 @@ def run_all(suite: Suite, plans: dict[str, RunPlan], device, doing: list[str]) -
         if result_path.is_file():
             print(f"{run.name}: done before, skipped ({result_path})", flush=True)
         else:
-            plan = plans[run.name]
-            print(f"{run.name}: {plan.steps} steps of {plan.flops_per_step:.3g} FLOPs "
-                  f"({plan.positions_per_step:,} bytes each)", flush=True)
-            train(suite, run, plan)
-            doing[0] = f"measuring run {run.name!r}"
-            result = measure_run(suite, run, plan, device)
-            text = json.dumps(result, indent=1) + "\n"
-            write_text_atomically(result_path, text, on_error="usage")
+            result = run_trials(suite, run, device, doing)
+            write_text_atomically(result_path, json.dumps(result, indent=1) + "\n", on_error="usage")
+            print(f"{run.name}: {summary_line(result)}", flush=True)
         results.append(json.loads(result_path.read_text()))
     doing[0] = "writing the reports"
     write_reports(suite, results)
     return results
+
+
+def run_trials(suite: Suite, run: RunSpec, device, doing: list[str]) -> dict:
+    """The run's grid, then its best setting at the other seeds, then the best one's other figures."""
+    grid = [finish_trial(suite, trial, device, doing) for trial in sweep.grid_trials(suite, run)]
+    best = sweep.best_index(grid)
+    setting = sweep.settings(suite, run)[best]
+    seeds = [finish_trial(suite, trial, device, doing)
+             for trial in sweep.seed_trials(suite, run, setting, grid[best]["seed"])]
+    result = sweep.summarize(suite, run, grid, seeds)
+    doing[0] = f"measuring run {run.name!r}"
+    print(f"{run.name}: timing generation and the other evaluations of its best setting", flush=True)
+    return {**result, **measure_best(suite, sweep.trial(suite, run, setting), device)}
+
+
+def finish_trial(suite: Suite, trial: RunSpec, device, doing: list[str]) -> dict:
+    """Train (or resume) one trial and score it: OUT/runs/TRIAL/scores.json, or read from there."""
+    path = suite.run_dir(trial) / "scores.json"
+    if path.is_file():
+        print(f"{trial.name}: done before, skipped ({path})", flush=True)
+        return json.loads(path.read_text())
+    plan = plan_suite(suite, [trial])[trial.name]  # planned before, but for a seed's trial
+    print(f"{trial.name}: {plan.steps} steps of {plan.flops_per_step:.3g} FLOPs "
+          f"({plan.positions_per_step:,} bytes each)", flush=True)
+    doing[0] = f"training run {trial.name!r}"
+    train(suite, trial, plan)
+    doing[0] = f"measuring run {trial.name!r}"
+    print(f"{trial.name}: evaluating on every byte of {suite.validation}", flush=True)
+    scores = score_trial(suite, trial, plan, device)
+    write_text_atomically(path, json.dumps(scores, indent=1) + "\n", on_error="usage")
+    print(f"{trial.name}: {scores['bpb']:.4f} bits per byte after {scores['steps']:,} steps "
+          f"({scores['wall_seconds']:,.0f} s); largest rise of the training loss "
+          f"{scores['loss_rise']:.2f} bpb at step {scores['loss_rise_step']}", flush=True)
+    return scores
+
+
+def summary_line(result: dict) -> str:
+    seeds = len(result["seeds"])
+    spread = f" (mean of {seeds} seeds, {result['bpb_min']:.4f}–{result['bpb_max']:.4f})" if seeds > 1 else ""
+    setting = ", ".join(f"{k} = {v}" for k, v in result["setting"].items())
+    return (f"{result['bpb']:.4f} bits per byte{spread}" + (f" at {setting}" if setting else "")
+            + f"; generation {result['generate_bytes_per_s']:,.0f} bytes/s")
 
 
 def train(suite: Suite, run: RunSpec, plan: RunPlan) -> None:

@@ -7,16 +7,21 @@
     budget_flops = 2e13                   # training FLOPs per run; or budget_minutes = 10
     config = "tiny-cpu"                   # the shared train config (a file or a shipped name)
     generate_bytes = 8192                 # bytes generated (batch 1) to time each model
+    generate_repeats = 3                  # timings of that generation; the median counts
+    seeds = 3                             # each run's best setting trained with 3 seeds (compare/sweep.py)
     curve_points = 8                      # validations during each run, for curves.png
     curve_batches = 16                    # validation batches each of those scores (run.eval_batches)
     launcher = ["deepspeed", "--num_gpus", "8"]   # default: this Python, one process
     ranks = 8                             # processes the launcher starts (timing budget_minutes)
     [set]                                 # keys of the train config, for every run
     "model.seq_len" = 512
+    [sweep]                               # train config keys → values: every run tries each setting
+    "optim.lr" = [1e-3, 2e-3, 4e-3]       # (a grid: every combination of the keys' values)
     [[runs]]
     name = "megabyte"                     # letters, digits, '_', '-' (it names OUT/runs/NAME)
     preset = "tiny"
     set = { "model.dropout" = 0.0 }       # this run's own keys, over [set]
+    sweep = { "optim.lr" = [5e-4, 1e-3] } # this run's own grid, instead of [sweep]
 
 Relative paths are taken from the directory the command runs in, as for `megabyte train`. A run's
 train config is CONFIG, then [set], then the run's `set`, then what the comparison itself decides
@@ -28,6 +33,7 @@ Everything is checked before anything trains: a bad suite is one UsageError line
 import hashlib
 import json
 import math
+import re
 import sys
 import typing
 from dataclasses import MISSING, dataclass, field, fields
@@ -43,6 +49,7 @@ SHIPPED_SUITES = Path(__file__).parent / "suites"
 OWNED_KEYS = ("data.datasets", "data.validation", "optim.total_steps", "run.out_dir", "run.eval_every",
               "run.eval_batches", "run.checkpoint_every", "run.max_minutes")
 RUN_NAME = KEY_PATTERN  # a run's name follows the rule of a sample's key: no dot, no separator
+SWEPT_NAME = re.compile(r"[A-Za-z0-9._+-]{1,40}")  # a swept string's rule: it names a folder
 
 
 @dataclass
@@ -50,6 +57,7 @@ class RunSpec:
     name: str
     preset: str
     overrides: dict[str, object] = field(default_factory=dict)  # "section.key" → value
+    sweep: dict[str, list] | None = None  # "section.key" → the values tried; None: the suite's [sweep]
 
 
 @dataclass
@@ -67,6 +75,9 @@ class Suite:
     overrides: dict[str, object] = field(default_factory=dict, metadata={"key": "set"})
     config: str = "tiny-cpu"
     generate_bytes: int = field(default=8192, metadata={"least": 1, "most": 2**24})
+    generate_repeats: int = field(default=3, metadata={"least": 1, "most": 100})
+    sweep: dict[str, list] = field(default_factory=dict)  # every run's grid, unless the run gives its own
+    seeds: int = field(default=1, metadata={"least": 1, "most": 100})
     curve_points: int = field(default=8, metadata={"least": 1, "most": 1000})
     curve_batches: int = field(default=16, metadata={"least": 1, "most": 10**6})
     launcher: list[str] = field(default_factory=lambda: [sys.executable])
@@ -135,6 +146,7 @@ def build_suite(path: Path, raw: dict) -> Suite:
     values.update(title=raw.get("title") or path.stem, out_dir=Path(raw["out_dir"]),
                   budget_flops=float(raw.get("budget_flops", 0)), budget_minutes=float(raw.get("budget_minutes", 0)),
                   overrides=flat_keys(path, "set", raw.get("set", {})),
+                  sweep=sweep_grid(path, "sweep", raw.get("sweep", {})),
                   runs=[build_run(path, index, entry) for index, entry in enumerate(raw["runs"])])
     suite = Suite(path=path, **values)
     check_fields(f"{path}: ", suite)
@@ -190,9 +202,9 @@ def build_run(path: Path, index: int, entry) -> RunSpec:
     where = f"runs[{index}]"
     if not isinstance(entry, dict):
         raise UsageError(f"{path}: {where}: expected a table with name and preset")
-    unknown = sorted(set(entry) - {"name", "preset", "set"})
+    unknown = sorted(set(entry) - {"name", "preset", "set", "sweep"})
     if unknown:
-        raise UsageError(f"{path}: {where}: unknown key(s) {unknown}; a run has name, preset and set")
+        raise UsageError(f"{path}: {where}: unknown key(s) {unknown}; a run has name, preset, set and sweep")
     for key in ("name", "preset"):
         if not isinstance(entry.get(key), str):
             raise UsageError(f"{path}: {where}: {key} is missing (a string)")
@@ -202,4 +214,28 @@ def build_run(path: Path, index: int, entry) -> RunSpec:
     overrides = entry.get("set", {})
     if not isinstance(overrides, dict):
         raise UsageError(f"{path}: {where}: set = {overrides!r}: expected a table")
-    return RunSpec(entry["name"], entry["preset"], flat_keys(path, f"{where}.set", overrides))
+    sweep = sweep_grid(path, f"{where}.sweep", entry["sweep"]) if "sweep" in entry else None
+    return RunSpec(entry["name"], entry["preset"], flat_keys(path, f"{where}.set", overrides), sweep)
+
+
+def sweep_grid(path: Path, where: str, table) -> dict[str, list]:
+    """A [sweep] table → {"section.key": [values]}: each key a train config key the suite may set,
+    each list of distinct numbers, booleans or short names (a value names the setting's folder)."""
+    if not isinstance(table, dict):
+        raise UsageError(f"{path}: {where} = {table!r}: expected a table, e.g. {{ \"optim.lr\" = [1e-3, 2e-3] }}")
+    grid = flat_keys(path, where, table)
+    for key, values in grid.items():
+        if key == "run.seed":
+            raise UsageError(f"{path}: {where}: run.seed is not swept: set seeds = N to repeat each run's "
+                             "best setting with N seeds")
+        if not (isinstance(values, list) and values):
+            raise UsageError(f"{path}: {where}: {key} = {values!r}: expected a list of the values to try")
+        for value in values:
+            if not (isinstance(value, (int, float)) or SWEPT_NAME.fullmatch(str(value))):
+                raise UsageError(f"{path}: {where}: {key} = {value!r}: a swept value is a number, a boolean "
+                                 "or a name of 1-40 letters, digits, '.', '_', '+' and '-'")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UsageError(f"{path}: {where}: {key} = {value}: not a finite number")
+        if len(set(map(json.dumps, values))) < len(values):
+            raise UsageError(f"{path}: {where}: {key} = {values}: a value is repeated")
+    return grid
