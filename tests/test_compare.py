@@ -14,6 +14,7 @@ import pytest
 from compare.plan import plan_run, plan_suite
 from compare.runner import trained_steps
 from compare.suite import SHIPPED_SUITES, build_suite, load_suite
+from compare.sweep import grid_trials
 from pipeline.format.errors import UsageError
 from helpers import ENV, REPO, make_dataset, write_config
 from tools.cli import main as cli
@@ -36,17 +37,23 @@ def data(tmp_path_factory):
 
 
 def write_suite(path: Path, data: dict, out_dir: Path, budget: str = "budget_flops = 1.5e10",
-                runs: dict | None = None) -> Path:
+                runs: dict | None = None, seeds: int = 1, sweep: dict | None = None) -> Path:
+    """runs: name → (preset, its set), or (preset, its set, its own sweep); sweep: the suite's."""
     runs = runs or {"megabyte": ("tiny", SMALL), "deep": ("tiny", DEEP)}
     lines = ['title = "test"', f'train = "{data["train"]}"', f'validation = "{data["validation"]}"',
              f'out_dir = "{out_dir}"', f'config = "{data["config"]}"', budget, "generate_bytes = 32",
-             "curve_points = 3", "curve_batches = 1", "[set]", '"model.seq_len" = 64',
-             '"model.dropout" = 0.0', '"optim.warmup_steps" = 5']
-    for name, (preset, overrides) in runs.items():
-        table = ", ".join(f'"{key}" = {json.dumps(value)}' for key, value in overrides.items())
-        lines += ["[[runs]]", f'name = "{name}"', f'preset = "{preset}"', f"set = {{ {table} }}"]
+             "generate_repeats = 2", "curve_points = 3", "curve_batches = 1", f"seeds = {seeds}", "[set]",
+             '"model.seq_len" = 64', '"model.dropout" = 0.0', '"optim.warmup_steps" = 5',
+             "[sweep]", *(f'"{key}" = {json.dumps(values)}' for key, values in (sweep or {}).items())]
+    for name, (preset, overrides, *own) in runs.items():
+        lines += ["[[runs]]", f'name = "{name}"', f'preset = "{preset}"', f"set = {inline_table(overrides)}"]
+        lines += [f"sweep = {inline_table(own[0])}"] if own else []
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def inline_table(values: dict) -> str:
+    return "{ " + ", ".join(f'"{key}" = {json.dumps(value)}' for key, value in values.items()) + " }"
 
 
 def compare_command(suite: Path) -> list[str]:
@@ -192,9 +199,9 @@ def test_every_shipped_suite_plans_each_run():
     for name in names:
         suite = load_suite(name)
         assert suite.budget_flops > 0, name  # reproducible: the same steps on every machine
-        for run in suite.runs:
-            config = suite.train_config(run, total_steps=1)  # keys, types and presets: no data needed
-            plan = plan_run(suite, run, config, suite.fingerprint(config))  # at least MIN_STEPS
+        for trial in [t for run in suite.runs for t in grid_trials(suite, run)]:
+            config = suite.train_config(trial, total_steps=1)  # keys, types and presets: no data needed
+            plan = plan_run(suite, trial, config, suite.fingerprint(config))  # at least MIN_STEPS
             assert plan.steps * plan.flops_per_step == pytest.approx(suite.budget_flops, rel=0.01)
 
 
@@ -219,12 +226,137 @@ def test_a_signal_while_a_run_is_measured_stops_in_one_line_and_writes_no_result
     import compare.runner
 
     monkeypatch.setattr(compare.runner, "train", lambda suite, run, plan: None)  # trained before
-    monkeypatch.setattr(compare.runner, "measure_run",
+    monkeypatch.setattr(compare.runner, "score_trial",
                         lambda *args: os.kill(os.getpid(), signal.SIGTERM) or time.sleep(5))
     suite = write_suite(tmp_path / "suite.toml", data, tmp_path / "out")
     assert cli(["compare", str(suite)]) == 130
     err = capsys.readouterr().err.strip()
     assert err == ("megabyte compare: interrupted (SIGTERM) while measuring run 'megabyte': rerun the "
                    "same command to continue"), err
-    assert not list((tmp_path / "out").rglob("result*.json"))
+    assert not list((tmp_path / "out").rglob("result*.json")) + list((tmp_path / "out").rglob("scores.json"))
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the comparison's handler is gone
+
+
+# ---- sweeps and seeds ----
+
+LRS = [3e-4, 3e-3]
+
+
+@pytest.fixture(scope="module")
+def swept(data, tmp_path_factory):
+    """A comparison of two runs: one sweeps the suite's learning rates, the other its own grid of two
+    keys; the best setting of each is trained again with a second seed."""
+    root = tmp_path_factory.mktemp("compare-swept")
+    runs = {"megabyte": ("tiny", SMALL),
+            "deep": ("tiny", DEEP, {"optim.lr": [1e-3], "optim.weight_decay": [0.0, 0.1]})}
+    suite = write_suite(root / "suite.toml", data, root / "out", runs=runs, seeds=2, sweep={"optim.lr": LRS})
+    result = subprocess.run(compare_command(suite), cwd=REPO, env=ENV, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return {"suite": suite, "out": root / "out", "stdout": result.stdout}
+
+
+def grid_scores(out: Path, run: str) -> dict[str, dict]:
+    """Each trial's scores.json under OUT/runs/RUN, by its folder's name."""
+    return {path.parent.name: json.loads(path.read_text()) for path in (out / "runs" / run).glob("*/scores.json")}
+
+
+@pytest.mark.slow
+def test_a_sweeps_best_is_the_least_bpb_of_its_grid_and_its_seeds_are_averaged(swept):
+    results = json.loads((swept["out"] / "results.json").read_text())
+    megabyte, deep = results["runs"]
+    scores = grid_scores(swept["out"], "megabyte")
+    assert sorted(scores) == ["optim.lr=0.0003", "optim.lr=0.003", f"optim.lr={megabyte['setting']['optim.lr']},seed=1235"]
+    grid = {json.dumps(entry["set"]): entry for entry in megabyte["sweep"]}
+    assert [entry["set"] for entry in megabyte["sweep"]] == [{"optim.lr": lr} for lr in LRS]
+    best = min(megabyte["sweep"], key=lambda entry: entry["bpb"])
+    assert best["best"] and sum(entry["best"] for entry in megabyte["sweep"]) == 1
+    assert megabyte["setting"] == best["set"]
+    for entry in megabyte["sweep"]:  # every setting's figure is its trial's own evaluation
+        assert entry["bpb"] == scores[f"optim.lr={entry['set']['optim.lr']}"]["bpb"]
+    # the best setting again at the next seed: the run's bpb is the mean of the two
+    seeds = {s["seed"]: s["bpb"] for s in megabyte["seeds"]}
+    assert sorted(seeds) == [1234, 1235] and seeds[1234] == best["bpb"] != seeds[1235]
+    assert megabyte["bpb"] == pytest.approx(sum(seeds.values()) / 2)
+    assert (megabyte["bpb_min"], megabyte["bpb_max"]) == (min(seeds.values()), max(seeds.values()))
+    # a run's own sweep: every combination of its keys, [sweep] not applied
+    assert [entry["set"] for entry in deep["sweep"]] == [{"optim.lr": 1e-3, "optim.weight_decay": 0.0},
+                                                           {"optim.lr": 1e-3, "optim.weight_decay": 0.1}]
+    assert deep["edge"] == ["optim.weight_decay"] and megabyte["edge"] == ["optim.lr"]  # two values: both edges
+    assert len(grid) == 2 and results["seeds"] == 2
+    table = (swept["out"] / "results.md").read_text()
+    assert "best at the edge of its grid (optim.lr)" in table and "Every setting tried" in table
+    assert "Ordering by mean bits per byte over 2 seeds" in table and "unigram entropy" in table
+    assert "megabyte: " in swept["stdout"] and "(mean of 2 seeds" in swept["stdout"]
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_reruns_to_identical_results(swept, data, tmp_path):
+    runs = {"megabyte": ("tiny", SMALL),
+            "deep": ("tiny", DEEP, {"optim.lr": [1e-3], "optim.weight_decay": [0.0, 0.1]})}
+    suite = write_suite(tmp_path / "suite.toml", data, tmp_path / "out", runs=runs, seeds=2,
+                        sweep={"optim.lr": LRS})
+    second = tmp_path / "out" / "runs" / "megabyte" / "optim.lr=0.003"
+    interrupt(suite, second, 0, signal.SIGTERM, group=True)  # in the grid's second setting
+    again = subprocess.run(compare_command(suite), cwd=REPO, env=ENV, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "megabyte/optim.lr=0.0003: done before, skipped" in again.stdout
+    resumed = json.loads((tmp_path / "out" / "results.json").read_text())["runs"]
+    reference = json.loads((swept["out"] / "results.json").read_text())["runs"]
+    fixed = FIXED[:-1] + ("setting", "bpb_min", "bpb_max", "seeds")
+    assert [{k: run[k] for k in fixed} for run in resumed] == [{k: run[k] for k in fixed} for run in reference]
+    assert [[{k: e[k] for k in ("set", "bpb", "best")} for e in run["sweep"]] for run in resumed] == \
+        [[{k: e[k] for k in ("set", "bpb", "best")} for e in run["sweep"]] for run in reference]
+
+
+@pytest.mark.parametrize("sweep, message", [
+    ({"optim.lr": 1e-3}, "optim.lr = 0.001: expected a list of the values to try"),
+    ({"optim.lr": []}, "optim.lr = []: expected a list of the values to try"),
+    ({"optim.lr": [1e-3, 1e-3]}, "a value is repeated"),
+    ({"optim.lr": [1e-3, -1.0]}, "run 'megabyte/optim.lr=-1.0': optim.lr = -1.0: must be above 0"),
+    ({"optim.lr": ["fast"]}, "run 'megabyte/optim.lr=fast': optim.lr = 'fast': expected float, not str"),
+    ({"data.image_order": ["a/b"]}, "a swept value is a number, a boolean or a name"),
+    ({"run.seed": [1, 2]}, "run.seed is not swept: set seeds = N"),
+    ({"optim.total_steps": [10]}, "optim.total_steps is set by the comparison itself"),
+    ({"optim.learning_rate": [1e-3]}, "unknown key"),
+    ({"lr": [1e-3]}, "'lr' is not a train config key"),
+])
+def test_a_bad_sweep_is_one_line_and_trains_nothing(data, tmp_path, capsys, sweep, message):
+    suite = write_suite(tmp_path / "suite.toml", data, tmp_path / "out", sweep=sweep)
+    assert cli(["compare", str(suite)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("megabyte compare: error: ")
+    assert message in err, err
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_the_plan_counts_every_setting_and_the_seeds(data, tmp_path, capsys):
+    suite = write_suite(tmp_path / "suite.toml", data, tmp_path / "out", seeds=3, sweep={"optim.lr": LRS},
+                        runs={"megabyte": ("tiny", SMALL)})
+    assert cli(["compare", str(suite), "--plan"]) == 0
+    out = capsys.readouterr().out
+    steps = [int(n.replace(",", "")) for n in re.findall(r"^megabyte/optim\.lr=\S+: ([\d,]+) steps", out, re.M)]
+    assert len(steps) == 2
+    total = float(re.search(r"in all: (\S+) training FLOPs", out).group(1))
+    assert total == pytest.approx(4 * 1.5e10, rel=0.02)  # two settings, then two more seeds of the best
+    assert "with 2 more seed(s)" in out and re.search(r"about \d+ minutes of training", out)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_ordering_is_called_only_where_the_gap_exceeds_the_spread():
+    from compare.report import ordering
+
+    runs = [{"name": "a", "bpb": 2.0, "bpb_min": 1.9, "bpb_max": 2.1},
+            {"name": "b", "bpb": 2.15, "bpb_min": 2.05, "bpb_max": 2.25},  # overlaps a
+            {"name": "c", "bpb": 3.0, "bpb_min": 2.9, "bpb_max": 3.1}]
+    assert "b ≈ a" not in ordering(runs, 2) and "a ≈ b < c ('<'" in ordering(runs, 2)
+    assert "one seed: no spread measured" in ordering(runs, 1)
+
+
+def test_the_largest_rise_of_the_training_loss_is_measured_from_the_lowest_point_before():
+    from compare.measure import loss_rise
+
+    records = [{"step": s, "bpb": b} for s, b in [(5, 6.0), (10, 4.0), (15, 5.5), (20, 3.0), (25, 3.2)]]
+    assert loss_rise(records) == {"loss_rise": 1.5, "loss_rise_step": 15}
+    assert loss_rise(records[:2]) == {"loss_rise": 0.0, "loss_rise_step": 5}
