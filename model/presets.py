@@ -12,6 +12,11 @@ Names are TASK or TASK-VARIANT:
     tiny*     CPU-sized twins of every architecture and option, for tests, benchmarks and the demo
     tiny-image32*, tiny-audio*   CPU-sized MegaByte, transformer and PerceiverAR for 32×32 images
               and 8 kHz audio, for comparisons on real data
+    tiny-image64*, tiny-audio16k*   the same three for the paper's 64×64 images and 16 kHz
+              16-bit audio, MegaByte in the paper's proportions
+    *-wide    a tiny MegaByte at its narrow twin's training FLOPs per byte, but with the paper's
+              wide global slice per byte (D_G = global width / P: 256 for text, 213 for
+              imagenet64, 32 for audio): one wide global layer in place of four narrow ones
 
 Every paper preset follows the recipe of App. A.1: pre-norm (the only block there is), ReLU,
 dropout 0.1 (none on embeddings), truncated-normal initialisation with std 0.006, tied byte
@@ -208,4 +213,62 @@ PRESETS: dict[str, MegaByteConfig] = {
     "tiny-audio-perceiver-ar": MegaByteConfig(architecture="perceiver_ar", seq_len=8192, latents=1024,
                                               patch_size=1, global_dim=256, global_layers=4, global_heads=4,
                                               local_layers=0),
+
+    # ---- tiny MegaByte in the paper's proportions (D_G = global_dim / P) ----
+    # The narrow tiny presets give a byte 32 (tiny), 20 (tiny-image32) and 8 (tiny-audio) global
+    # dimensions. These twins widen the global model to the paper's D_G range at the twin's
+    # training FLOPs per byte (model/flops.py): a layer of width P·D_G costs (P·D_G)²/P per byte,
+    # so one wide layer replaces four narrow ones, and the local model narrows where that is not
+    # enough. Most parameters then sit in the global model, as in every paper run.
+    # D_G = 64: one 512-wide global layer (8 heads of 64) for tiny's four 256-wide ones; the same
+    # local model. 3.64M parameters, 5.01M training FLOPs per byte (tiny: 5.01M)
+    "tiny-wide": MegaByteConfig(seq_len=512, patch_size=8, global_dim=512, global_layers=1, global_heads=8,
+                                local_dim=128, local_layers=2, local_heads=4),
+    # D_G = 64: one 768-wide global layer (12 heads of 64) for four 240-wide ones, and a local model
+    # of width 64 (2 heads) for 128. 7.42M parameters, 4.36M training FLOPs per byte (tiny-image32:
+    # 4.10M, +6%)
+    "tiny-image32-wide": MegaByteConfig(seq_len=3072, patch_size=12, global_dim=768, global_layers=1,
+                                        global_heads=12, local_dim=64, local_layers=2, local_heads=2),
+    # D_G = 32, the paper's audio proportion (audio: 1024 / 32). D_G = 64 at P = 32 would be a
+    # 2048-wide global model, whose one layer costs 3× tiny-audio's whole budget per byte (and holds
+    # 50M parameters). One 1024-wide global layer (16 heads of 64) for four 256-wide ones, a local
+    # model of width 64 (2 heads). 12.99M parameters, 3.13M training FLOPs per byte (tiny-audio:
+    # 3.25M, -4%)
+    "tiny-audio-wide": MegaByteConfig(seq_len=8192, patch_size=32, global_dim=1024, global_layers=1,
+                                      global_heads=16, local_dim=64, local_layers=2, local_heads=2),
+
+    # ---- 64×64 RGB images (12,288 bytes) and 16 kHz 16-bit audio: the paper's settings, tiny ----
+    # Table 15's Img64 MEGABYTE row (12,288 bytes, P = 12, the whole image in context), at
+    # tiny-image32-wide's widths: D_G = 64. The paper's is 2048 / 12 ≈ 171 (213 in the SOTA run)
+    # with 24 global and 24 local layers; here one global layer of 768 and two local of 64.
+    # 8.01M parameters (0.79M of them the 12,288-row position table), 4.66M training FLOPs per byte
+    "tiny-image64": MegaByteConfig(seq_len=12288, patch_size=12, global_dim=768, global_layers=1, global_heads=12,
+                                   local_dim=64, local_layers=2, local_heads=2),
+    # Table 15's Img64 Transformer row: 2,048-byte segments (a sixth of an image); 256 wide and 4
+    # layers for (1536, 24). 3.75M parameters, 31.9M training FLOPs per byte
+    "tiny-image64-transformer": MegaByteConfig(architecture="transformer", seq_len=2048, patch_size=1,
+                                               global_dim=256, global_layers=4, global_heads=4, local_layers=0),
+    # Table 15's Img64 PerceiverAR row: the whole image (12,288 bytes) with 1,024 latents; 256 wide
+    # and 4 layers for (1024, 16). 7.16M parameters (3.1M the position table), 75.1M training FLOPs
+    # per byte, most of them the cross-attention over 11,264 positions
+    "tiny-image64-perceiver-ar": MegaByteConfig(architecture="perceiver_ar", seq_len=12288, latents=1024,
+                                                patch_size=1, global_dim=256, global_layers=4, global_heads=4,
+                                                local_layers=0),
+    # Table 15's Audio MEGABYTE row (P = 32, D_G = 1024 / 32 = 32) over 16,384 bytes: 0.51 s of
+    # 16 kHz 16-bit PCM (the paper's 524,288 bytes are 16.4 s). tiny-audio-wide's widths: one
+    # global layer of 1024 (the paper's width, 24 layers there) and two local of 64 (768 × 12
+    # there); K = 512 patches. 13.25M parameters, 12.6M of them in the global layer, 3.18M training
+    # FLOPs per byte
+    "tiny-audio16k": MegaByteConfig(seq_len=16384, patch_size=32, global_dim=1024, global_layers=1,
+                                    global_heads=16, local_dim=64, local_layers=2, local_heads=2),
+    # Table 15's Audio PerceiverAR row has 8,192 bytes with 1,024 latents; here MegaByte's 16,384
+    # bytes, so both see the same context. 256 wide and 4 layers for (768, 6). 8.21M parameters
+    # (4.2M the position table), 90.8M training FLOPs per byte
+    "tiny-audio16k-perceiver-ar": MegaByteConfig(architecture="perceiver_ar", seq_len=16384, latents=1024,
+                                                 patch_size=1, global_dim=256, global_layers=4, global_heads=4,
+                                                 local_layers=0),
 }
+# Table 15's Audio Transformer row: 1,024 bytes (32 ms of 16 kHz 16-bit PCM, as the paper's), 256
+# wide and 4 layers for (768, 13): tiny-audio-transformer itself, named for the 16 kHz family.
+# 3.49M parameters, 25.6M training FLOPs per byte
+PRESETS["tiny-audio16k-transformer"] = PRESETS["tiny-audio-transformer"]

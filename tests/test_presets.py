@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from model import PRESETS, MegaByteConfig, build_model, byte_loss
+from model.flops import training_flops_per_byte
 from train.config import ConfigError, TrainConfig
 
 # Table 15, row by row (task, model) → preset
@@ -90,7 +91,20 @@ PRESET_SIZES: dict[str, tuple[int, int | None]] = {
     "tiny-audio": (3_658_512, None),
     "tiny-audio-transformer": (3_488_000, None),
     "tiny-audio-perceiver-ar": (6_112_768, None),
+    "tiny-wide": (3_641_472, None),
+    "tiny-image32-wide": (7_424_128, None),
+    "tiny-audio-wide": (12_988_480, None),
+    "tiny-image64": (8_013_952, None),
+    "tiny-image64-transformer": (3_750_144, None),
+    "tiny-image64-perceiver-ar": (7_161_344, None),
+    "tiny-audio16k": (13_250_624, None),
+    "tiny-audio16k-transformer": (3_488_000, None),
+    "tiny-audio16k-perceiver-ar": (8_209_920, None),
 }
+# the MegaByte presets in the paper's proportions: (narrow twin at equal FLOPs or None, least D_G).
+# The paper's D_G is 256 for text, 171 to 213 for 64×64 images, 32 for audio (1024 / 32)
+WIDE_PRESETS = {"tiny-wide": ("tiny", 64), "tiny-image32-wide": ("tiny-image32", 64),
+                "tiny-audio-wide": ("tiny-audio", 32), "tiny-image64": (None, 64), "tiny-audio16k": (None, 32)}
 
 
 def test_every_table_15_row_has_a_preset_and_every_preset_a_size():
@@ -149,7 +163,32 @@ def test_tiny_image32_patches_hold_whole_pixels_of_one_row():
     assert megabyte.seq_len == PRESETS["tiny-image32-perceiver-ar"].seq_len == 32 * row_bytes
 
 
-@pytest.mark.parametrize("family", ["tiny-image32", "tiny-audio"])
+@pytest.mark.parametrize("name", sorted(WIDE_PRESETS))
+def test_wide_presets_have_the_papers_global_slice_at_their_twins_flops(name):
+    """A wide global slice per byte (D_G), most parameters in the global model, and the narrow
+    twin's training FLOPs per byte within 10%."""
+    config, (twin, least_global_byte_dim) = PRESETS[name], WIDE_PRESETS[name]
+    assert config.global_byte_dim >= least_global_byte_dim
+    assert config.global_dim % config.global_heads == 0 and config.global_dim % config.patch_size == 0
+    with torch.device("meta"):
+        model = build_model(config)
+    global_parameters = sum(p.numel() for p in model.global_model.parameters())
+    assert global_parameters > model.num_parameters() / 2
+    if twin is not None:
+        ratio = training_flops_per_byte(config) / training_flops_per_byte(PRESETS[twin])
+        assert 0.9 <= ratio <= 1.1
+        assert PRESETS[twin].global_byte_dim < least_global_byte_dim
+
+
+def test_tiny_image64_is_a_whole_image_in_patch_scan_tiles():
+    """64×64 RGB: MegaByte and PerceiverAR see all 12,288 bytes, P = 12 is a 2×2-pixel tile (the
+    patch scan), the transformer 2,048-byte segments as the paper's Img64 baseline."""
+    assert PRESETS["tiny-image64"].seq_len == PRESETS["tiny-image64-perceiver-ar"].seq_len == 64 * 64 * 3
+    assert PRESETS["tiny-image64"].patch_size == 3 * 2 * 2
+    assert PRESETS["tiny-image64-transformer"].seq_len == 2048
+
+
+@pytest.mark.parametrize("family", ["tiny-image32", "tiny-audio", "tiny-audio16k"])
 def test_tiny_modality_presets_train_a_step(family):
     """One forward and backward of each architecture at its own context (the meta-device test
     above builds them; this one runs them)."""
