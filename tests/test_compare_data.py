@@ -1,15 +1,20 @@
 """compare/data/ without the network: a pinned archive whose hash differs is refused with
 one line and exit code 2 before anything is converted, and never enters the cache; chapters and
-splits are cut as documented; a corpus becomes two datasets disjoint by document."""
+splits are cut as documented; a corpus becomes two datasets disjoint by document; the photo and
+sound corpora come at both sizes and rates from one function each."""
 
 import hashlib
 import sys
+from pathlib import Path
 
 import pytest
 
 from compare.data import archives, prepare
+from compare.data.audio import SOUNDS16K
 from compare.data.corpus import Corpus, build, held_out, is_built
+from compare.data.images import PHOTOS32, PHOTOS64
 from compare.data.text import DJANGO, kjv_chapters, kjv_documents
+from pipeline.format.manifest import load_manifest
 from pipeline.format.reader import iter_samples
 
 GOOD = b"a pinned archive\n"
@@ -95,3 +100,58 @@ def test_a_corpus_becomes_train_and_val_datasets_disjoint_by_document(tmp_path):
     assert read["val"][str(modules[20])] == modules[20].read_bytes()
     assert is_built(out, "django")
     assert not (out / "downloads" / ".staging-django").exists()
+
+
+def photo_tree(root, count):
+    """A mate-backgrounds tree of `count` random 300×200 photographs."""
+    import numpy as np
+    from PIL import Image
+
+    folder = root / "usr/share/backgrounds/mate/nature"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)).save(folder / f"photo{i:02d}.jpg")
+    return root
+
+
+@pytest.mark.parametrize("corpus, side", [(PHOTOS32, 32), (PHOTOS64, 64)])
+def test_photo_corpora_are_tiles_of_their_size_with_whole_photos_held_out(tmp_path, corpus, side):
+    """photos32 and photos64 cut the same photographs, a tile twice the stored side; the first of
+    every 12 photos is validation, at the first scale only."""
+    tree = photo_tree(tmp_path / "mate", 13)
+    out = tmp_path / "real"
+    build(corpus, out, {"mate-backgrounds": tree})
+    sources = {}
+    for split in ("train", "val"):
+        samples = list(iter_samples([out / f"{corpus.name}-{split}"]))
+        assert {len(payload) for _, _, _, payload in samples} == {side * side * 3}
+        sources[split] = {Path(meta["source"]).name.split("-")[0] for _, _, meta, _ in samples}
+    assert sources["val"] == {"photo00", "photo12"}
+    assert sources["train"] == {f"photo{i:02d}" for i in range(1, 12)}
+    # 512 / 200 scales a photo to 768×512, 768 / 200 to 1152×768: tiles of 2·side a side
+    tiles = [(768 // (2 * side)) * (512 // (2 * side)), (1152 // (2 * side)) * (768 // (2 * side))]
+    assert load_manifest(out / f"{corpus.name}-val").totals["samples"] == 2 * tiles[0]
+    assert load_manifest(out / f"{corpus.name}-train").totals["samples"] == 11 * sum(tiles)
+
+
+def test_sounds16k_is_16_bit_pcm_at_16_khz_with_the_held_out_files_cut_short(tmp_path):
+    """The same recordings as sounds8k: 16-bit PCM at 16 kHz, two bytes a sample, the held-out
+    files only their first half second (the others whole)."""
+    import numpy as np
+    import soundfile
+
+    samples_dir = tmp_path / "sonic" / "usr/share/sonic-pi/samples"
+    alsa_dir = tmp_path / "alsa" / "usr/share/sounds/alsa"
+    samples_dir.mkdir(parents=True)
+    alsa_dir.mkdir(parents=True)
+    tone = np.sin(np.arange(22050) * 0.05).astype(np.float32) * 0.5  # 1 s at 22.05 kHz
+    for i in range(11):
+        soundfile.write(samples_dir / f"sound{i:02d}.flac", tone, 22050)
+    soundfile.write(alsa_dir / "Front_Left.wav", tone, 22050)
+    out = tmp_path / "real"
+    build(SOUNDS16K, out, {"sonic-pi-samples": tmp_path / "sonic", "alsa-utils": tmp_path / "alsa"})
+    lengths = {split: sorted(len(payload) for _, _, _, payload in iter_samples([out / f"sounds16k-{split}"]))
+               for split in ("train", "val")}
+    assert lengths == {"train": [32000] * 10, "val": [16000] * 2}  # files 0 and 10 held out
+    assert load_manifest(out / "sounds16k-val").arguments["encoding"] == "pcm16"

@@ -1,10 +1,10 @@
 """Real public corpora for `megabyte compare`, pinned by package, exact version and sha256.
 
     pinned archives ─▶ download (apt-get download / pip download) ─▶ sha256 check ─▶ unpack
-        ─▶ documents: KJV chapters · Django .py files · 64×64 photo tiles · recorded sounds
+        ─▶ documents: KJV chapters · Django .py files · photo tiles · recorded sounds
         ─▶ split, disjoint by document ─▶ pipeline.convert ─▶ OUT/NAME-train, OUT/NAME-val
 
-    python -m compare.data --out data/real [--only kjv|django|photos32|sounds8k]
+    python -m compare.data --out data/real [--only kjv|django|photos32|photos64|sounds8k|sounds16k]
 
 Every archive is checked before anything is converted (archives.py). Archives are cached
 (verified) and unpacked under OUT/downloads; a dataset whose index.json exists is not built again.
@@ -17,15 +17,15 @@ import sys
 from pathlib import Path
 
 from compare.data import archives
-from compare.data.audio import SOUNDS8K
+from compare.data.audio import SOUNDS8K, SOUNDS16K
 from compare.data.corpus import build, is_built, split_dirs
-from compare.data.images import PHOTOS32
+from compare.data.images import PHOTOS32, PHOTOS64
 from compare.data.text import DJANGO, KJV
 from pipeline.format.errors import DataError, UsageError
 from pipeline.format.files import write_text_atomically
 from pipeline.format.manifest import load_manifest
 
-CORPORA = {corpus.name: corpus for corpus in [KJV, DJANGO, PHOTOS32, SOUNDS8K]}
+CORPORA = {corpus.name: corpus for corpus in [KJV, DJANGO, PHOTOS32, PHOTOS64, SOUNDS8K, SOUNDS16K]}
 
 
 def write_sources(out: Path, downloads: Path) -> Path:
