@@ -21,6 +21,8 @@ from collections import defaultdict
 import torch
 import torch.nn as nn
 
+from model.progress import Progress
+
 
 def check_generation(max_new_bytes: int, temperature: float = 1.0, top_k: int | None = None,
                      top_p: float | None = None, seed: int | None = None, keep: int | None = None,
@@ -74,12 +76,14 @@ def window_start(length: int, patch_size: int, room: int) -> int:
 def generate_ids(model: nn.Module, prompt: torch.Tensor, max_new_bytes: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
                  generator: torch.Generator | None = None, stop_at_boundary: bool = True,
-                 keep: int | None = None, cuda_graphs: bool = False) -> torch.Tensor:
+                 keep: int | None = None, cuda_graphs: bool = False,
+                 progress: Progress | None = None) -> torch.Tensor:
     """prompt (B, L) of byte ids → (B, L + n) with n ≤ max_new_bytes. A row that produced the
     boundary id has PAD after it; generation ends when every row has stopped or after N bytes.
     keep: at most how many bytes the window keeps when it slides past the context, rounded down to
     whole patches (default: half the context). cuda_graphs: MegaByte's local step (once per byte)
-    runs as CUDA graphs, the same numbers with one launch per byte (model/cuda_graphs.py)."""
+    runs as CUDA graphs, the same numbers with one launch per byte (model/cuda_graphs.py).
+    progress advances by B per byte sampled (the rows that stopped included: no sync to count them)."""
     config = model.config
     B, L = prompt.shape
     context, P = config.seq_len, config.patch_size
@@ -105,6 +109,8 @@ def generate_ids(model: nn.Module, prompt: torch.Tensor, max_new_bytes: int, tem
         next_ids = next_ids.masked_fill(stopped, config.pad_id)  # (B,)
         ids[:, end - 1] = next_ids
         stopped |= next_ids == config.boundary_id
+        if progress is not None:
+            progress.update(B)
         if end == L + max_new_bytes or (stop_at_boundary and bool(stopped.all())):
             break
         if end - start == context:  # the window is full: slide it and read it again
@@ -119,13 +125,14 @@ def generate(model: nn.Module, prompt: torch.Tensor | list[bytes], max_new_bytes
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              seed: int | None = None, generator: torch.Generator | None = None,
              stop_at_boundary: bool = True, keep: int | None = None,
-             cuda_graphs: bool = False) -> torch.Tensor | list[bytes]:
+             cuda_graphs: bool = False, progress: bool = False) -> torch.Tensor | list[bytes]:
     """Continue prompts with any model of the family, past its context if asked (see generate_ids).
 
     prompt: a LongTensor (B, L) of ids → a LongTensor (B, L + n) (see generate_ids); or a list of
-    byte strings of any lengths → a list with each one's new bytes (the boundary not included).
-    Prompts of equal length run as one batch (MegaByte's patches must line up within a batch).
+    byte strings of any lengths → a list with each one's new bytes (see generate_bytes).
     seed makes sampling repeatable (ignored when a generator is given); temperature 0 is greedy.
+    progress: show on stderr how far it is (model/progress.py: a bar on a terminal, a line at the
+    start and one at the end with bytes per second elsewhere).
     The model runs in eval mode (no dropout) and is put back in its former mode afterwards."""
     device = next(model.parameters()).device
     check_generation(max_new_bytes, temperature, top_k, top_p, seed)  # before the seed is used
@@ -133,22 +140,35 @@ def generate(model: nn.Module, prompt: torch.Tensor | list[bytes], max_new_bytes
         generator = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
     model.eval()
+    rows = len(prompt)
+    title = f"generating {max_new_bytes:,} bytes" + (f" after each of {rows} prompts" if rows > 1 else "")
     try:
-        kwargs = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
-                      stop_at_boundary=stop_at_boundary, keep=keep, cuda_graphs=cuda_graphs)
-        if isinstance(prompt, torch.Tensor):
-            return generate_ids(model, prompt.to(device), max_new_bytes, **kwargs)
-        by_length = defaultdict(list)  # prompt length → indices of the prompts of that length
-        for index, text in enumerate(prompt):
-            by_length[len(text)].append(index)
-        continuations: list[bytes] = [b""] * len(prompt)
-        for length, indices in sorted(by_length.items()):
-            ids = torch.tensor([list(prompt[i]) for i in indices], dtype=torch.long, device=device)
-            ids = ids.view(len(indices), length)  # (b, L), also for empty prompts
-            out = generate_ids(model, ids, max_new_bytes, **kwargs)[:, length:].tolist()
-            for i, row in zip(indices, out):
-                stop = next((j for j, x in enumerate(row) if x > 255), len(row))
-                continuations[i] = bytes(row[:stop])
-        return continuations
+        with Progress(title, rows * max_new_bytes, progress) as shown:
+            kwargs = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
+                          stop_at_boundary=stop_at_boundary, keep=keep, cuda_graphs=cuda_graphs, progress=shown)
+            if isinstance(prompt, torch.Tensor):
+                out = generate_ids(model, prompt.to(device), max_new_bytes, **kwargs)
+            else:
+                out = generate_bytes(model, prompt, max_new_bytes, **kwargs)
+            shown.finish()
+        return out
     finally:
         model.train(was_training)
+
+
+def generate_bytes(model: nn.Module, prompts: list[bytes], max_new_bytes: int, **kwargs) -> list[bytes]:
+    """Each prompt's new bytes (the boundary not included), by generate_ids with kwargs. Prompts of
+    equal length run as one batch (MegaByte's patches must line up within a batch)."""
+    device = next(model.parameters()).device
+    by_length = defaultdict(list)  # prompt length → indices of the prompts of that length
+    for index, text in enumerate(prompts):
+        by_length[len(text)].append(index)
+    continuations: list[bytes] = [b""] * len(prompts)
+    for length, indices in sorted(by_length.items()):
+        ids = torch.tensor([list(prompts[i]) for i in indices], dtype=torch.long, device=device)
+        ids = ids.view(len(indices), length)  # (b, L), also for empty prompts
+        out = generate_ids(model, ids, max_new_bytes, **kwargs)[:, length:].tolist()
+        for i, row in zip(indices, out):
+            stop = next((j for j, x in enumerate(row) if x > 255), len(row))
+            continuations[i] = bytes(row[:stop])
+    return continuations

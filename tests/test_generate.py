@@ -1,4 +1,7 @@
-"""Generation: KV-cached decoding equals a full-forward reference; sampling options; stopping."""
+"""Generation: KV-cached decoding equals a full-forward reference; sampling options; stopping; progress."""
+
+import re
+import sys
 
 import pytest
 import torch
@@ -107,3 +110,16 @@ def test_sampling_options():
     assert set(draws[:, 0].tolist()) == {1, 2}  # both of the top two, nothing else
     draws = torch.stack([sample(logits, temperature=100.0, generator=generator) for _ in range(200)])
     assert set(draws[:, 1].tolist()) == {0, 1, 2, 3}  # a high temperature flattens the distribution
+
+
+def test_generation_says_how_fast_it_went_only_when_asked(capsys, monkeypatch):
+    model = model_for("megabyte")
+    generate(model, [b"ab", b"cde"], 12, stop_at_boundary=False)
+    assert capsys.readouterr().err == ""  # off by default
+    generate(model, [b"ab", b"cde"], 12, stop_at_boundary=False, progress=True)  # a log: a line at each end
+    start, end = capsys.readouterr().err.splitlines()
+    assert start == "generating 12 bytes after each of 2 prompts ..."
+    assert re.fullmatch(r"\.\.\. done: 24 bytes in [0-9.]+ s \([0-9,]+ bytes/s\)", end), end
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: a bar
+    generate(model, torch.zeros(1, 3, dtype=torch.long), 12, stop_at_boundary=False, progress=True)
+    assert "generating 12 bytes: 100%" in capsys.readouterr().err

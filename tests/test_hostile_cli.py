@@ -15,7 +15,6 @@ import sys
 import pytest
 import torch
 from safetensors.torch import save_file
-from tqdm import tqdm
 
 from loader_datasets import images, text_docs, write_shards, write_text
 from model import PRESETS, build_model, generate
@@ -193,16 +192,17 @@ def test_eval_prints_the_parameters_and_bytes_per_second(files, capsys):
         assert float(row.split()[-1].replace(",", "")) > 0
 
 
-def test_the_eval_progress_bar_counts_every_byte_of_every_mode(files):
+def test_the_eval_progress_counts_every_byte_of_every_mode(files, capsys):
     modes = eval_modes(CONFIG, True, 32)
     total = dataset_ids(files["data"])
     docs = text_docs(12, seed=3)
     assert total == sum(map(len, docs)) + len(docs)  # the bytes and each document's end
     assert dataset_ids(files["data"], max_ids=100) == 100
-    bar = tqdm(total=total * len(modes), file=io.StringIO())
     results = evaluate_streams(build_model(CONFIG), lambda: dataset_streams(files["data"], CONFIG), modes,
-                               torch.device("cpu"), 4, progress=bar)
-    assert bar.n == bar.total and all(r["targets"] == total for r in results.values())
+                               torch.device("cpu"), 4, total_ids=total)
+    ends = capsys.readouterr().err.splitlines()[1::2]  # not a terminal: a line as each mode starts and ends
+    assert len(ends) == len(modes) and all(end.startswith(f"... done: {total:,} bytes in ") for end in ends)
+    assert all(r["targets"] == total for r in results.values())
     assert all(r["seconds"] > 0 for r in results.values())
 
 

@@ -3,6 +3,8 @@ data exactly once; sliding with stride = context is plain; strided picks the rig
 definition for the loader's evaluation and the windows'."""
 
 import dataclasses
+import re
+import sys
 
 import numpy as np
 import pytest
@@ -84,7 +86,8 @@ def test_perceiver_ar_windows_only_score_the_positions_its_forward_predicts():
     torch.manual_seed(0)
     model = build_model(config)
     ids = np.random.default_rng(0).integers(0, 256, 300)
-    results = evaluate_streams(model, lambda: [[ids]], [plain, sliding], CPU, batch_size=4)
+    results = evaluate_streams(model, lambda: [[ids]], [plain, sliding], CPU, batch_size=4,
+                               progress=False)
     assert results["plain"]["targets"] == results["sliding 8"]["targets"] == 300
     assert results["sliding 8"]["positions"] > results["plain"]["positions"]
 
@@ -122,11 +125,13 @@ def test_strided_equals_plain_when_the_loss_ignores_the_offset_and_picks_the_fir
     config = small("tiny")  # P = 8
     ids = np.random.default_rng(1).integers(0, 256, 250)
     modes = eval_modes(config, True, 16)
-    results = evaluate_streams(Unigram(config), lambda: [pieces(ids, 3)], modes, CPU, batch_size=3)
+    results = evaluate_streams(Unigram(config), lambda: [pieces(ids, 3)], modes, CPU, batch_size=3,
+                               progress=False)
     expected = -torch.log_softmax(Unigram(config).logits, 0)[torch.from_numpy(ids)].double().sum().item()
     for result in results.values():  # one byte scored twice or at the wrong place: off by ~6 nats
         assert result["targets"] == 250 and result["nats"] == pytest.approx(expected, abs=1e-3)
-    oracle = evaluate_streams(HalfPatchOracle(config), lambda: [[ids]], modes, CPU, batch_size=3)
+    oracle = evaluate_streams(HalfPatchOracle(config), lambda: [[ids]], modes, CPU, batch_size=3,
+                              progress=False)
     second_half = (np.arange(250) % 64 % 8 >= 4).sum()  # plain windows start at multiples of 64
     assert oracle["plain"]["bpb"] == pytest.approx(second_half * np.log2(258) / 250)  # uniform there
     assert oracle["strided"]["bpb"] < 1e-6 and oracle["sliding 16 + strided"]["bpb"] < 1e-6
@@ -148,7 +153,8 @@ def test_plain_windows_and_the_validation_loader_give_one_bpb(text_dataset, name
                                                   num_workers=0))
     by_loader = evaluate(model, loader, CPU)
     by_windows = evaluate_streams(model, lambda: dataset_streams(text_dataset, config), eval_modes(config, False, 64
-                                  if config.architecture != "perceiver_ar" else 16), CPU, batch_size=5)
+                                  if config.architecture != "perceiver_ar" else 16), CPU, batch_size=5,
+                                  progress=False)
     documents = 40
     payload = sum(len(d) for d in text_docs(40, seed=5))
     if config.architecture == "perceiver_ar":  # the loader's rows score only their last latents
@@ -158,6 +164,26 @@ def test_plain_windows_and_the_validation_loader_give_one_bpb(text_dataset, name
         assert by_loader["targets"] == by_windows["plain"]["targets"] == payload + documents  # bytes + ends
         assert by_windows["plain"]["bpb"] == pytest.approx(by_loader["bpb"], rel=1e-6)
         assert by_windows["sliding 64"]["bpb"] == pytest.approx(by_loader["bpb"], rel=1e-6)
+
+
+def test_evaluation_says_on_stderr_that_it_runs_unless_told_not_to(capsys, monkeypatch):
+    config = small("tiny")
+    model, ids = Unigram(config), np.random.default_rng(1).integers(0, 256, 250)
+    modes = eval_modes(config, True, None)
+    evaluate_streams(model, lambda: [[ids]], modes, CPU, progress=False)
+    assert capsys.readouterr().err == ""
+    results = evaluate_streams(model, lambda: [[ids]], modes, CPU, total_ids=250)  # a log: a line at each end
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 4 and lines[0::2] == ["evaluating plain windows ...", "evaluating strided windows ..."]
+    for line, result in zip(lines[1::2], results.values()):
+        assert re.fullmatch(rf"\.\.\. done: 250 bytes in [0-9.]+ s \([0-9,]+ bytes/s\), {result['bpb']:.4f} bpb",
+                            line), line
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: a bar per mode, left with its bpb
+    evaluate_streams(model, lambda: [[ids]], modes, CPU, total_ids=250)
+    bars = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    for name, result in results.items():
+        assert any(line.startswith(f"evaluating {name} windows: 100%") and f"{result['bpb']:.4f} bpb" in line
+                   for line in bars), bars
 
 
 def test_image_and_audio_samples_are_streams_of_their_own(tmp_path):

@@ -43,7 +43,8 @@ def register(subparsers) -> None:
     evaluate.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     evaluate.add_argument("--device", default=None, help=DEVICE_HELP)
     evaluate.add_argument("--no-progress", action="store_true",
-                          help="hide the progress bar (it shows only on a terminal anyway)")
+                          help="print no progress on stderr (by default: a bar per mode on a terminal, "
+                               "elsewhere a line when each mode starts and ends)")
     evaluate.set_defaults(func=cmd_eval)
 
     export = subparsers.add_parser("export", help="checkpoint (any ZeRO stage) → one safetensors file")
@@ -106,8 +107,6 @@ def read_model_header(found: Path):
 
 
 def cmd_eval(args) -> int:
-    from tqdm import tqdm
-
     from train.windows import dataset_ids, dataset_streams, eval_modes, evaluate_streams
 
     device = pick_device(args.device)
@@ -120,13 +119,12 @@ def cmd_eval(args) -> int:
     # the arguments and the data are fine, for this model too: now its weights
     model, metadata = load_model(found, args.trust_checkpoint)
     order = args.image_order or metadata.get("image_order", "raster")
-    with tqdm(total=ids * len(modes), desc="eval", unit="B", unit_scale=True, leave=False,
-              disable=True if args.no_progress else None) as bar:  # None: only on a terminal
-        streams = partial(dataset_streams, args.data, config, order, max_ids=args.max_bytes)
-        try:
-            results = evaluate_streams(model.to(device), streams, modes, device, args.batch_size, progress=bar)
-        except ValueError as error:  # samples this model cannot read, e.g. audio frames longer than its context
-            raise UsageError(f"{args.data}: {error}") from None
+    streams = partial(dataset_streams, args.data, config, order, max_ids=args.max_bytes)
+    try:
+        results = evaluate_streams(model.to(device), streams, modes, device, args.batch_size,
+                                   progress=not args.no_progress, total_ids=ids)
+    except ValueError as error:  # samples this model cannot read, e.g. audio frames longer than its context
+        raise UsageError(f"{args.data}: {error}") from None
     print_eval(args.data, model, results)
     return 0
 

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from model.config import PATCHED, MegaByteConfig
+from model.progress import Progress
 from pipeline.format.errors import UsageError
 from pipeline.format.manifest import load_manifest
 from pipeline.load.reading import ErrorPolicy, read_tokens
@@ -137,10 +138,10 @@ def stream_jobs(stream: Stream, config: MegaByteConfig, mode: Mode) -> Iterator[
 
 
 @torch.no_grad()
-def score_jobs(model, jobs: Iterable[Job], device: torch.device, batch_size: int, progress=None) -> dict:
+def score_jobs(model, jobs: Iterable[Job], device: torch.device, batch_size: int, progress: Progress) -> dict:
     """{"nats", "targets", "positions"}: sums over the scored positions that are not PAD, and the
-    ids read by all forwards (the cost). Jobs of one length share a forward. progress (a tqdm
-    bar, or None) advances by the positions each forward scores."""
+    ids read by all forwards (the cost). Jobs of one length share a forward; progress advances by
+    the positions each forward scores."""
     sums = {"nats": 0.0, "targets": 0, "positions": 0}
     waiting: dict[int, list[Job]] = {}
 
@@ -154,8 +155,7 @@ def score_jobs(model, jobs: Iterable[Job], device: torch.device, batch_size: int
         sums["nats"] += nats[keep].double().sum().item()
         sums["targets"] += int(keep.sum())
         sums["positions"] += ids.numel()
-        if progress is not None:
-            progress.update(int(scored.sum()))
+        progress.update(int(scored.sum()))
 
     for job in jobs:
         batch = waiting.setdefault(len(job.ids), [])
@@ -168,21 +168,23 @@ def score_jobs(model, jobs: Iterable[Job], device: torch.device, batch_size: int
 
 
 def evaluate_streams(model, make_streams: Callable[[], Iterable[Iterable[np.ndarray]]], modes: list[Mode],
-                     device: torch.device, batch_size: int = 8, progress=None) -> dict[str, dict]:
+                     device: torch.device, batch_size: int = 8, progress: bool = True,
+                     total_ids: int | None = None) -> dict[str, dict]:
     """mode name → {"bpb", "targets", "positions", "seconds"}; make_streams() gives the streams
-    (each an iterable of id arrays) afresh for every mode. progress: a tqdm bar (or None) that
-    advances by every id scored, in all modes: dataset_ids × len(modes) in all."""
+    (each an iterable of id arrays) afresh for every mode. progress: each mode shows on stderr as
+    it runs (model/progress.py: a bar on a terminal, a line at its start and end elsewhere);
+    total_ids, the ids of all streams (dataset_ids), gives the bar its end."""
     was_training = model.training
     model.eval()
     results = {}
     for mode in modes:
-        if progress is not None:
-            progress.set_postfix_str(mode.name, refresh=False)
-        started = time.perf_counter()
-        jobs = (job for pieces in make_streams() for job in stream_jobs(Stream(pieces), model.config, mode))
-        sums = score_jobs(model, jobs, device, batch_size, progress)
-        results[mode.name] = {**sums, "bpb": bpb(sums["nats"], sums["targets"]),
-                              "seconds": time.perf_counter() - started}  # score_jobs waits for the device
+        with Progress(f"evaluating {mode.name} windows", total_ids, progress) as shown:
+            started = time.perf_counter()
+            jobs = (job for pieces in make_streams() for job in stream_jobs(Stream(pieces), model.config, mode))
+            sums = score_jobs(model, jobs, device, batch_size, shown)
+            results[mode.name] = {**sums, "bpb": bpb(sums["nats"], sums["targets"]),
+                                  "seconds": time.perf_counter() - started}  # score_jobs waits for the device
+            shown.finish(f"{results[mode.name]['bpb']:.4f} bpb")
     model.train(was_training)
     return results
 
