@@ -1,8 +1,10 @@
-"""Windowed evaluation (train/windows.py) and `megabyte eval`: every mode scores every byte of the
-data exactly once; sliding with stride = context is plain; strided picks the right pass; one bpb
-definition for the loader's evaluation and the windows'."""
+"""Windowed evaluation (train/windows.py), the loader's evaluation (train/evaluate.py) and `megabyte
+eval`: every mode scores every byte of the data exactly once; sliding with stride = context is
+plain; strided picks the right pass; one bpb definition for the loader's evaluation and the
+windows'; the loader's rows are scored whole, PerceiverAR's by plain windows of the row."""
 
 import dataclasses
+import math
 import re
 import sys
 
@@ -17,7 +19,7 @@ from model.weights import save_weights
 from pipeline.format.errors import UsageError
 from pipeline.load.loader import LoaderConfig, build_validation_loader
 from tools.cli import main as cli
-from train.evaluate import evaluate
+from train.evaluate import MODALITIES, evaluate, target_nats
 from train.windows import Mode, Stream, dataset_streams, eval_modes, evaluate_streams, stream_jobs
 
 CPU = torch.device("cpu")
@@ -157,13 +159,61 @@ def test_plain_windows_and_the_validation_loader_give_one_bpb(text_dataset, name
                                   progress=False)
     documents = 40
     payload = sum(len(d) for d in text_docs(40, seed=5))
-    if config.architecture == "perceiver_ar":  # the loader's rows score only their last latents
-        assert by_loader["targets"] < payload
-        assert by_windows["plain"]["targets"] == payload + documents
-    else:
-        assert by_loader["targets"] == by_windows["plain"]["targets"] == payload + documents  # bytes + ends
+    assert by_loader["targets"] == by_windows["plain"]["targets"] == payload + documents  # bytes + ends
+    if config.architecture != "perceiver_ar":  # its plain windows past the first row reach into the row before
         assert by_windows["plain"]["bpb"] == pytest.approx(by_loader["bpb"], rel=1e-6)
         assert by_windows["sliding 64"]["bpb"] == pytest.approx(by_loader["bpb"], rel=1e-6)
+
+
+def validation_batch(config) -> dict:
+    """Three rows of the loader's shape, one per modality, one of them ending in PAD."""
+    ids = torch.randint(0, 256, (3, config.seq_len), generator=torch.Generator().manual_seed(1))  # (3, T)
+    ids[1, 50:] = config.pad_id
+    return {"ids": ids, "modality": list(MODALITIES)}
+
+
+@pytest.mark.parametrize("latents", [16, 24, 48])  # 24: the last window is [8, 64), 48: [32, 64)
+def test_perceiver_ar_validation_scores_every_byte_of_a_row_by_its_plain_windows(latents):
+    torch.manual_seed(0)
+    config = small("tiny-perceiver-ar", latents=latents)  # 64 bytes
+    model = build_model(config).eval()
+    batch = validation_batch(config)
+    result = evaluate(model, [batch], CPU)
+    assert result["targets"] == int((batch["ids"] != config.pad_id).sum()) == 64 + 50 + 64
+    # by hand: position p is scored by the plain window that ends at the first multiple e of N
+    # above it, [e - 64, e) cut to the row; the logits of a window of w ids are for its last min(N, w)
+    by_modality = {}
+    for row, modality in zip(batch["ids"], batch["modality"]):
+        nats = 0.0
+        for p in range(int((row != config.pad_id).sum())):
+            end = (p // latents + 1) * latents
+            window = row[max(0, end - 64):min(end, 64)]
+            logits = model(window[None])[0]  # (min(N, len(window)), V)
+            nats -= torch.log_softmax(logits[p - (min(end, 64) - len(logits))].double(), -1)[row[p]].item()
+        by_modality[modality] = nats
+    assert result["bpb/image"] == pytest.approx(by_modality["image"] / 50 / math.log(2), rel=1e-5)
+    assert result["bpb"] == pytest.approx(sum(by_modality.values()) / (64 + 50 + 64) / math.log(2), rel=1e-5)
+    # and so it is `megabyte eval`'s plain mode on each row as a stream of its own
+    plain = eval_modes(config, False, None)[:1]
+    rows = evaluate_streams(model, lambda: [[row.numpy()] for row in batch["ids"]], plain, CPU, progress=False)
+    assert rows["plain"]["targets"] == result["targets"] and rows["plain"]["bpb"] == pytest.approx(result["bpb"])
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-transformer", "tiny-no-global", "tiny-cnn"])
+def test_the_validation_of_models_that_predict_every_byte_is_one_forward_per_row(name):
+    torch.manual_seed(0)
+    config = small(name)
+    model = build_model(config).eval()
+    batch = validation_batch(config)
+    calls = []
+    model.register_forward_hook(lambda module, args, out: calls.append(args[0].shape))
+    result = evaluate(model, [batch], CPU)
+    assert calls == [(3, 64)]
+    nats, counted = target_nats(model(batch["ids"]), batch["ids"])  # (3, 64) each
+    for row, modality in enumerate(batch["modality"]):
+        expected = nats[row].sum().double().item() / counted[row].sum().item() / math.log(2)
+        assert result[f"bpb/{modality}"] == pytest.approx(expected, rel=1e-12)
+    assert result["targets"] == int(counted.sum())
 
 
 def test_evaluation_says_on_stderr_that_it_runs_unless_told_not_to(capsys, monkeypatch):

@@ -16,7 +16,8 @@ Every mode scores every id of a stream exactly once; they differ in how much con
 
 A PerceiverAR forward predicts only its last N = latents positions: its first window is [0, N)
 (all of it predicted), then windows grow to T and slide, by at most N. Its default stride is
-N/2, as the paper evaluated it; "plain" for it is a stride of N.
+N/2, as the paper evaluated it; "plain" for it is a stride of N. The in-training validation
+(train/evaluate.py, row_nats) runs these plain windows on each of the loader's rows as a stream.
 
 A stream is an iterator of id arrays read lazily: `Stream` keeps only the last T ids that later
 windows still need, so a dataset of concatenated documents is never held whole.
