@@ -34,7 +34,7 @@ from model import generate
 from model.config import PATCHED
 from train.export import export, load_any
 from train.metrics import read_metrics
-from train.windows import dataset_streams, eval_modes, evaluate_streams
+from train.windows import dataset_ids, dataset_streams, eval_modes, evaluate_streams
 
 EVAL_BATCH = 8  # windows per forward
 
@@ -99,7 +99,7 @@ def measure_best(suite: Suite, trial: RunSpec, device=None) -> dict:
 def evaluate(model, validation: str, modes: list, image_order: str, device) -> dict:
     """{"bpb": plain, "bpb_strided": ..., "bpb_sliding_S": ...} of `modes` over every byte of the set."""
     streams = lambda: dataset_streams(validation, model.config, image_order)  # noqa: E731 (afresh per mode)
-    scores = evaluate_streams(model, streams, modes, device, EVAL_BATCH)
+    scores = evaluate_streams(model, streams, modes, device, EVAL_BATCH, total_ids=dataset_ids(validation))
     return {"bpb" if name == "plain" else f"bpb_{name.replace(' ', '_')}": score["bpb"]
             for name, score in scores.items()}
 
@@ -110,7 +110,7 @@ def generation_seconds(model, count: int) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     started = time.perf_counter()
-    [new] = generate(model, [b""], count, seed=0, stop_at_boundary=False)
+    [new] = generate(model, [b""], count, seed=0, stop_at_boundary=False, progress=True)
     if device.type == "cuda":
         torch.cuda.synchronize()
     assert len(new) == count  # no early stop: every byte is timed
