@@ -102,10 +102,12 @@ def test_a_rerun_skips_finished_runs(finished, data, tmp_path, capsys):
     assert json.loads(before)["runs"] == json.loads((finished / "results.json").read_text())["runs"]
 
 
-def interrupt(suite: Path, run_dir: Path, after_step: int, sig: signal.Signals, group: bool) -> int:
+def interrupt(suite: Path, run_dir: Path, after_step: int, sig: signal.Signals, group: bool,
+              name: str = "") -> int:
     """Start the comparison, send it `sig` once `run_dir` has a checkpoint past `after_step` (to its
     whole process group, as Ctrl-C or a scheduler does, or to it alone); check its last line: an
-    interruption, not an error. Returns the step of that checkpoint."""
+    interruption of the run `name` (default: the folder's), not an error. Returns the step of that
+    checkpoint."""
     process = subprocess.Popen(compare_command(suite), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 300
@@ -120,7 +122,7 @@ def interrupt(suite: Path, run_dir: Path, after_step: int, sig: signal.Signals, 
     err = process.stderr.read()
     last = err.strip().splitlines()[-1]
     assert "Traceback" not in err and re.fullmatch(
-        rf"megabyte compare: run '{run_dir.name}' interrupted \({sig.name}\) at step (\d+) of (\d+): "
+        rf"megabyte compare: run '{name or run_dir.name}' interrupted \({sig.name}\) at step (\d+) of (\d+): "
         "rerun the same command to continue", last), err
     return int(re.search(r"at step (\d+)", last).group(1))
 
@@ -266,7 +268,9 @@ def test_a_sweeps_best_is_the_least_bpb_of_its_grid_and_its_seeds_are_averaged(s
     results = json.loads((swept["out"] / "results.json").read_text())
     megabyte, deep = results["runs"]
     scores = grid_scores(swept["out"], "megabyte")
-    assert sorted(scores) == ["optim.lr=0.0003", "optim.lr=0.003", f"optim.lr={megabyte['setting']['optim.lr']},seed=1235"]
+    seed = scores["optim.lr=0.0003"]["seed"]  # the config's run.seed: the grid's
+    assert sorted(scores) == ["optim.lr=0.0003", "optim.lr=0.003",
+                              f"optim.lr={megabyte['setting']['optim.lr']},seed={seed + 1}"]
     grid = {json.dumps(entry["set"]): entry for entry in megabyte["sweep"]}
     assert [entry["set"] for entry in megabyte["sweep"]] == [{"optim.lr": lr} for lr in LRS]
     best = min(megabyte["sweep"], key=lambda entry: entry["bpb"])
@@ -276,7 +280,7 @@ def test_a_sweeps_best_is_the_least_bpb_of_its_grid_and_its_seeds_are_averaged(s
         assert entry["bpb"] == scores[f"optim.lr={entry['set']['optim.lr']}"]["bpb"]
     # the best setting again at the next seed: the run's bpb is the mean of the two
     seeds = {s["seed"]: s["bpb"] for s in megabyte["seeds"]}
-    assert sorted(seeds) == [1234, 1235] and seeds[1234] == best["bpb"] != seeds[1235]
+    assert sorted(seeds) == [seed, seed + 1] and seeds[seed] == best["bpb"] != seeds[seed + 1]
     assert megabyte["bpb"] == pytest.approx(sum(seeds.values()) / 2)
     assert (megabyte["bpb_min"], megabyte["bpb_max"]) == (min(seeds.values()), max(seeds.values()))
     # a run's own sweep: every combination of its keys, [sweep] not applied
@@ -297,7 +301,7 @@ def test_an_interrupted_sweep_reruns_to_identical_results(swept, data, tmp_path)
     suite = write_suite(tmp_path / "suite.toml", data, tmp_path / "out", runs=runs, seeds=2,
                         sweep={"optim.lr": LRS})
     second = tmp_path / "out" / "runs" / "megabyte" / "optim.lr=0.003"
-    interrupt(suite, second, 0, signal.SIGTERM, group=True)  # in the grid's second setting
+    interrupt(suite, second, 0, signal.SIGTERM, group=True, name="megabyte/optim.lr=0.003")  # the 2nd setting
     again = subprocess.run(compare_command(suite), cwd=REPO, env=ENV, capture_output=True, text=True,
                            timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
