@@ -1,7 +1,7 @@
 """Run a suite: each trial trains in its own process, then is scored here; results at the end.
 
     for each run, in the suite's order:
-        OUT/runs/NAME/result.json exists  → done before: skipped
+        OUT/runs/NAME/result.json of the same grid and seeds exists  → done before: skipped
         else, for each trial of its grid, then its best setting's other seeds (compare/sweep.py):
               OUT/runs/TRIAL/scores.json exists → done before: skipped
               else  launcher -m train.main ...  → trains, or resumes from its newest checkpoint
@@ -67,7 +67,7 @@ def run_all(suite: Suite, device, doing: list[str]) -> list[dict]:
     results = []
     for run in suite.runs:
         result_path = suite.run_dir(run) / "result.json"
-        if result_path.is_file():
+        if result_path.is_file() and sweep.is_current(suite, run, json.loads(result_path.read_text())):
             print(f"{run.name}: done before, skipped ({result_path})", flush=True)
         else:
             result = run_trials(suite, run, device, doing)

@@ -91,5 +91,12 @@ def summarize(suite: Suite, run: RunSpec, grid: list[dict], seeds: list[dict]) -
     return summary
 
 
+def is_current(suite: Suite, run: RunSpec, result: dict) -> bool:
+    """Whether a run's saved result summarizes the grid and seeds the suite gives it now (a grid
+    widened since is trained where it is new and summarized again)."""
+    tried = [entry["set"] for entry in result.get("sweep", [{"set": result.get("setting", {})}])]
+    return tried == settings(suite, run) and len(result.get("seeds", [])) == suite.seeds
+
+
 # what the grid keeps of each setting's scores
 GRID_KEYS = ("bpb", "steps", "wall_seconds", "loss_rise", "loss_rise_step")

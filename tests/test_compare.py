@@ -314,6 +314,21 @@ def test_an_interrupted_sweep_reruns_to_identical_results(swept, data, tmp_path)
         [[{k: e[k] for k in ("set", "bpb", "best")} for e in run["sweep"]] for run in reference]
 
 
+@pytest.mark.slow
+def test_a_widened_grid_trains_only_its_new_settings(data, tmp_path):
+    runs = {"megabyte": ("tiny", SMALL)}
+    for grid in (LRS, [*LRS, 1e-2]):
+        suite = write_suite(tmp_path / "suite.toml", data, tmp_path / "out", runs=runs, sweep={"optim.lr": grid})
+        done = subprocess.run(compare_command(suite), cwd=REPO, env=ENV, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert "megabyte/optim.lr=0.0003: done before, skipped" in done.stdout
+    assert re.search(r"^megabyte/optim\.lr=0\.01: \d+ steps", done.stdout, re.M)  # trained: it is new
+    megabyte = json.loads((tmp_path / "out" / "results.json").read_text())["runs"][0]
+    assert [entry["set"]["optim.lr"] for entry in megabyte["sweep"]] == [*LRS, 1e-2]
+    assert megabyte["setting"] == min(megabyte["sweep"], key=lambda entry: entry["bpb"])["set"]
+
+
 @pytest.mark.parametrize("sweep, message", [
     ({"optim.lr": 1e-3}, "optim.lr = 0.001: expected a list of the values to try"),
     ({"optim.lr": []}, "optim.lr = []: expected a list of the values to try"),
