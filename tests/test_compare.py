@@ -379,3 +379,18 @@ def test_the_largest_rise_of_the_training_loss_is_measured_from_the_lowest_point
     records = [{"step": s, "bpb": b} for s, b in [(5, 6.0), (10, 4.0), (15, 5.5), (20, 3.0), (25, 3.2)]]
     assert loss_rise(records) == {"loss_rise": 1.5, "loss_rise_step": 15}
     assert loss_rise(records[:2]) == {"loss_rise": 0.0, "loss_rise_step": 5}
+
+
+def test_results_flag_a_best_at_the_edge_and_a_generation_timed_on_a_busy_machine():
+    from compare.report import results_markdown
+
+    header = {"title": "t", "date": "d", "machine": "m", "command": "c", "budget": "b", "train": "tr",
+              "validation": "va", "generate_bytes": 8, "seeds": 1, "cores": 2, "scale": {"xz -9": 2.0}}
+    run = {"name": "a", "preset": "tiny", "setting": {"optim.lr": 1e-3}, "bpb": 3.0, "bpb_min": 3.0,
+           "bpb_max": 3.0, "seeds": [{"seed": 1, "bpb": 3.0}], "generate_bytes_per_s": 100.0}
+    quiet = results_markdown(header, [{**run, "edge": [], "generate_load": 1.5}])
+    busy = results_markdown(header, [{**run, "edge": ["optim.lr"], "generate_load": 3.5}])
+    assert "edge" not in quiet and "exceeded" not in quiet and "| a | tiny | lr 0.001 |" in quiet
+    assert "a: best at the edge of its grid (optim.lr): widen the grid." in busy
+    assert "a: generation timed while the machine's load (3.5) exceeded its 2 cores" in busy
+    assert "xz -9 2.000" in busy
