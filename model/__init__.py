@@ -1,5 +1,5 @@
-"""Byte-level models: MegaByte (Yu et al. 2023), its ablations, and the byte-transformer and
-PerceiverAR baselines, all called the same way.
+"""Byte-level models: MegaByte (Yu et al. 2023), its ablations, the byte-transformer and
+PerceiverAR baselines, and SpaceByte (Slagle 2024), all called the same way.
 
     from model import PRESETS, build_model, byte_loss, generate
     model = build_model(PRESETS["tiny"])
@@ -21,10 +21,11 @@ from model.loss import ByteHead, bits_per_byte, byte_loss
 from model.megabyte import MegaByte
 from model.perceiver_ar import PerceiverAR
 from model.presets import PRESETS
+from model.spacebyte import SpaceByte
 
 
 MODELS = {"megabyte": MegaByte, "transformer": ByteTransformer, "perceiver_ar": PerceiverAR,
-          "no_local": NoLocal, "no_global": NoGlobal}
+          "no_local": NoLocal, "no_global": NoGlobal, "spacebyte": SpaceByte}
 
 
 def build_model(config: MegaByteConfig) -> nn.Module:
@@ -35,6 +36,6 @@ def build_model(config: MegaByteConfig) -> nn.Module:
 
 __all__ = [
     "MegaByteConfig", "PRESETS", "MegaByte", "ByteTransformer", "PerceiverAR", "NoLocal",
-    "NoGlobal", "build_model",
+    "NoGlobal", "SpaceByte", "build_model",
     "byte_loss", "bits_per_byte", "ByteHead", "generate", "generate_ids", "sample", "KVCache",
 ]

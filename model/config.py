@@ -19,14 +19,21 @@ architecture="no_local": the "w/o local model" ablation (Table 10): the global m
     global output, so tie_embeddings has nothing to tie there).
 architecture="no_global": the "w/o global model" ablation: the local model alone, over patches of P
     bytes that see nothing of each other.
+architecture="spacebyte": SpaceByte (Slagle 2024, model/spacebyte.py): local blocks of width D_L
+    (local_dim) with sliding-window attention over local_window bytes run over every byte; the
+    global model (global_*) runs only at patch boundaries, at most global_len of them per sequence.
+    patching="spacelike" puts a boundary after every word (the paper's rule), "periodic" one every
+    patch_size bytes (its ablation); patch_size is 1 with spacelike patching. global_len = 0 means
+    the reference's T/6 (T/P when periodic), local_window = 0 means local_dim (the reference's).
 local_attention chooses the kernel of the local model's attention, not what it computes: "sdpa"
     (F.scaled_dot_product_attention) or "matmul" (q·kᵀ, softmax in fp32, ·v as batched matmuls).
     The local model attends over P ≤ 16 bytes (r+P keys with cross-patch attention) in B·K tiny
     sequences, which the flash kernel pads up to its block size, so plain matmuls may be faster
     there; a GPU profile (bench/local_attention.py) decides. The global models always use sdpa.
 A field that an architecture does not use must keep its "off" value (patch_size=1, local_layers=0,
-global_layers=0, latents=0, local_cross_patch=0, conv_encoder=False, local_attention="sdpa", as the
-error says), so that a config never carries numbers that mean nothing.
+global_layers=0, latents=0, local_cross_patch=0, conv_encoder=False, local_attention="sdpa",
+global_len=0, local_window=0, patching="spacelike", as the error says), so that a config never
+carries numbers that mean nothing.
 """
 
 import dataclasses
@@ -44,7 +51,7 @@ PAD_ID = 256
 BOUNDARY_ID = 257
 VOCABULARY = {"vocab_size": VOCAB_SIZE, "pad_id": PAD_ID, "boundary_id": BOUNDARY_ID}
 
-ARCHITECTURES = ("megabyte", "transformer", "perceiver_ar", "no_local", "no_global")
+ARCHITECTURES = ("megabyte", "transformer", "perceiver_ar", "no_local", "no_global", "spacebyte")
 WITH_GLOBAL = ("megabyte", "transformer", "perceiver_ar", "no_local")  # have a global model
 WITH_LOCAL = ("megabyte", "no_global")  # have a local model
 UNPATCHED = ("transformer", "perceiver_ar")  # read single bytes: patch_size=1
@@ -53,6 +60,7 @@ ACTIVATIONS = ("gelu", "relu", "swiglu")
 NORMS = ("layernorm", "rmsnorm")
 POS_EMBEDDINGS = ("learned", "none")
 LOCAL_ATTENTIONS = ("sdpa", "matmul")  # kernels of the local model's attention
+PATCHINGS = ("spacelike", "periodic")  # where SpaceByte's patches start
 # sane bounds, far above the paper's models (32 layers, 1.2M-byte images): a config from a file is
 # refused past them before anything is built (building 10**9 layers never ends, even unallocated)
 MAX_LAYERS = 256  # per stack, global and local
@@ -83,6 +91,9 @@ class MegaByteConfig:
     local_cross_patch: int = 0  # megabyte only: r ≤ P positions of the previous patch (0 = off)
     conv_encoder: bool = False  # megabyte, no_local: causal convolutions (kernels 3, 5, 7)
     local_attention: str = "sdpa"  # megabyte, no_global: the local attention's kernel (see above)
+    global_len: int = 0  # spacebyte only: T_G, global positions per sequence (0 = T/6, or T/P when periodic)
+    local_window: int = 0  # spacebyte only: W, keys of the local sliding-window attention (0 = local_dim)
+    patching: str = "spacelike"  # spacebyte only: "spacelike" (after words) or "periodic" (every patch_size)
 
     def __post_init__(self):
         def check(ok: bool, message: str):
@@ -134,6 +145,12 @@ class MegaByteConfig:
                   f"perceiver_ar needs 1 <= latents <= seq_len={self.seq_len}, got latents={self.latents}")
         else:
             check(self.latents == 0, f"latents is a perceiver_ar field: set latents=0 for {arch}")
+        if arch == "spacebyte":
+            self.check_spacebyte(check)
+        else:
+            check(self.global_len == 0 and self.local_window == 0 and self.patching == "spacelike",
+                  f"global_len, local_window and patching are spacebyte fields: set global_len=0, "
+                  f"local_window=0, patching=\"spacelike\" for {arch}")
         if arch == "megabyte":
             check(0 <= self.local_cross_patch <= P,
                   f"local_cross_patch must be in [0, patch_size={P}] (positions of the previous patch), "
@@ -151,6 +168,47 @@ class MegaByteConfig:
         check(not self.conv_encoder or arch in ("megabyte", "no_local"),
               f"conv_encoder is an option of megabyte and no_local (the patch embedder): set "
               f"conv_encoder=false for {arch}")
+
+    def check_spacebyte(self, check):
+        T, P = self.seq_len, self.patch_size
+        check(self.patching in PATCHINGS, f"patching must be one of {PATCHINGS}, got {self.patching!r}")
+        check(self.local_attention == "sdpa", "spacebyte's local attention is a sliding window over all T "
+                                              "bytes, run by sdpa: set local_attention=\"sdpa\"")
+        check(self.patching == "periodic" or P == 1,
+              f"spacebyte's spacelike patches have no fixed size: set patch_size=1 (or patching=\"periodic\" "
+              f"for a boundary every patch_size={P} bytes)")
+        for name in ("global", "local"):
+            layers, heads, dim = (getattr(self, f"{name}_{field}") for field in ("layers", "heads", "dim"))
+            check(layers >= 1 and heads >= 1, f"spacebyte needs {name}_layers >= 1 and {name}_heads >= 1")
+            check(dim % heads == 0, f"{name}_heads={heads} must divide {name}_dim={dim}")
+        check(self.global_dim >= self.local_dim,
+              f"spacebyte pads the local state (local_dim={self.local_dim}) with zeros to the global width: "
+              f"global_dim={self.global_dim} must be at least local_dim")
+        check(0 <= self.global_len <= T,
+              f"global_len={self.global_len}: spacebyte's global positions must be 1 to seq_len={T} "
+              f"(0: T/6, the reference's)")
+        check(self.global_length >= 1, f"seq_len={T} leaves no global position: set global_len >= 1")
+        check(self.local_window >= 0, f"local_window={self.local_window}: the window must be at least 1 byte "
+                                      f"(0: local_dim, the reference's)")
+        check(self.patching == "spacelike" or self.global_length >= T // P,
+              f"periodic patching has {T // P} patches in seq_len={T}: set global_len=0 or at least {T // P}")
+
+    @property
+    def global_length(self) -> int:  # T_G, spacebyte's global positions per sequence
+        if self.global_len:
+            return self.global_len
+        return self.seq_len // (self.patch_size if self.patching == "periodic" else 6)
+
+    @property
+    def window(self) -> int:  # W, spacebyte's local attention window in bytes
+        return self.local_window or self.local_dim
+
+    def check_modality(self, modality: str) -> None:
+        """ValueError for a model that cannot read data of this modality ("text", "image", "audio"):
+        spacelike patches follow words, which images and audio do not have."""
+        if self.architecture == "spacebyte" and self.patching == "spacelike" and modality in ("image", "audio"):
+            raise ValueError(f"MegaByteConfig: spacebyte's spacelike patches follow words, and {modality} "
+                             f"bytes have none: set patching=\"periodic\" (a patch every patch_size bytes)")
 
     @property
     def vocab_size(self) -> int:  # V; the vocabulary is fixed (see VOCABULARY), not a setting

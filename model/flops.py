@@ -10,7 +10,8 @@ One transformer layer of width w, per position that goes through it:
     MLP            2 · 2·ratio·w²             (3·ratio·w² with swiglu's gate)
     attention      2 · 2w · keys              q·k scores and the weighted sum of v, over the keys
                                               that position attends to
-    causal attention over n positions: position i sees i+1 keys, (n+1)/2 on average.
+    causal attention over n positions: position i sees i+1 keys, (n+1)/2 on average; with a
+    sliding window of W keys, min(i+1, W).
 Training costs 3 × the forward (the backward pass computes two products per forward product).
 
 Per architecture (T bytes, P per patch, K = T/P patches, V vocabulary):
@@ -24,6 +25,9 @@ Per architecture (T bytes, P per patch, K = T/P patches, V vocabulary):
                    MLP for the N latents, each latent seeing the T - N positions before the
                    latents plus the latents up to itself; then N positions through the decoder
                    and the head. It predicts N bytes per forward, so FLOPs per byte divide by N.
+    spacebyte      T bytes through the local stacks (keys min(i+1, W)), T_G positions through the
+                   global stack (the batch is padded to T_G whatever the text), the head at each
+                   byte; padding D_L to D_G and adding back are no products
 """
 
 from dataclasses import dataclass, field
@@ -68,6 +72,12 @@ def causal_keys(n: int) -> float:
     return (n + 1) / 2
 
 
+def window_keys(n: int, window: int) -> float:
+    """Mean keys per position of sliding-window causal attention (W keys) over n positions."""
+    inside = min(n, window)  # positions 0..inside-1 see i+1 keys, the others W
+    return (inside * (inside + 1) / 2 + (n - inside) * window) / n
+
+
 def count_flops(config: MegaByteConfig, linear_attention: bool = False) -> Flops:
     """Forward FLOPs of one full sequence (config.seq_len bytes), by part. linear_attention costs
     every attention as a linear-attention transformer's (the paper's Figure 3 baseline)."""
@@ -91,6 +101,11 @@ def count_flops(config: MegaByteConfig, linear_attention: bool = False) -> Flops
     elif c.architecture == "transformer":
         stack("global", c.global_dim, c.global_layers, T, causal_keys(T))
         flops.parts["head"] = 2 * c.global_dim * V * T
+    elif c.architecture == "spacebyte":
+        stack("local", c.local_dim, c.local_layers, T, window_keys(T, c.window))
+        stack("global", c.global_dim, c.global_layers, c.global_length, causal_keys(c.global_length))
+        flops.parts["head"] = 2 * c.local_dim * V * T
+        return flops
     if c.architecture in UNPATCHED:
         return flops
     if c.conv_encoder:  # over the bytes that reach the global model: all but the last patch

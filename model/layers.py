@@ -106,13 +106,17 @@ class CausalSelfAttention(nn.Module):
     """Causal multi-head attention. x is (B, T, C), or (B, K, P, C) for the local model, whose
     patches attend within themselves (folded into the batch) and, with cross_patch = r > 0, also
     to the last r positions of the previous patch (MegaByte §2.3), with rotary positions.
-    kernel: "sdpa" or "matmul" (matmul_attention), the same attention by another kernel."""
+    kernel: "sdpa" or "matmul" (matmul_attention), the same attention by another kernel.
+    window = W > 0: sliding-window attention (SpaceByte's local blocks), a query sees its own
+    position and the W - 1 before it; 0: all earlier positions."""
 
-    def __init__(self, config: MegaByteConfig, dim: int, heads: int, cross_patch: int = 0, kernel: str = "sdpa"):
+    def __init__(self, config: MegaByteConfig, dim: int, heads: int, cross_patch: int = 0, kernel: str = "sdpa",
+                 window: int = 0):
         super().__init__()
         self.heads = heads
         self.cross_patch = cross_patch
         self.kernel = kernel
+        self.window = window
         self.dropout = config.dropout
         self.qkv = nn.Linear(dim, 3 * dim, bias=config.bias)
         self.proj = nn.Linear(dim, dim, bias=config.bias)
@@ -184,6 +188,12 @@ class CausalSelfAttention(nn.Module):
             cos, sin = self.rotary_cos[:S], self.rotary_sin[:S]  # (S, hs) each
             q, k = rotate(q, cos[S - n:], sin[S - n:]), rotate(k, cos, sin)
         S = k.shape[2]
+        if self.window and S > self.window:  # keys beyond the window: one query reads only the last W
+            if n == 1:
+                k, v, S = k[:, :, -self.window:], v[:, :, -self.window:], self.window
+            else:  # a band: query i (at key position S-n+i) sees keys S-n+i-W+1 .. S-n+i
+                ones = torch.ones(n, S, dtype=torch.bool, device=x.device)
+                mask = ones.tril(diagonal=S - n) & ~ones.tril(diagonal=S - n - self.window)  # (n, S)
         if mask is None and 1 < n < S:  # queries sit at the end of the keys: bottom-right causal mask
             mask = torch.ones(n, S, dtype=torch.bool, device=x.device).tril(diagonal=S - n)
         # is_causal only when queries and keys start together (training, or prefill into an empty
@@ -219,10 +229,11 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, config: MegaByteConfig, dim: int, heads: int, cross_patch: int = 0, kernel: str = "sdpa"):
+    def __init__(self, config: MegaByteConfig, dim: int, heads: int, cross_patch: int = 0, kernel: str = "sdpa",
+                 window: int = 0):
         super().__init__()
         self.norm1 = make_norm(config, dim)
-        self.attn = CausalSelfAttention(config, dim, heads, cross_patch, kernel)
+        self.attn = CausalSelfAttention(config, dim, heads, cross_patch, kernel, window)
         self.norm2 = make_norm(config, dim)
         self.mlp = MLP(config, dim)
 
@@ -248,13 +259,15 @@ def init_block(block: Block, config: MegaByteConfig, layers: int):
 class Transformer(nn.Module):
     """A causal decoder stack without embeddings or head: blocks, then a final norm.
     MegaByte's global and local models and the whole baseline are each one of these; the local
-    model passes config.local_attention as its attention kernel, the others keep "sdpa"."""
+    model passes config.local_attention as its attention kernel, the others keep "sdpa".
+    SpaceByte's stacks pass a window, and final_norm=False where another stack follows on the
+    same residual stream (the norm belongs before the head only)."""
 
     def __init__(self, config: MegaByteConfig, dim: int, layers: int, heads: int, cross_patch: int = 0,
-                 kernel: str = "sdpa"):
+                 kernel: str = "sdpa", window: int = 0, final_norm: bool = True):
         super().__init__()
-        self.blocks = nn.ModuleList(Block(config, dim, heads, cross_patch, kernel) for _ in range(layers))
-        self.norm = make_norm(config, dim)
+        self.blocks = nn.ModuleList(Block(config, dim, heads, cross_patch, kernel, window) for _ in range(layers))
+        self.norm = make_norm(config, dim) if final_norm else nn.Identity()
         self.checkpointing = config.activation_checkpointing
         for block in self.blocks:
             init_block(block, config, layers)

@@ -14,6 +14,8 @@ Names are TASK or TASK-VARIANT:
               and 8 kHz audio, for comparisons on real data
     tiny-image64*, tiny-audio16k*   the same three for the paper's 64×64 images and 16 kHz
               16-bit audio, MegaByte in the paper's proportions
+    text-spacebyte   SpaceByte-793M+184M (Slagle 2024), sized from its reference code
+    tiny-spacebyte*  SpaceByte at tiny's FLOPs per byte, and its periodic-patch ablation
     *-wide    a tiny MegaByte at its narrow twin's training FLOPs per byte, but with the paper's
               wide global slice per byte (D_G = global width / P: 256 for text, 213 for
               imagenet64, 32 for audio): one wide global layer in place of four narrow ones
@@ -267,6 +269,30 @@ PRESETS: dict[str, MegaByteConfig] = {
     "tiny-audio16k-perceiver-ar": MegaByteConfig(architecture="perceiver_ar", seq_len=16384, latents=1024,
                                                  patch_size=1, global_dim=256, global_layers=4, global_heads=4,
                                                  local_layers=0),
+
+    # ---- SpaceByte (Slagle 2024, arXiv 2404.14408; model/spacebyte.py) ----
+    # SpaceByte-793M+184M, the paper's largest run (PG-19, Stories, arXiv, Github), sized from the
+    # reference code's reproduce/README.md: context 8192, global 1536 × 28 (12·28·1536² = 793M),
+    # local 768 × 26 (184M; 13 blocks before the global ones, 13 after), T_G = 1344, W = 768,
+    # 64-wide heads (its d_key). Its recipe as the reference's defaults: ReLU, no dropout,
+    # LayerNorm, byte embeddings not tied (tie_embedding is on only with a tokenizer). Where ours
+    # differs: the reference adds rotary positions and a LayerNorm on queries and keys (neither
+    # exists here) to its learned positions, and initialises otherwise (std 0.02 here). Batch 64,
+    # 30B bytes (train/configs/, not the model).
+    "text-spacebyte": MegaByteConfig(architecture="spacebyte", seq_len=8192, patch_size=1, global_dim=1536,
+                                     global_layers=28, global_heads=24, local_dim=768, local_layers=26,
+                                     local_heads=12, global_len=1344, local_window=768, activation="relu",
+                                     dropout=0.0, tie_embeddings=False),
+    # tiny's budget: global 256 × 3 over T_G = 512/6 = 85 boundaries, local 128 × 2 (one block
+    # either side) with the reference's window W = D_L = 128. 2.89M parameters, 5.32M training
+    # FLOPs per byte (tiny: 5.01M, +6%)
+    "tiny-spacebyte": MegaByteConfig(architecture="spacebyte", seq_len=512, patch_size=1, global_dim=256,
+                                     global_layers=3, global_heads=4, local_dim=128, local_layers=2, local_heads=4),
+    # the paper's ablation at the same sizes: a boundary every 8 bytes, T_G = 64 (tiny's K).
+    # 2.88M parameters, 4.71M training FLOPs per byte (tiny: 5.01M, -6%)
+    "tiny-spacebyte-periodic": MegaByteConfig(architecture="spacebyte", seq_len=512, patch_size=8, patching="periodic",
+                                              global_dim=256, global_layers=3, global_heads=4, local_dim=128,
+                                              local_layers=2, local_heads=4),
 }
 # Table 15's Audio Transformer row: 1,024 bytes (32 ms of 16 kHz 16-bit PCM, as the paper's), 256
 # wide and 4 layers for (768, 13): tiny-audio-transformer itself, named for the 16 kHz family.

@@ -28,6 +28,10 @@ FAMILY = {  # name → config fields on top of SMALL
     "matmul": dict(patch_size=4, local_attention="matmul"),
     "cross-patch+matmul": dict(patch_size=4, local_cross_patch=2, local_attention="matmul"),
     "no_global+matmul": dict(architecture="no_global", patch_size=4, global_layers=0, local_attention="matmul"),
+    # SpaceByte (tests/test_spacebyte.py tests it on text): random bytes are mostly spacelike, so
+    # boundaries are many, and global_len=4 runs out of them early
+    "spacebyte": dict(architecture="spacebyte", patch_size=1, local_window=4, global_len=4),
+    "spacebyte-periodic": dict(architecture="spacebyte", patch_size=4, patching="periodic", local_window=3),
 }
 
 
@@ -134,6 +138,7 @@ def test_cached_greedy_generation_equals_recomputation(name, prompt_len):
       ("megabyte", "conv+cross-patch", "transformer", "perceiver_ar", "no_local", "no_global")],
     ("megabyte", 45, None), ("conv+cross-patch", 45, None), ("perceiver_ar", 45, None), ("no_global", 45, None),
     ("conv+cross-patch", 10, 9), ("no_local", 10, 9), ("megabyte", 10, 0), ("transformer", 10, 0),
+    ("spacebyte", 3, None), ("spacebyte", 45, None), ("spacebyte-periodic", 10, 9), ("spacebyte", 10, 0),
 ])
 def test_generation_past_the_context_slides_a_patch_aligned_window(name, prompt_len, keep):
     """3× the context, from a short prompt and from one longer than the context, with the default
@@ -199,11 +204,12 @@ def test_bf16_autocast_forward_backward_and_cached_decoding(name):
     assert out.shape[1] > 5
 
 
-def test_activation_checkpointing_gives_the_same_gradients_with_both_options():
+@pytest.mark.parametrize("name", ["conv+cross-patch", "spacebyte"])
+def test_activation_checkpointing_gives_the_same_gradients_with_both_options(name):
     grads = []
     for checkpointing in (False, True):
         torch.manual_seed(0)
-        model = build_model(MegaByteConfig(**{**SMALL, **FAMILY["conv+cross-patch"],
+        model = build_model(MegaByteConfig(**{**SMALL, **FAMILY[name],
                                               "activation_checkpointing": checkpointing})).double()
         ids = torch.randint(0, 256, (2, T), generator=torch.Generator().manual_seed(0))
         byte_loss(model(ids), ids).backward()
@@ -244,7 +250,7 @@ def test_a_window_that_keeps_the_whole_context_is_refused():
         generate_ids(model, torch.zeros(1, 3, dtype=torch.long), 40, keep=32)
 
 
-@pytest.mark.parametrize("name", ["cross-patch", "conv", "perceiver_ar", "no_local", "no_global"])
+@pytest.mark.parametrize("name", ["cross-patch", "conv", "perceiver_ar", "no_local", "no_global", "spacebyte"])
 def test_every_architecture_round_trips_through_a_weights_file(tmp_path, name):
     from model.weights import load_weights, save_weights
 

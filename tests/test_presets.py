@@ -35,9 +35,11 @@ OTHER_TABLES = {
     ("Table 13", "1.3B / 218M"): "text-split-1.3b", ("Table 9", "Transformer 350M"): "text-transformer-350m",
 }
 PAPER_PRESETS = sorted({*TABLE_15.values(), *OTHER_TABLES.values()})
+# SpaceByte's paper (Slagle 2024): its runs follow the reference code's recipe, not MegaByte's
+SPACEBYTE_PRESETS = {("SpaceByte", "793M+184M"): "text-spacebyte"}
 TABLE_14_HEAD_WIDTH = {768: 64, 1024: 64, 1536: 96, 2048: 64, 2560: 80, 4096: 128}
 CLASS_OF = {"megabyte": "MegaByte", "transformer": "ByteTransformer", "perceiver_ar": "PerceiverAR",
-            "no_local": "NoLocal", "no_global": "NoGlobal"}
+            "no_local": "NoLocal", "no_global": "NoGlobal", "spacebyte": "SpaceByte"}
 # name: (our parameter count, the size the paper states or None); the test below counts ours from
 # the modules. The paper's size names follow GPT-3's, whose counts include a 50257-token embedding
 # table (39M at width 768, 51M at 1024, 103M at 2048) where ours has 258 rows (and MegaByte's
@@ -100,6 +102,10 @@ PRESET_SIZES: dict[str, tuple[int, int | None]] = {
     "tiny-audio16k": (13_250_624, None),
     "tiny-audio16k-transformer": (3_488_000, None),
     "tiny-audio16k-perceiver-ar": (8_209_920, None),
+    # +1%: the position tables (8192 × 768 local, 1344 × 1536 global) and the untied byte head
+    "text-spacebyte": (986_321_664, 977_000_000),
+    "tiny-spacebyte": (2_886_528, None),
+    "tiny-spacebyte-periodic": (2_881_152, None),
 }
 # the MegaByte presets in the paper's proportions: (narrow twin at equal FLOPs or None, least D_G).
 # The paper's D_G is 256 for text, 171 to 213 for 64×64 images, 32 for audio (1024 / 32)
@@ -114,7 +120,8 @@ def test_every_table_15_row_has_a_preset_and_every_preset_a_size():
     assert set(PRESET_SIZES) == set(PRESETS)
     assert all(PRESET_SIZES[name][1] for name in PAPER_PRESETS)  # the paper's stated size beside ours
     tiny = {name for name in PRESETS if name.startswith("tiny")}
-    assert set(PRESETS) == set(PAPER_PRESETS) | tiny
+    assert set(PRESETS) == set(PAPER_PRESETS) | set(SPACEBYTE_PRESETS.values()) | tiny
+    assert all(PRESET_SIZES[name][1] for name in SPACEBYTE_PRESETS.values())
     assert {PRESETS[name].architecture for name in tiny} == set(CLASS_OF)  # a tiny twin of each
     assert any(PRESETS[name].local_cross_patch for name in tiny)
     assert any(PRESETS[name].conv_encoder for name in tiny)
