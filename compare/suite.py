@@ -113,9 +113,21 @@ class Suite:
 
     def fingerprint(self, config: TrainConfig) -> str:
         """What decides a run's training: the budget and its whole resolved train config (so an
-        edited config file counts too). The same fingerprint, the same run (plan.json)."""
-        facts = [self.budget_flops, self.budget_minutes, config.to_dict()]
+        edited config file counts too), less the keys at their defaults (so that a key a newer
+        version adds, at its default, leaves a run planned before as it was). The same
+        fingerprint, the same run (plan.json)."""
+        settings = {name: {key: value for key, value in section.items() if value != defaults.get(key, MISSING)}
+                    for (name, section), defaults in zip(config.to_dict().items(), section_defaults(config))}
+        facts = [self.budget_flops, self.budget_minutes, settings]
         return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def section_defaults(config: TrainConfig) -> list[dict]:
+    """Each section of config.to_dict() → its fields' defaults (where they have one)."""
+    sections = [config.data, config.model, config.optim, config.deepspeed, config.run]
+    return [{f.name: f.default if f.default is not MISSING else f.default_factory()
+             for f in fields(section) if not (f.default is MISSING and f.default_factory is MISSING)}
+            for section in sections]
 
 
 # a suite file's keys → the Suite fields they fill
