@@ -16,7 +16,7 @@ from compare.runner import trained_steps
 from compare.suite import SHIPPED_SUITES, build_suite, load_suite
 from compare.sweep import grid_trials
 from pipeline.format.errors import UsageError
-from helpers import ENV, REPO, make_dataset, write_config
+from helpers import ENV, REPO, make_dataset, relabelled, write_config
 from tools.cli import main as cli
 
 SMALL = {"model.global_dim": 64, "model.global_layers": 2, "model.global_heads": 2, "model.local_dim": 32,
@@ -152,11 +152,16 @@ def test_an_interrupted_comparison_continues_to_the_same_results(finished, data,
     ({"budget": "budget_minutes = -1"}, "budget_minutes = -1: the budget must be above 0"),
     ({"budget": "budget_flops = 1e3"}, "buys 0 steps"),
     ({"missing": True}, "not a converted dataset (no index.json)"),
+    ({"images": True, "runs": {"spacebyte": ("tiny-spacebyte", {})}},
+     'holds image; [model]: MegaByteConfig: spacebyte\'s spacelike patches follow words, and image bytes have '
+     'none: set patching="periodic"'),
 ])
 def test_a_bad_suite_is_one_line_and_trains_nothing(data, tmp_path, capsys, change, message):
     if change.get("missing"):
         data = {**data, "train": tmp_path / "no-such-dataset"}
-    kwargs = {k: v for k, v in change.items() if k != "missing"}
+    if change.get("images"):
+        data = {**data, "train": relabelled(data["train"], tmp_path / "images", "image")}
+    kwargs = {k: v for k, v in change.items() if k not in ("missing", "images")}
     suite = write_suite(tmp_path / "suite.toml", data, tmp_path / "out", **kwargs)
     assert cli(["compare", str(suite)]) == 2
     err = capsys.readouterr().err.strip()

@@ -14,7 +14,8 @@ from tools.cli import main as cli
 from train.config import load_config
 
 import forked
-from helpers import ENV, REPO, TINY_MODEL, finish, losses, run_training, start_training, traced, write_config
+from helpers import (ENV, REPO, TINY_MODEL, finish, losses, relabelled, run_training, start_training, traced,
+                     write_config)
 
 # ---------------------------------------------------------------------------------------------
 # configuration errors: one line, exit code 2
@@ -22,6 +23,7 @@ from helpers import ENV, REPO, TINY_MODEL, finish, losses, run_training, start_t
 
 def test_config_errors_are_one_line(tmp_path, data, capsys):
     config = write_config(tmp_path, data["text"])
+    sounds = relabelled(data["text"], tmp_path / "sounds", "audio")
     cases = [
         (["--set", "optim.lrr=1"], "unknown key(s) ['lrr'] in [optim]"),
         (["--set", "nosuch.key=1"], "unknown section(s) ['nosuch']"),
@@ -36,11 +38,17 @@ def test_config_errors_are_one_line(tmp_path, data, capsys):
         (["--set", "optim.recipe=papers"], "optim.recipe = 'papers': choose one of ['paper']"),
         (["--set", "model.preset=text-large"], "'text-large' is not a preset; choose one of"),
         (["--set", "model.architecture=perceiver_ar"], "perceiver_ar has no patches and no local model"),
+        (["--set", "model.preset=tiny-spacebyte", "--set", f"data.datasets=['{sounds}']"],
+         f"{sounds} holds audio; [model]: MegaByteConfig: spacebyte's spacelike patches follow words"),
+        (["--set", "model.preset=tiny-spacebyte", "--set", f"data.validation='{sounds}'"],
+         'set patching="periodic"'),
     ]
     for flags, message in cases:
         assert cli(["train", "--config", str(config), *flags]) == 2, flags
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], (flags, err)
+    periodic = ["model.preset=tiny-spacebyte-periodic", f"data.datasets=['{sounds}']"]
+    load_config(str(config), periodic).check_paths()  # periodic patches read any bytes
     assert cli(["config", "--config", "tiny-cpu", "--set", "optim.lr=0.5"]) == 0
     assert json.loads(capsys.readouterr().out)["optim"]["lr"] == 0.5
 
