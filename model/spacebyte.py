@@ -119,10 +119,13 @@ class SpaceByte(nn.Module):
             return (positions % self.config.patch_size == 0).expand(B, -1)  # (B, n+1)
         return F.pad(word_boundaries(ids), (1, 0), value=False)  # (B, n+1): the start vector is none
 
-    def untrained(self, boundary: torch.Tensor) -> torch.Tensor:
-        """boundary (B, n) → (B, n) bool: the positions from each row's (T_G+1)-th boundary on,
-        which get no global output: their predictions are not trained."""
-        return boundary.cumsum(dim=1) > self.config.global_length
+    def patches(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids (B, T') as forward reads them → boundary (B, T'): the input positions where a patch
+        starts; untrained (B, T') bool: the targets that are not PAD from each row's (T_G+1)-th
+        boundary on, which get no global output, so are not trained. No forward needed."""
+        boundary = self.boundaries(ids[:, :-1])  # (B, T'): the last byte is read by no position
+        untrained = (boundary.cumsum(dim=1) > self.config.global_length) & (ids != self.config.pad_id)
+        return boundary, untrained
 
     def to_global(self, x: torch.Tensor, first_slot: int) -> torch.Tensor:
         """Local states (B, g, D_L) at global slots first_slot.. → global inputs (B, g, D_G): zeros
@@ -160,13 +163,11 @@ class SpaceByte(nn.Module):
         B, T = ids.shape
         if not 0 < T <= self.config.seq_len:
             raise ValueError(f"sequence of {T} bytes: the model reads 1 to seq_len={self.config.seq_len} bytes")
-        read = ids[:, : T - 1]  # (B, T-1): the last byte predicts nothing here
-        x = self.initial(self.sequence_inputs(read))  # (B, T, D_L)
-        boundary = self.boundaries(read)  # (B, T)
+        x = self.initial(self.sequence_inputs(ids[:, : T - 1]))  # (B, T, D_L): the last byte predicts nothing here
+        boundary, untrained = self.patches(ids)  # (B, T) twice
         x = self.final(self.global_forward(x, boundary))  # (B, T, D_L)
-        untrained = self.untrained(boundary)  # (B, T)
-        counted = ids != self.config.pad_id
-        self.untrained_fraction = ((untrained & counted).sum() / counted.sum().clamp(min=1)).detach()
+        counted = (ids != self.config.pad_id).sum()
+        self.untrained_fraction = (untrained.sum() / counted.clamp(min=1)).detach()
         if loss:
             return self.head(x, ids.masked_fill(untrained, self.config.pad_id))
         return self.head(x)  # (B, T, V)

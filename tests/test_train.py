@@ -12,6 +12,7 @@ import torch
 
 from tools.cli import main as cli
 from train.config import load_config
+from train.metrics import read_metrics
 
 import forked
 from helpers import (ENV, REPO, TINY_MODEL, finish, losses, relabelled, run_training, start_training, traced,
@@ -117,6 +118,7 @@ def test_single_process_trains_checkpoints_and_resumes_bit_exactly(tmp_path, dat
     run_training(write_config(tmp_path / "whole", data["text"]))
     reference = losses(tmp_path / "whole" / "run")
     assert len(reference) == 8 and reference[-1] < reference[0]
+    assert "untrained_fraction" not in read_metrics(tmp_path / "whole" / "run")[0]  # a spacebyte figure
     checkpoints = sorted(p.name for p in (tmp_path / "whole" / "run" / "checkpoints").glob("step-*"))
     assert checkpoints == ["step-000004", "step-000006", "step-000008"]  # keep_last = 3
     assert (tmp_path / "whole" / "run" / "checkpoints" / "latest").read_text().strip() == "step-000008"
@@ -138,6 +140,15 @@ def test_single_process_trains_checkpoints_and_resumes_bit_exactly(tmp_path, dat
     run_training(killed)
     assert losses(run_dir) == reference  # bit for bit
     assert traced(run_dir) == traced(tmp_path / "whole" / "run")  # nothing repeated or skipped
+
+
+@pytest.mark.slow
+def test_a_spacebyte_run_logs_the_share_of_targets_past_its_global_positions(tmp_path, data):
+    """global_len = 3 on 64-byte windows of code-like text: most targets get no global output."""
+    config = write_config(tmp_path, data["text"], optim={"total_steps": 2}, run={"checkpoint_every": 0})
+    run_training(config, extra=["model.preset=tiny-spacebyte", "model.global_len=3"])
+    records = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
+    assert len(records) == 2 and all(0.5 < r["untrained_fraction"] < 1 for r in records)
 
 
 @pytest.mark.slow
