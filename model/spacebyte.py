@@ -177,17 +177,23 @@ class SpaceByte(nn.Module):
     def global_rows(self, x: torch.Tensor, boundary: torch.Tensor, state: dict) -> torch.Tensor:
         """x (B, n, D_L) at the n newest positions, boundary (B, n) → x with the global output added
         at each row's new boundaries that still have a global slot. Row by row: each row reaches its
-        boundaries at other bytes, so each has its own global caches and slot count."""
-        D_L = x.shape[-1]
+        boundaries at other bytes, so each has its own global caches and boundary count."""
+        T_G, D_L = self.config.global_length, x.shape[-1]
         for b, row in enumerate(boundary):
-            slots = state["slots"][b]
-            positions = row.nonzero()[: self.config.global_length - slots, 0]  # (g,)
+            slots = min(state["boundaries"][b], T_G)  # the global slots this row has filled
+            positions = row.nonzero()[:, 0]  # (g,)
+            state["boundaries"][b] += len(positions)
+            positions = positions[: T_G - slots]  # those that still have a slot
             if len(positions):
                 y = self.to_global(x[b, positions][None], slots)  # (1, g, D_G)
                 y = self.global_model(y, state["global_caches"][b])  # (1, g, D_G)
                 x[b, positions] += y[0, :, -D_L:]
-                state["slots"][b] = slots + len(positions)
         return x
+
+    def out_of_global_positions(self, state: dict) -> bool:
+        """Has some row read more than T_G boundaries? Its newest prediction then has no global
+        output (training leaves such targets out): generate_ids reads a shorter window instead."""
+        return max(state["boundaries"]) > self.config.global_length
 
     @torch.no_grad()
     def prefill(self, ids: torch.Tensor, max_len: int) -> tuple[torch.Tensor, dict]:
@@ -195,7 +201,7 @@ class SpaceByte(nn.Module):
         if max_len > self.config.seq_len:
             raise ValueError(f"prompt + new bytes = {max_len} > the model's seq_len={self.config.seq_len}")
         B, L = ids.shape
-        state = {"ids": ids.new_empty(B, max_len), "length": L, "slots": [0] * B,
+        state = {"ids": ids.new_empty(B, max_len), "length": L, "boundaries": [0] * B,
                  "initial_caches": self.initial.new_caches(max_len), "final_caches": self.final.new_caches(max_len),
                  "global_caches": [self.global_model.new_caches(self.config.global_length) for _ in range(B)]}
         state["ids"][:, :L] = ids
