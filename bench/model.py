@@ -1,18 +1,21 @@
-"""Benchmark: MegaByte against megabyte-pytorch (the peer package) and the byte-transformer and
-PerceiverAR baselines.
+"""Benchmark: MegaByte against megabyte-pytorch (the peer package), the byte-transformer and
+PerceiverAR baselines, and SpaceByte.
 
     python bench/model.py                       # defaults: a few minutes on a 2-core CPU
     python bench/model.py --seq-lens 2048 8192 --global-dim 1024 --global-layers 8 --steps 5
     python bench/model.py --profile             # where the training step spends its time
 
 (a) training bytes/s (forward + backward + AdamW step) at each T: ours, megabyte-pytorch with the
-    same widths, depths, heads, P and T, and our two baselines at an equal parameter count (the
-    byte transformer over all T bytes, PerceiverAR with --latents latents);
+    same widths, depths, heads, P and T, our two baselines at an equal parameter count (the
+    byte transformer over all T bytes, PerceiverAR with --latents latents), and SpaceByte at
+    MegaByte's training FLOPs per byte (its widths, global blocks every 6 bytes on average);
 (b) generation bytes/s, N new bytes after an L-byte prompt, prefill included: ours with KV caches,
     megabyte-pytorch's generate (it reruns the full forward per byte, so it is timed on fewer
-    bytes, --peer-new-bytes, and its per-byte rate reported) and the baselines with their caches
-    (PerceiverAR's decoder runs again over all latents for every byte once the prompt is longer
-    than its latents: the window of latents slides);
+    bytes, --peer-new-bytes, and its per-byte rate reported) and the baselines and SpaceByte with
+    their caches (PerceiverAR's decoder runs again over all latents for every byte once the prompt
+    is longer than its latents: the window of latents slides; SpaceByte's global blocks run at the
+    random bytes' boundaries, 3 of 4 bytes, until its T/6 global positions run out, when its window
+    slides);
 (c) peak memory of each run: the rise of the process's peak RSS (CPU) or max allocated (CUDA).
 Each run is a fresh subprocess, so peak memory is its own. Needs `pip install megabyte-pytorch`
 (the `bench` extra) for the peer columns; without it they are skipped.
@@ -33,6 +36,7 @@ import torch  # noqa: E402
 
 from common import machine as machine_line, peak_memory_mb  # noqa: E402  (bench/: this runs as a script)
 from model import MegaByteConfig, build_model, generate  # noqa: E402
+from model.flops import training_flops_per_byte  # noqa: E402
 
 
 def megabyte_config(args, seq_len: int) -> MegaByteConfig:
@@ -61,6 +65,21 @@ def equal_size_baseline(config: MegaByteConfig, architecture: str = "transformer
     return min(candidates, key=lambda c: c[:2])[2]
 
 
+def equal_flops_spacebyte(config: MegaByteConfig) -> MegaByteConfig:
+    """SpaceByte with MegaByte's widths, heads and local depth (its reference's defaults otherwise:
+    T/6 global positions, a window of local_dim bytes) and the global depth whose training FLOPs
+    per byte are nearest to MegaByte's."""
+    target = training_flops_per_byte(config)
+    candidates = []
+    for layers in range(1, 65):
+        spacebyte = MegaByteConfig(architecture="spacebyte", patch_size=1, seq_len=config.seq_len,
+                                   global_dim=config.global_dim, global_layers=layers,
+                                   global_heads=config.global_heads, local_dim=config.local_dim,
+                                   local_layers=config.local_layers, local_heads=config.local_heads, dropout=0.0)
+        candidates.append((abs(training_flops_per_byte(spacebyte) - target), layers, spacebyte))
+    return min(candidates, key=lambda c: c[:2])[2]
+
+
 def peer_model(config: MegaByteConfig, seq_len: int):
     """megabyte-pytorch's MEGABYTE with our widths, depths and heads (its fastest attention path)."""
     from MEGABYTE_pytorch import MEGABYTE
@@ -83,10 +102,12 @@ def baseline_or_megabyte(args, impl: str, seq_len: int) -> MegaByteConfig:
         return equal_size_baseline(config)
     if impl == "perceiver_ar":
         return equal_size_baseline(config, "perceiver_ar", args.latents)
+    if impl == "spacebyte":
+        return equal_flops_spacebyte(config)
     return config  # ours, and the peer's widths
 
 
-BASELINES = ("baseline", "perceiver_ar")
+BASELINES = ("baseline", "perceiver_ar", "spacebyte")  # sized to match ours: their depth is printed
 
 
 def run_one(job: dict) -> dict:
@@ -213,7 +234,7 @@ def main():
         print(json.dumps(run_one(json.loads(args.worker))))
         return
     job_args = {k: v for k, v in vars(args).items() if k != "worker"}
-    impls = ["megabyte", "baseline", "perceiver_ar"]
+    impls = ["megabyte", "baseline", "perceiver_ar", "spacebyte"]
     if not args.skip_peer:
         try:
             import MEGABYTE_pytorch  # noqa: F401
@@ -221,7 +242,7 @@ def main():
         except ImportError:
             print("megabyte-pytorch is not installed (pip install megabyte-pytorch): peer columns skipped")
     names = {"megabyte": "ours", "peer": "megabyte-pytorch", "baseline": "baseline (equal size)",
-             "perceiver_ar": f"PerceiverAR N={args.latents} (equal size)"}
+             "perceiver_ar": f"PerceiverAR N={args.latents} (equal size)", "spacebyte": "SpaceByte (equal FLOPs/byte)"}
     print(f"machine: {machine()}")
     print(f"MegaByte: P={args.patch_size} global {args.global_dim}×{args.global_layers} ({args.global_heads} heads), "
           f"local {args.local_dim}×{args.local_layers} ({args.local_heads} heads), batch {args.batch}, "

@@ -12,6 +12,9 @@ score_trial, for every trial (each setting of a sweep, each seed):
     loss_rise, loss_rise_step    the largest rise of the training loss (bits per byte) above its
                                  lowest point before, and the step it peaked at: a spike
     bpb                          `megabyte eval` on every byte of the validation set, plain windows
+    mean_patch_bytes,            SpaceByte only: on the validation set's plain windows, the bytes
+    untrained_fraction           per patch and the share of them past the global positions (left
+                                 out of training; train/windows.py patch_statistics)
 measure_best, for the trial a run's summary stands for (compare/sweep.py):
     bpb_strided, bpb_sliding_S   the same bytes strided (patched models) and sliding (PerceiverAR's
                                  own evaluation)
@@ -34,7 +37,7 @@ from model import generate
 from model.config import PATCHED
 from train.export import export, load_any
 from train.metrics import read_metrics
-from train.windows import dataset_ids, dataset_streams, eval_modes, evaluate_streams
+from train.windows import dataset_ids, dataset_streams, eval_modes, evaluate_streams, patch_statistics
 
 EVAL_BATCH = 8  # windows per forward
 
@@ -68,6 +71,8 @@ def score_trial(suite: Suite, trial: RunSpec, plan: RunPlan, device=None) -> dic
               **loss_rise(train_records)}
     [plain] = eval_modes(config, strided=False, sliding=None)[:1]
     result["bpb"] = evaluate(model, suite.validation, [plain], image_order, device)["bpb"]
+    if config.architecture == "spacebyte":
+        result.update(patch_statistics(model, dataset_streams(suite.validation, config, image_order)))
     return result
 
 

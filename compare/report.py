@@ -1,10 +1,12 @@
 """A suite's results: OUT/results.json (every figure), OUT/results.md (tables), OUT/curves.png.
 
 results.md has one row per run (its best setting; bits per byte the mean over its seeds, with their
-range), the ordering of the runs where the seeds' spread allows one, the full grid of every sweep,
-and the scale of the validation bytes (unigram entropy; gzip, bzip2 and xz). The curves are each
-run's best setting's in-training validations against the training FLOPs spent by then; the tables'
-bits per byte are the final evaluation on every byte (compare/measure.py).
+range), the ordering of the runs where the seeds' spread allows one, notes (a best setting at the
+edge of its grid, a generation timed on a busy machine, a SpaceByte run's bytes per patch and share
+of untrained bytes), the full grid of every sweep, and the scale of the validation bytes (unigram
+entropy; gzip, bzip2 and xz). The curves are each run's best setting's in-training validations
+against the training FLOPs spent by then; the tables' bits per byte are the final evaluation on
+every byte (compare/measure.py).
 """
 
 import datetime
@@ -126,6 +128,10 @@ def run_notes(result: dict, cores: int) -> list[str]:
     if result.get("edge"):
         notes.append(f"- {result['name']}: best at the edge of its grid ({', '.join(result['edge'])}): "
                      "widen the grid.")
+    if "mean_patch_bytes" in result:  # SpaceByte
+        notes.append(f"- {result['name']}: patches of {result['mean_patch_bytes']:.2f} bytes on average on the "
+                     f"validation bytes; {100 * result['untrained_fraction']:.1f}% of them past its global "
+                     "positions (no global output, not trained).")
     if result.get("generate_load", 0) > cores:
         notes.append(f"- {result['name']}: generation timed while the machine's load "
                      f"({result['generate_load']:.1f}) exceeded its {cores} cores: the figure is low.")

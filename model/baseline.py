@@ -74,3 +74,6 @@ class ByteTransformer(nn.Module):
         x = self.add_positions(self.embed(next_ids).unsqueeze(1), state["length"])  # (B, 1, D)
         x = self.transformer(x, state["caches"])  # (B, 1, D)
         return self.head(x[:, 0])  # (B, V)
+
+    def out_of_global_positions(self, state: dict) -> bool:
+        return False  # every byte is a position of the one stack (SpaceByte's boundaries may run out)

@@ -2,9 +2,10 @@
 
 Shapes: B prompts, L prompt bytes, N new bytes, V vocabulary, W bytes in the window.
 
-Every model exposes the same two decoding calls, so this loop knows nothing of patches:
+Every model exposes the same decoding calls, so this loop knows nothing of patches:
     prefill(ids (B, W), max_len) -> (logits (B, V) for byte W, state)
     decode_step(next_ids (B,), state) -> logits (B, V) for the byte after next_ids
+    out_of_global_positions(state) -> whether the newest logits lack the global model's output
 MegaByte runs one global step per completed patch and one local step per byte; the baseline one
 step of its whole stack per byte. Caches are allocated once per window.
 
@@ -12,7 +13,10 @@ A model reads at most seq_len bytes. Past that, generation goes on in a sliding 
 window is full, its oldest whole patches are dropped until `keep` bytes (half the context by
 default) are left, and the caches are filled again from those (one prefill). Dropping whole
 patches keeps every byte in the slot of its patch that it had. A prompt longer than the context
-keeps its last window in the same way.
+keeps its last window in the same way. SpaceByte has T_G global positions per window, one per
+boundary: when a window holds more boundaries, the window slides as when it is full, and a window
+that still holds too many is read again with half the bytes, so that every byte is generated with
+the global model's output, as every byte it was trained on.
 """
 
 import math
@@ -72,6 +76,20 @@ def window_start(length: int, patch_size: int, room: int) -> int:
     return max(0, -(-(length - room) // patch_size) * patch_size)
 
 
+def read_window(model: nn.Module, ids: torch.Tensor, end: int, room: int, max_len: int,
+                graphs: dict) -> tuple[int, torch.Tensor, dict]:
+    """Prefill the last window of ids[:, :end] that holds at most `room` bytes and starts on a
+    patch boundary, with room for max_len bytes of ids in all: (its start, logits (B, V) for byte
+    end, state). While the model runs out of global positions there, half the room (a window of
+    one byte never does)."""
+    while True:
+        start = window_start(end, model.config.patch_size, room)
+        logits, state = model.prefill(ids[:, start:end], min(model.config.seq_len, max_len - start), **graphs)
+        if not model.out_of_global_positions(state):
+            return start, logits, state
+        room //= 2
+
+
 @torch.no_grad()
 def generate_ids(model: nn.Module, prompt: torch.Tensor, max_new_bytes: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
@@ -86,7 +104,7 @@ def generate_ids(model: nn.Module, prompt: torch.Tensor, max_new_bytes: int, tem
     progress advances by B per byte sampled (the rows that stopped included: no sync to count them)."""
     config = model.config
     B, L = prompt.shape
-    context, P = config.seq_len, config.patch_size
+    context = config.seq_len
     keep = context // 2 if keep is None else keep
     check_generation(max_new_bytes, temperature, top_k, top_p, keep=keep, context=context)
     if cuda_graphs and not model.decodes_with_cuda_graphs:
@@ -102,8 +120,8 @@ def generate_ids(model: nn.Module, prompt: torch.Tensor, max_new_bytes: int, tem
         banned[config.boundary_id] = False
     ids = torch.cat([prompt, prompt.new_full((B, max_new_bytes), config.pad_id)], dim=1)  # (B, L + N)
     stopped = torch.zeros(B, dtype=torch.bool, device=prompt.device)
-    start = window_start(L, P, context - 1)  # room for the next byte
-    logits, state = model.prefill(ids[:, start:L], min(context, L + max_new_bytes - start), **graphs)
+    # room for the next byte in the first window
+    start, logits, state = read_window(model, ids, L, context - 1, L + max_new_bytes, graphs)
     for end in range(L + 1, L + max_new_bytes + 1):  # ids[:, :end] once this byte is sampled
         next_ids = sample(logits.masked_fill(banned, float("-inf")), temperature, top_k, top_p, generator)
         next_ids = next_ids.masked_fill(stopped, config.pad_id)  # (B,)
@@ -113,11 +131,10 @@ def generate_ids(model: nn.Module, prompt: torch.Tensor, max_new_bytes: int, tem
             progress.update(B)
         if end == L + max_new_bytes or (stop_at_boundary and bool(stopped.all())):
             break
-        if end - start == context:  # the window is full: slide it and read it again
-            start = window_start(end, P, keep)
-            logits, state = model.prefill(ids[:, start:end], min(context, L + max_new_bytes - start), **graphs)
-        else:
+        if end - start < context:
             logits = model.decode_step(next_ids, state)  # the rows that stopped decode PAD, unread
+        if end - start == context or model.out_of_global_positions(state):  # slide the window, read it again
+            start, logits, state = read_window(model, ids, end, keep, L + max_new_bytes, graphs)
     return ids[:, :end]
 
 

@@ -212,6 +212,9 @@ class MegaByte(nn.Module):
             return state["local_graphs"](x)  # (B, V)
         return self.local_step(x, state["local_caches"])  # (B, V)
 
+    def out_of_global_positions(self, state: dict) -> bool:
+        return False  # every patch has its global step (SpaceByte's boundaries may run out)
+
     def local_step(self, x: torch.Tensor, caches) -> torch.Tensor:
         """One position, x (B, 1, D_L), through the local model with its caches and the head → (B, V)."""
         return self.head(self.local_model(x, caches)[:, 0])

@@ -119,10 +119,13 @@ class SpaceByte(nn.Module):
             return (positions % self.config.patch_size == 0).expand(B, -1)  # (B, n+1)
         return F.pad(word_boundaries(ids), (1, 0), value=False)  # (B, n+1): the start vector is none
 
-    def untrained(self, boundary: torch.Tensor) -> torch.Tensor:
-        """boundary (B, n) → (B, n) bool: the positions from each row's (T_G+1)-th boundary on,
-        which get no global output: their predictions are not trained."""
-        return boundary.cumsum(dim=1) > self.config.global_length
+    def patches(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids (B, T') as forward reads them → boundary (B, T'): the input positions where a patch
+        starts; untrained (B, T') bool: the targets that are not PAD from each row's (T_G+1)-th
+        boundary on, which get no global output, so are not trained. No forward needed."""
+        boundary = self.boundaries(ids[:, :-1])  # (B, T'): the last byte is read by no position
+        untrained = (boundary.cumsum(dim=1) > self.config.global_length) & (ids != self.config.pad_id)
+        return boundary, untrained
 
     def to_global(self, x: torch.Tensor, first_slot: int) -> torch.Tensor:
         """Local states (B, g, D_L) at global slots first_slot.. → global inputs (B, g, D_G): zeros
@@ -160,13 +163,11 @@ class SpaceByte(nn.Module):
         B, T = ids.shape
         if not 0 < T <= self.config.seq_len:
             raise ValueError(f"sequence of {T} bytes: the model reads 1 to seq_len={self.config.seq_len} bytes")
-        read = ids[:, : T - 1]  # (B, T-1): the last byte predicts nothing here
-        x = self.initial(self.sequence_inputs(read))  # (B, T, D_L)
-        boundary = self.boundaries(read)  # (B, T)
+        x = self.initial(self.sequence_inputs(ids[:, : T - 1]))  # (B, T, D_L): the last byte predicts nothing here
+        boundary, untrained = self.patches(ids)  # (B, T) twice
         x = self.final(self.global_forward(x, boundary))  # (B, T, D_L)
-        untrained = self.untrained(boundary)  # (B, T)
-        counted = ids != self.config.pad_id
-        self.untrained_fraction = ((untrained & counted).sum() / counted.sum().clamp(min=1)).detach()
+        counted = (ids != self.config.pad_id).sum()
+        self.untrained_fraction = (untrained.sum() / counted.clamp(min=1)).detach()
         if loss:
             return self.head(x, ids.masked_fill(untrained, self.config.pad_id))
         return self.head(x)  # (B, T, V)
@@ -176,17 +177,23 @@ class SpaceByte(nn.Module):
     def global_rows(self, x: torch.Tensor, boundary: torch.Tensor, state: dict) -> torch.Tensor:
         """x (B, n, D_L) at the n newest positions, boundary (B, n) → x with the global output added
         at each row's new boundaries that still have a global slot. Row by row: each row reaches its
-        boundaries at other bytes, so each has its own global caches and slot count."""
-        D_L = x.shape[-1]
+        boundaries at other bytes, so each has its own global caches and boundary count."""
+        T_G, D_L = self.config.global_length, x.shape[-1]
         for b, row in enumerate(boundary):
-            slots = state["slots"][b]
-            positions = row.nonzero()[: self.config.global_length - slots, 0]  # (g,)
+            slots = min(state["boundaries"][b], T_G)  # the global slots this row has filled
+            positions = row.nonzero()[:, 0]  # (g,)
+            state["boundaries"][b] += len(positions)
+            positions = positions[: T_G - slots]  # those that still have a slot
             if len(positions):
                 y = self.to_global(x[b, positions][None], slots)  # (1, g, D_G)
                 y = self.global_model(y, state["global_caches"][b])  # (1, g, D_G)
                 x[b, positions] += y[0, :, -D_L:]
-                state["slots"][b] = slots + len(positions)
         return x
+
+    def out_of_global_positions(self, state: dict) -> bool:
+        """Has some row read more than T_G boundaries? Its newest prediction then has no global
+        output (training leaves such targets out): generate_ids reads a shorter window instead."""
+        return max(state["boundaries"]) > self.config.global_length
 
     @torch.no_grad()
     def prefill(self, ids: torch.Tensor, max_len: int) -> tuple[torch.Tensor, dict]:
@@ -194,7 +201,7 @@ class SpaceByte(nn.Module):
         if max_len > self.config.seq_len:
             raise ValueError(f"prompt + new bytes = {max_len} > the model's seq_len={self.config.seq_len}")
         B, L = ids.shape
-        state = {"ids": ids.new_empty(B, max_len), "length": L, "slots": [0] * B,
+        state = {"ids": ids.new_empty(B, max_len), "length": L, "boundaries": [0] * B,
                  "initial_caches": self.initial.new_caches(max_len), "final_caches": self.final.new_caches(max_len),
                  "global_caches": [self.global_model.new_caches(self.config.global_length) for _ in range(B)]}
         state["ids"][:, :L] = ids

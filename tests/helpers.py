@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -47,6 +48,15 @@ def make_dataset(root: Path, name: str, documents: int, seed: int = 0) -> Path:
     out = root / name
     convert(TextConverter(), sorted(src.iterdir()), ConvertOptions(out=out, name=name, progress=False),
             {"modality": "text"})
+    return out
+
+
+def relabelled(dataset: Path, out: Path, modality: str) -> Path:
+    """A copy of a dataset whose manifest names another modality (what the checks before training
+    read), its shards unchanged."""
+    shutil.copytree(dataset, out)
+    index = json.loads((out / "index.json").read_text())
+    (out / "index.json").write_text(json.dumps({**index, "modality": modality}))
     return out
 
 

@@ -16,7 +16,7 @@ from compare.runner import trained_steps
 from compare.suite import SHIPPED_SUITES, build_suite, load_suite
 from compare.sweep import grid_trials
 from pipeline.format.errors import UsageError
-from helpers import ENV, REPO, make_dataset, write_config
+from helpers import ENV, REPO, make_dataset, relabelled, write_config
 from tools.cli import main as cli
 
 SMALL = {"model.global_dim": 64, "model.global_layers": 2, "model.global_heads": 2, "model.local_dim": 32,
@@ -152,11 +152,16 @@ def test_an_interrupted_comparison_continues_to_the_same_results(finished, data,
     ({"budget": "budget_minutes = -1"}, "budget_minutes = -1: the budget must be above 0"),
     ({"budget": "budget_flops = 1e3"}, "buys 0 steps"),
     ({"missing": True}, "not a converted dataset (no index.json)"),
+    ({"images": True, "runs": {"spacebyte": ("tiny-spacebyte", {})}},
+     'holds image; [model]: MegaByteConfig: spacebyte\'s spacelike patches follow words, and image bytes have '
+     'none: set patching="periodic"'),
 ])
 def test_a_bad_suite_is_one_line_and_trains_nothing(data, tmp_path, capsys, change, message):
     if change.get("missing"):
         data = {**data, "train": tmp_path / "no-such-dataset"}
-    kwargs = {k: v for k, v in change.items() if k != "missing"}
+    if change.get("images"):
+        data = {**data, "train": relabelled(data["train"], tmp_path / "images", "image")}
+    kwargs = {k: v for k, v in change.items() if k not in ("missing", "images")}
     suite = write_suite(tmp_path / "suite.toml", data, tmp_path / "out", **kwargs)
     assert cli(["compare", str(suite)]) == 2
     err = capsys.readouterr().err.strip()
@@ -394,3 +399,30 @@ def test_results_flag_a_best_at_the_edge_and_a_generation_timed_on_a_busy_machin
     assert "a: best at the edge of its grid (optim.lr): widen the grid." in busy
     assert "a: generation timed while the machine's load (3.5) exceeded its 2 cores" in busy
     assert "xz -9 2.000" in busy
+
+
+def test_results_note_a_spacebyte_runs_patch_length_and_untrained_share_and_nothing_for_others():
+    from compare.report import results_markdown
+
+    header = {"title": "t", "date": "d", "machine": "m", "command": "c", "budget": "b", "train": "tr",
+              "validation": "va", "generate_bytes": 8, "seeds": 1, "cores": 2, "scale": {"xz -9": 2.0}}
+    run = {"name": "a", "preset": "tiny", "setting": {}, "bpb": 3.0, "bpb_min": 3.0, "bpb_max": 3.0,
+           "seeds": [{"seed": 1, "bpb": 3.0}]}
+    spacebyte = {**run, "name": "s", "preset": "tiny-spacebyte", "mean_patch_bytes": 5.4321,
+                 "untrained_fraction": 0.0123}
+    assert "patches of" not in results_markdown(header, [run])
+    text = results_markdown(header, [run, spacebyte])
+    assert "- s: patches of 5.43 bytes on average on the validation bytes; 1.2% of them past its global" in text
+    assert "- a: patches" not in text
+
+
+@pytest.mark.slow
+def test_a_spacebyte_run_is_scored_with_its_patch_length_and_untrained_share(data, tmp_path):
+    """global_len = 4 on 64-byte windows of code-like text: many bytes past the global positions."""
+    suite = write_suite(tmp_path / "suite.toml", data, tmp_path / "out", budget="budget_flops = 3.5e9",
+                        runs={"spacebyte": ("tiny-spacebyte", {**SMALL, "model.global_len": 4})})
+    assert cli(["compare", str(suite)]) == 0
+    [run] = json.loads((tmp_path / "out" / "results.json").read_text())["runs"]
+    assert run["architecture"] == "spacebyte" and 2 < run["mean_patch_bytes"] < 8
+    assert 0.2 < run["untrained_fraction"] < 1
+    assert "- spacebyte: patches of" in (tmp_path / "out" / "results.md").read_text()

@@ -87,6 +87,9 @@ class ScriptedModel(nn.Module):
         state["step"] += 1
         return self.logits(state["step"])
 
+    def out_of_global_positions(self, state):
+        return False
+
 
 def test_generation_stops_at_the_boundary_per_row_and_fills_with_pad():
     model = ScriptedModel([[65, 66, 257, 67, 68], [70, 71, 72, 73, 74]])

@@ -8,6 +8,8 @@ import torch.nn as nn
 from model import MegaByteConfig, build_model, byte_loss, generate_ids
 from model.generate import window_start
 
+from generation_reference import reference_ids
+
 T = 32  # seq_len of every model here
 SMALL = dict(seq_len=T, global_dim=32, global_layers=2, global_heads=2, local_dim=16, local_layers=2, local_heads=2,
              dropout=0.0)
@@ -92,21 +94,6 @@ def test_cross_patch_attention_reaches_the_last_r_positions_of_the_previous_patc
         assert rows[5:8].min() > 0  # patch 1's own bytes 5, 6, 7 (byte 8 is read by no slot)
 
 
-def greedy_reference(model: nn.Module, prompt: torch.Tensor, new_bytes: int, keep: int | None = None) -> torch.Tensor:
-    """No cache: the whole forward for every byte, over the window generate_ids would have."""
-    context, P = model.config.seq_len, model.config.patch_size
-    keep = context // 2 if keep is None else keep
-    ids = prompt
-    start = window_start(prompt.shape[1], P, context - 1)
-    for _ in range(new_bytes):
-        if ids.shape[1] - start == context:
-            start = window_start(ids.shape[1], P, keep)
-        window = nn.functional.pad(ids[:, start:], (0, 1), value=0)  # logits[:, -1] predicts the slot we add
-        logits = model(window)[:, -1, :256]
-        ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
-    return ids
-
-
 @pytest.mark.parametrize("name", sorted(FAMILY))
 @pytest.mark.parametrize("prompt_len", [0, 13])
 def test_cached_decoding_gives_the_logits_of_the_full_forward(name, prompt_len):
@@ -130,7 +117,7 @@ def test_cached_greedy_generation_equals_recomputation(name, prompt_len):
     prompt = torch.randint(0, 256, (2, prompt_len), generator=torch.Generator().manual_seed(prompt_len))
     new_bytes = model.config.seq_len - prompt_len  # right up to the context: every boundary and the last slot
     out = generate_ids(model, prompt, new_bytes, temperature=0, stop_at_boundary=False)
-    assert torch.equal(out, greedy_reference(model, prompt, new_bytes))
+    assert torch.equal(out, reference_ids(model, prompt, new_bytes))
 
 
 @pytest.mark.parametrize("name, prompt_len, keep", [
@@ -148,7 +135,7 @@ def test_generation_past_the_context_slides_a_patch_aligned_window(name, prompt_
     new_bytes = 3 * model.config.seq_len
     out = generate_ids(model, prompt, new_bytes, temperature=0, stop_at_boundary=False, keep=keep)
     assert out.shape == (1, prompt_len + new_bytes) and torch.equal(out[:, :prompt_len], prompt)
-    assert torch.equal(out, greedy_reference(model, prompt, new_bytes, keep))
+    assert torch.equal(out, reference_ids(model, prompt, new_bytes, keep))
 
 
 def test_window_start_drops_whole_patches_only():

@@ -11,8 +11,9 @@ import torch.nn as nn
 from model import PRESETS, MegaByteConfig, build_model, byte_loss, generate_ids
 from model.config import BOUNDARY_ID, PAD_ID
 from model.flops import count_flops, training_flops_per_byte
-from model.generate import window_start
 from model.spacebyte import word_boundaries
+
+from generation_reference import reference_ids
 
 T = 32
 SMALL = dict(architecture="spacebyte", seq_len=T, patch_size=1, global_dim=32, global_layers=2, global_heads=2,
@@ -131,25 +132,19 @@ def test_cached_decoding_gives_the_logits_of_the_full_forward(name, prompt_len):
             logits = model.decode_step(ids[:, t], state)
 
 
-def greedy_reference(model: nn.Module, prompt: torch.Tensor, new_bytes: int) -> torch.Tensor:
-    """No cache: the whole forward for every byte, over the window generate_ids would have."""
-    context, keep = model.config.seq_len, model.config.seq_len // 2
-    ids, start = prompt, window_start(prompt.shape[1], model.config.patch_size, context - 1)
-    for _ in range(new_bytes):
-        if ids.shape[1] - start == context:
-            start = window_start(ids.shape[1], model.config.patch_size, keep)
-        window = nn.functional.pad(ids[:, start:], (0, 1), value=0)  # logits[:, -1] predicts the slot we add
-        ids = torch.cat([ids, model(window)[:, -1, :256].argmax(-1, keepdim=True)], dim=1)
-    return ids
-
-
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 @pytest.mark.parametrize("prompt_len", [5, 45])
-def test_cached_greedy_generation_equals_recomputation_also_past_the_context(name, prompt_len):
+@pytest.mark.parametrize("temperature", [0, 1])
+def test_cached_generation_equals_recomputation_past_the_context_and_the_global_positions(name, prompt_len,
+                                                                                         temperature):
+    """Every byte is predicted with the global model's output: the window slides when it is full,
+    and when it holds more boundaries than T_G (sampled bytes are mostly spacelike), to fewer bytes
+    if need be. Greedy bytes of an untrained model repeat, so sampling tests the slides mid-way."""
     model = variant_model(name)
     prompt = text_ids(2, prompt_len, prompt_len)
-    out = generate_ids(model, prompt, 2 * T, temperature=0, stop_at_boundary=False)
-    assert torch.equal(out, greedy_reference(model, prompt, 2 * T))
+    out = generate_ids(model, prompt, 2 * T, temperature=temperature, stop_at_boundary=False,
+                       generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, reference_ids(model, prompt, 2 * T, temperature=temperature))
 
 
 @pytest.mark.parametrize("fields, message", [

@@ -12,9 +12,11 @@ import torch
 
 from tools.cli import main as cli
 from train.config import load_config
+from train.metrics import read_metrics
 
 import forked
-from helpers import ENV, REPO, TINY_MODEL, finish, losses, run_training, start_training, traced, write_config
+from helpers import (ENV, REPO, TINY_MODEL, finish, losses, relabelled, run_training, start_training, traced,
+                     write_config)
 
 # ---------------------------------------------------------------------------------------------
 # configuration errors: one line, exit code 2
@@ -22,6 +24,7 @@ from helpers import ENV, REPO, TINY_MODEL, finish, losses, run_training, start_t
 
 def test_config_errors_are_one_line(tmp_path, data, capsys):
     config = write_config(tmp_path, data["text"])
+    sounds = relabelled(data["text"], tmp_path / "sounds", "audio")
     cases = [
         (["--set", "optim.lrr=1"], "unknown key(s) ['lrr'] in [optim]"),
         (["--set", "nosuch.key=1"], "unknown section(s) ['nosuch']"),
@@ -36,11 +39,17 @@ def test_config_errors_are_one_line(tmp_path, data, capsys):
         (["--set", "optim.recipe=papers"], "optim.recipe = 'papers': choose one of ['paper']"),
         (["--set", "model.preset=text-large"], "'text-large' is not a preset; choose one of"),
         (["--set", "model.architecture=perceiver_ar"], "perceiver_ar has no patches and no local model"),
+        (["--set", "model.preset=tiny-spacebyte", "--set", f"data.datasets=['{sounds}']"],
+         f"{sounds} holds audio; [model]: MegaByteConfig: spacebyte's spacelike patches follow words"),
+        (["--set", "model.preset=tiny-spacebyte", "--set", f"data.validation='{sounds}'"],
+         'set patching="periodic"'),
     ]
     for flags, message in cases:
         assert cli(["train", "--config", str(config), *flags]) == 2, flags
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], (flags, err)
+    periodic = ["model.preset=tiny-spacebyte-periodic", f"data.datasets=['{sounds}']"]
+    load_config(str(config), periodic).check_paths()  # periodic patches read any bytes
     assert cli(["config", "--config", "tiny-cpu", "--set", "optim.lr=0.5"]) == 0
     assert json.loads(capsys.readouterr().out)["optim"]["lr"] == 0.5
 
@@ -109,6 +118,7 @@ def test_single_process_trains_checkpoints_and_resumes_bit_exactly(tmp_path, dat
     run_training(write_config(tmp_path / "whole", data["text"]))
     reference = losses(tmp_path / "whole" / "run")
     assert len(reference) == 8 and reference[-1] < reference[0]
+    assert "untrained_fraction" not in read_metrics(tmp_path / "whole" / "run")[0]  # a spacebyte figure
     checkpoints = sorted(p.name for p in (tmp_path / "whole" / "run" / "checkpoints").glob("step-*"))
     assert checkpoints == ["step-000004", "step-000006", "step-000008"]  # keep_last = 3
     assert (tmp_path / "whole" / "run" / "checkpoints" / "latest").read_text().strip() == "step-000008"
@@ -130,6 +140,15 @@ def test_single_process_trains_checkpoints_and_resumes_bit_exactly(tmp_path, dat
     run_training(killed)
     assert losses(run_dir) == reference  # bit for bit
     assert traced(run_dir) == traced(tmp_path / "whole" / "run")  # nothing repeated or skipped
+
+
+@pytest.mark.slow
+def test_a_spacebyte_run_logs_the_share_of_targets_past_its_global_positions(tmp_path, data):
+    """global_len = 3 on 64-byte windows of code-like text: most targets get no global output."""
+    config = write_config(tmp_path, data["text"], optim={"total_steps": 2}, run={"checkpoint_every": 0})
+    run_training(config, extra=["model.preset=tiny-spacebyte", "model.global_len=3"])
+    records = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
+    assert len(records) == 2 and all(0.5 < r["untrained_fraction"] < 1 for r in records)
 
 
 @pytest.mark.slow

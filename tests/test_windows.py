@@ -20,7 +20,8 @@ from pipeline.format.errors import UsageError
 from pipeline.load.loader import LoaderConfig, build_validation_loader
 from tools.cli import main as cli
 from train.evaluate import MODALITIES, evaluate, target_nats
-from train.windows import Mode, Stream, dataset_streams, eval_modes, evaluate_streams, stream_jobs
+from train.windows import (Mode, Stream, dataset_streams, eval_modes, evaluate_streams, patch_statistics,
+                           stream_jobs)
 
 CPU = torch.device("cpu")
 
@@ -289,3 +290,19 @@ def test_eval_options_the_paper_does_not_define_are_one_error_line(weights, text
 def test_eval_modes_refuse_strided_without_patches():
     with pytest.raises(UsageError, match="patch_size=1"):
         eval_modes(small("tiny", patch_size=1, global_dim=32, global_heads=2, local_cross_patch=0), True, None)
+
+
+def test_patch_statistics_count_spacebytes_patches_as_its_plain_windows_forwards_do():
+    """"abc " × 10 in 16-byte windows with T_G = 2: a full window reads 15 bytes, so 3 spaces (3
+    boundaries, the third with no global position: its 4 targets untrained); the last 8-byte window
+    reads one. 40 targets, 7 boundaries, 8 untrained."""
+    model = build_model(small("tiny-spacebyte", seq_len=16, global_len=2)).eval()
+    stream = np.frombuffer(b"abc " * 10, dtype=np.uint8).astype(np.int64)
+    statistics = patch_statistics(model, [pieces(stream, 0)])
+    assert statistics == {"mean_patch_bytes": 40 / 7, "untrained_fraction": 8 / 40}
+    untrained = 0.0  # the forwards' own figure, weighted by their targets
+    for start in (0, 16, 32):
+        window = torch.from_numpy(stream[start:start + 16])[None]  # (1, w)
+        model(window)
+        untrained += model.untrained_fraction.item() * window.shape[1]
+    assert untrained / 40 == pytest.approx(statistics["untrained_fraction"])

@@ -11,9 +11,9 @@
 
 `--set section.key=value` overrides one key; the value is read as a TOML value (`3`, `1e-3`,
 `true`, `"text"`, `["a", "b"]`), and a bare word is taken as a string. Unknown sections or keys,
-a value of another type than its field's, numbers out of range, missing datasets, an output
-directory that is a file and batch sizes that do not divide are ConfigError: one line naming the
-key and saying what to change.
+a value of another type than its field's, numbers out of range, missing datasets, data the model
+cannot read (spacelike patches on images or audio), an output directory that is a file and batch
+sizes that do not divide are ConfigError: one line naming the key and saying what to change.
 
 Each section is a dataclass: its fields are the keys, their types the types a value must have, and
 a field's metadata holds its range beside it (check_fields): {"least": x} (at least x), {"above":
@@ -163,17 +163,24 @@ class TrainConfig:
             raise ConfigError("deepspeed.offload_param needs deepspeed.zero_stage = 3")
 
     def check_paths(self) -> None:
-        """The datasets exist (a URL's manifest can be read) and the output directory can be one
-        (checked at start-up, not when a checkpoint's config is read)."""
+        """The datasets exist (a URL's manifest can be read), the model can read each one's
+        modality (spacelike patches need text), and the output directory can be one (checked at
+        start-up, before anything is built, not when a checkpoint's config is read)."""
         for path in [*self.data.datasets, *([self.data.validation] if self.data.validation else [])]:
             if storage.is_url(path):
                 try:  # reachable, with these credentials, and a dataset: all in one request
-                    load_manifest(path)
+                    manifest = load_manifest(path)
                 except UsageError as error:
                     raise ConfigError(f"{error}; fix the URL or the credentials") from None
             elif not (Path(path) / INDEX_NAME).is_file():
                 raise ConfigError(f"{path}: not a converted dataset (no {INDEX_NAME}); convert it with "
                                   "`megabyte convert` or fix the path in [data]")
+            else:
+                manifest = load_manifest(path)
+            try:
+                self.model.check_modality(manifest.modality)
+            except ValueError as error:
+                raise ConfigError(f"{path} holds {manifest.modality}; [model]: {error}") from None
         out_dir = Path(self.run.out_dir)
         existing = next(path for path in [out_dir, *out_dir.parents] if path.exists())
         if not existing.is_dir():

@@ -1,10 +1,12 @@
 """The training loop: one function, from the current step to optim.total_steps.
 
 Per optimizer step: `accumulation` micro-batches of forward + backward (DeepSpeed accumulates and
-steps on the last), then one all-reduce of [nats, targets, a vote per stop reason] that gives every
-rank the same view for logging and for stopping: a signal that reaches one rank only stops them all
-at the same step. The step's loss and bits per byte are nats / targets over all of them
-(train/evaluate.py has the definition). Checkpoints are taken at step boundaries only, so a
+steps on the last), then one all-reduce of [nats, targets, untrained fractions, a vote per stop
+reason] that gives every rank the same view for logging and for stopping: a signal that reaches one
+rank only stops them all at the same step. The step's loss and bits per byte are nats / targets over
+all of them (train/evaluate.py has the definition). A SpaceByte run also logs untrained_fraction,
+the mean over the step's micro-batches (all ranks) of the share of targets past the global positions
+(model/spacebyte.py): they are left out of targets and loss. Checkpoints are taken at step boundaries only, so a
 resumed run continues exactly where the saved one stood.
 """
 
@@ -62,10 +64,11 @@ def train_loop(t: Trainer, stop: StopRequest) -> dict:
     bar = tqdm(total=total, initial=state.step, desc="train", unit="step",
                disable=t.rank != 0 or not config.run.progress, dynamic_ncols=True)
     last, first_step = {}, state.step
+    spacebyte = config.model.architecture == "spacebyte"
     while state.step < total:
         step_start = time.perf_counter()
-        # nats, targets, then a vote per stop reason
-        sums = torch.zeros(2 + len(STOP_REASONS), dtype=torch.float64, device=t.device)
+        # nats, targets, untrained fractions (SpaceByte), then a vote per stop reason
+        sums = torch.zeros(3 + len(STOP_REASONS), dtype=torch.float64, device=t.device)
         for _ in range(accumulation):
             batch = next(t.batches)
             ids = batch["ids"].to(t.device, non_blocking=True)  # (B, T)
@@ -76,14 +79,16 @@ def train_loop(t: Trainer, stop: StopRequest) -> dict:
             engine.step()
             sums[0] += loss.detach().double() * targets  # stays on the device: no sync per micro-batch
             sums[1] += targets
+            if spacebyte:
+                sums[2] += engine.module.untrained_fraction  # set by the forward
             t.trace.add(batch)
         state.step += 1
         t.trace.end_step(state.step)
         out_of_time = config.run.max_minutes and time.perf_counter() - started > 60 * config.run.max_minutes
         here = {stop.received, "max_minutes" if out_of_time else None}  # this rank's reasons
-        sums[2:] = torch.tensor([float(reason in here) for reason in STOP_REASONS])
+        sums[3:] = torch.tensor([float(reason in here) for reason in STOP_REASONS])
         dist.all_reduce(sums)  # on the device: NCCL reduces device tensors only
-        step_nats, step_bytes, *votes = sums.tolist()
+        step_nats, step_bytes, untrained, *votes = sums.tolist()
         stop_reasons = [why for why, count in zip(STOP_REASONS.values(), votes) if count]
         loss_mean = step_nats / max(step_bytes, 1)
         state.bytes_seen += int(step_bytes)
@@ -91,6 +96,8 @@ def train_loop(t: Trainer, stop: StopRequest) -> dict:
         last = {"loss": loss_mean, "bpb": loss_mean / math.log(2), "lr": engine.get_lr()[0],
                 "grad_norm": float(engine.get_global_grad_norm() or 0.0),
                 "bytes_per_s": step_bytes / seconds, "bytes_seen": state.bytes_seen}
+        if spacebyte:
+            last["untrained_fraction"] = untrained / (accumulation * t.world_size)
         if model_flops:
             last["mfu"] = model_flops * last["bytes_per_s"] / (peak * t.world_size)
         if state.step % config.run.log_every == 0 or state.step == total:

@@ -190,6 +190,22 @@ def evaluate_streams(model, make_streams: Callable[[], Iterable[Iterable[np.ndar
     return results
 
 
+def patch_statistics(model, streams: Iterable[Iterable[np.ndarray]]) -> dict:
+    """SpaceByte's patches on the plain windows of the streams, as its forwards would see them
+    (model.patches; no forward runs): {"mean_patch_bytes": targets (ids not PAD) per boundary,
+    "untrained_fraction": the share of those targets past a window's T_G global positions}."""
+    mode = Mode("plain", model.config.seq_len)
+    boundaries = untrained = targets = 0
+    for pieces in streams:
+        for job in stream_jobs(Stream(pieces), model.config, mode):
+            ids = torch.from_numpy(job.ids)[None]  # (1, w)
+            boundary, left_out = model.patches(ids)  # (1, w) twice
+            boundaries += int(boundary.sum())
+            untrained += int(left_out.sum())
+            targets += int((ids != model.config.pad_id).sum())
+    return {"mean_patch_bytes": targets / max(boundaries, 1), "untrained_fraction": untrained / max(targets, 1)}
+
+
 def dataset_ids(directory, max_ids: int = 0) -> int:
     """How many ids dataset_streams gives, from the manifest alone: every byte of every sample,
     and each text document's end (the boundary id the text transform appends)."""
