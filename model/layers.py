@@ -102,6 +102,37 @@ def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mas
     return att.to(v.dtype) @ v  # (N, nh, n, hs)
 
 
+def sliding_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, attend=None,
+                             dropout_p: float = 0.0) -> torch.Tensor:
+    """Causal attention in which a query sees its own position and the window - 1 before it, for
+    queries and keys at the same T positions: q, k, v (N, nh, T, hs) → (N, nh, T, hs). The
+    positions are cut into blocks of W = window (the last one padded); block i's queries attend to
+    blocks i-1 and i only, 2W keys, so attention costs T·2W, not the T² of a band mask over all T.
+    attend: an F.scaled_dot_product_attention-like kernel (that one by default)."""
+    attend = attend or F.scaled_dot_product_attention
+    N, nh, T, hs = q.shape
+    W = window
+    nb = -(-T // W)  # blocks
+    pad = nb * W - T
+
+    def blocks(t):  # (N, nh, T, hs) → (N·nb, nh, W, hs)
+        t = F.pad(t, (0, 0, 0, pad)).view(N, nh, nb, W, hs)
+        return t.transpose(1, 2).reshape(N * nb, nh, W, hs)
+
+    def with_previous(t):  # (N, nh, T, hs) → (N·nb, nh, 2W, hs): block i-1 (zeros before block 0), block i
+        t = F.pad(t, (0, 0, W, pad)).view(N, nh, nb + 1, W, hs)
+        t = torch.cat([t[:, :, :-1], t[:, :, 1:]], dim=3)  # (N, nh, nb, 2W, hs)
+        return t.transpose(1, 2).reshape(N * nb, nh, 2 * W, hs)
+
+    # query a of a block (slot W+a of the pair) sees slots a+1..W+a: positions a-W+1..a of its block
+    a, j = torch.arange(W, device=q.device)[:, None], torch.arange(2 * W, device=q.device)[None]
+    mask = ((j > a) & (j <= a + W)).expand(nb, W, 2 * W).clone()  # (nb, W, 2W)
+    mask[0, :, :W] = False  # block 0 has no previous block: its slots are padding
+    mask = mask[None, :, None].expand(N, -1, -1, -1, -1).reshape(N * nb, 1, W, 2 * W)
+    y = attend(blocks(q), with_previous(k), with_previous(v), attn_mask=mask, dropout_p=dropout_p)  # (N·nb, nh, W, hs)
+    return y.view(N, nb, nh, W, hs).transpose(1, 2).reshape(N, nh, nb * W, hs)[:, :, :T]
+
+
 class CausalSelfAttention(nn.Module):
     """Causal multi-head attention. x is (B, T, C), or (B, K, P, C) for the local model, whose
     patches attend within themselves (folded into the batch) and, with cross_patch = r > 0, also
@@ -188,19 +219,22 @@ class CausalSelfAttention(nn.Module):
             cos, sin = self.rotary_cos[:S], self.rotary_sin[:S]  # (S, hs) each
             q, k = rotate(q, cos[S - n:], sin[S - n:]), rotate(k, cos, sin)
         S = k.shape[2]
-        if self.window and S > self.window:  # keys beyond the window: one query reads only the last W
-            if n == 1:
+        attend = matmul_attention if self.kernel == "matmul" else F.scaled_dot_product_attention
+        dropout_p = self.dropout if self.training else 0.0
+        if self.window and n == S > self.window:  # training, or prefill into an empty cache: in blocks
+            y = sliding_window_attention(q, k, v, self.window, attend, dropout_p)  # (N, nh, n, hs)
+        else:
+            if self.window and S > self.window and n == 1:  # one new query reads only the last W keys
                 k, v, S = k[:, :, -self.window:], v[:, :, -self.window:], self.window
-            else:  # a band: query i (at key position S-n+i) sees keys S-n+i-W+1 .. S-n+i
+            elif self.window and S > self.window:  # a band: query i (key position S-n+i) sees S-n+i-W+1 .. S-n+i
                 ones = torch.ones(n, S, dtype=torch.bool, device=x.device)
                 mask = ones.tril(diagonal=S - n) & ~ones.tril(diagonal=S - n - self.window)  # (n, S)
-        if mask is None and 1 < n < S:  # queries sit at the end of the keys: bottom-right causal mask
-            mask = torch.ones(n, S, dtype=torch.bool, device=x.device).tril(diagonal=S - n)
-        # is_causal only when queries and keys start together (training, or prefill into an empty
-        # cache): that is the case the flash / memory-efficient kernels serve
-        is_causal = mask is None and n > 1 and S == n
-        attend = matmul_attention if self.kernel == "matmul" else F.scaled_dot_product_attention
-        y = attend(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0)
+            if mask is None and 1 < n < S:  # queries sit at the end of the keys: bottom-right causal mask
+                mask = torch.ones(n, S, dtype=torch.bool, device=x.device).tril(diagonal=S - n)
+            # is_causal only when queries and keys start together (training, or prefill into an
+            # empty cache): that is the case the flash / memory-efficient kernels serve
+            is_causal = mask is None and n > 1 and S == n
+            y = attend(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p)  # (N, nh, n, hs)
         y = y.transpose(1, 2).reshape(*lead, n, C)  # (..., n, C): heads side by side again
         return self.resid_drop(self.proj(y))
 

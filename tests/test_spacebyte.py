@@ -11,6 +11,7 @@ import torch.nn as nn
 from model import PRESETS, MegaByteConfig, build_model, byte_loss, generate_ids
 from model.config import BOUNDARY_ID, PAD_ID
 from model.flops import count_flops, training_flops_per_byte
+from model.layers import matmul_attention, sliding_window_attention
 from model.spacebyte import word_boundaries
 
 from generation_reference import reference_ids
@@ -115,6 +116,26 @@ def test_the_global_model_carries_a_byte_past_the_local_window():
     changed[0, 0] = ord("k")
     difference = (model(changed) - model(ids))[0].abs().amax(dim=-1)  # (T,)
     assert difference[30] > 1e-6 and difference[31] == 0  # 31 sees positions 30 and 31 only
+
+
+@pytest.mark.parametrize("T, W", [(12, 4), (13, 4), (5, 4), (4, 4), (9, 1), (30, 7)])
+@pytest.mark.parametrize("attend", [None, matmul_attention])
+def test_sliding_window_attention_in_blocks_equals_the_band_mask(T, W, attend):
+    """Blocks of W positions, each reading its own and the previous block: the values and gradients
+    of attention over all T keys with a band mask (a query sees its position and the W - 1 before),
+    whether or not W divides T."""
+    generator = torch.Generator().manual_seed(T * W)
+    q, k, v = (torch.randn(2, 3, T, 5, generator=generator, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    ones = torch.ones(T, T, dtype=torch.bool)
+    band = ones.tril() & ~ones.tril(diagonal=-W)  # (T, T)
+    reference = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=band)
+    blocked = sliding_window_attention(q, k, v, W, attend)
+    assert blocked.shape == reference.shape
+    torch.testing.assert_close(blocked, reference)
+    weights = torch.randn(reference.shape, generator=generator, dtype=torch.float64)
+    expected = torch.autograd.grad((reference * weights).sum(), (q, k, v))
+    for got, want in zip(torch.autograd.grad((blocked * weights).sum(), (q, k, v)), expected):
+        torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
