@@ -14,8 +14,9 @@ PerceiverAR baselines, and SpaceByte.
     bytes, --peer-new-bytes, and its per-byte rate reported) and the baselines and SpaceByte with
     their caches (PerceiverAR's decoder runs again over all latents for every byte once the prompt
     is longer than its latents: the window of latents slides; SpaceByte's global blocks run at the
-    random bytes' boundaries, 3 of 4 bytes, until its T/6 global positions run out, when its window
-    slides);
+    word boundaries, so the prompt is English prose (this text, repeated: a boundary every ~6.2
+    bytes), and the untrained model's new bytes (random: one boundary in ~4) until its T/6 global
+    positions run out, when its window slides);
 (c) peak memory of each run: the rise of the process's peak RSS (CPU) or max allocated (CUDA).
 Each run is a fresh subprocess, so peak memory is its own. Needs `pip install megabyte-pytorch`
 (the `bench` extra) for the peer columns; without it they are skipped.
@@ -154,7 +155,7 @@ def run_one(job: dict) -> dict:
     config = baseline_or_megabyte(args, job["impl"], total)
     model = peer_model(config, total) if job["impl"] == "peer" else build_model(config)
     model.to(device).eval()
-    prompt = torch.randint(0, 256, (1, args.prompt), device=device)
+    prompt = text_prompt(args.prompt).to(device)
     start = time.perf_counter()
     with torch.no_grad():
         if job["impl"] == "peer":
@@ -168,6 +169,12 @@ def run_one(job: dict) -> dict:
     assert out.numel() == args.prompt + new_bytes
     return dict(rate=new_bytes / seconds, seconds=seconds, params=count(model),
                 memory=peak_memory_mb(device) - memory_before, new_bytes=new_bytes, layers=config.global_layers)
+
+
+def text_prompt(length: int) -> torch.Tensor:
+    """(1, length) bytes of English prose: this module's docstring, repeated."""
+    text = __doc__.encode()
+    return torch.tensor(list((text * (length // len(text) + 1))[:length]))[None]
 
 
 def synchronize(device: str):
@@ -226,6 +233,8 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--bf16", action="store_true", help="train under bf16 autocast")
     parser.add_argument("--skip-peer", action="store_true", help="leave out megabyte-pytorch")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["baseline", "perceiver_ar", "spacebyte"],
+                        help="leave out these of our other architectures")
     parser.add_argument("--profile", action="store_true",
                         help="print the top ops of one (untimed) training step of ours and of megabyte-pytorch")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -234,7 +243,7 @@ def main():
         print(json.dumps(run_one(json.loads(args.worker))))
         return
     job_args = {k: v for k, v in vars(args).items() if k != "worker"}
-    impls = ["megabyte", "baseline", "perceiver_ar", "spacebyte"]
+    impls = [impl for impl in ("megabyte", "baseline", "perceiver_ar", "spacebyte") if impl not in args.skip]
     if not args.skip_peer:
         try:
             import MEGABYTE_pytorch  # noqa: F401
