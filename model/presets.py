@@ -15,6 +15,8 @@ Names are TASK or TASK-VARIANT:
     tiny-image64*, tiny-audio16k*   the same three for the paper's 64×64 images and 16 kHz
               16-bit audio, MegaByte in the paper's proportions
     text-spacebyte   SpaceByte-793M+184M (Slagle 2024), sized from its reference code
+    pg19-*    the SpaceByte paper's best PG-19 models at 10^19 FLOPs (its Table 3): SpaceByte,
+              its fixed-patch ablation and its MegaByte
     tiny-spacebyte*  SpaceByte at tiny's FLOPs per byte, and its periodic-patch ablation
     *-wide    a tiny MegaByte at its narrow twin's training FLOPs per byte, but with the paper's
               wide global slice per byte (D_G = global width / P: 256 for text, 213 for
@@ -283,6 +285,30 @@ PRESETS: dict[str, MegaByteConfig] = {
                                      global_layers=28, global_heads=24, local_dim=768, local_layers=26,
                                      local_heads=12, global_len=1344, local_window=768, activation="relu",
                                      dropout=0.0, tie_embeddings=False),
+    # The SpaceByte paper's best PG-19 (and arXiv) models at 10^19 training FLOPs (its Table 3, from
+    # the grid of its App. B.3): T_G = D = 1024 global positions, W = D_local, L_global = L_local =
+    # 16, 64-wide heads, the reference's recipe as text-spacebyte's (AdamW β2 0.98, batch 64, lr
+    # 0.005/√64 = 6.25e-4 with 1% warm-up: train/configs/). Its forward FLOPs per byte by our count
+    # (model/flops.py), against its Table 3: spacebyte 190M (196M), fixed P 335M (343M), MegaByte
+    # 210M (219M); it counts the same matmuls and adds what ours leaves out (its rotary and q/k norms).
+    # Its MegaByte is P = 4 ("P = 4 was often better in our setup"), T = P·D, no cross-patch
+    # attention: not the MegaByte paper's P = 8. Its Table 1 (PG-19 bits per byte at 10^19): MegaByte
+    # 1.083, SpaceByte (fixed P) 1.112, SpaceByte 1.009, byte Transformer 1.138.
+    # 256M parameters (201M + 50M in the paper's count, which leaves out embeddings and positions)
+    "pg19-spacebyte": MegaByteConfig(architecture="spacebyte", seq_len=6144, patch_size=1, global_dim=1024,
+                                     global_layers=16, global_heads=16, local_dim=512, local_layers=16,
+                                     local_heads=8, global_len=1024, local_window=512, activation="relu",
+                                     dropout=0.0, tie_embeddings=False),
+    # fixed patches of P = 6 over the same T: its best has D_local = 768 (201M + 113M); 321M here
+    "pg19-spacebyte-periodic": MegaByteConfig(architecture="spacebyte", seq_len=6144, patch_size=6,
+                                              patching="periodic", global_dim=1024, global_layers=16,
+                                              global_heads=16, local_dim=768, local_layers=16, local_heads=12,
+                                              global_len=1024, local_window=768, activation="relu", dropout=0.0,
+                                              tie_embeddings=False),
+    # its MegaByte: global 1024 × 16 over K = 1024 patches of P = 4 (D_G = 256), local 512 × 16; 253M here
+    "pg19-megabyte": MegaByteConfig(seq_len=4096, patch_size=4, global_dim=1024, global_layers=16, global_heads=16,
+                                    local_dim=512, local_layers=16, local_heads=8, activation="relu", dropout=0.0,
+                                    tie_embeddings=False),
     # tiny's budget: global 256 × 3 over T_G = 512/6 = 85 boundaries, local 128 × 2 (one block
     # either side) with the reference's window W = D_L = 128. 2.89M parameters, 5.32M training
     # FLOPs per byte (tiny: 5.01M, +6%)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model import PRESETS, MegaByteConfig, build_model, byte_loss
-from model.flops import training_flops_per_byte
+from model.flops import count_flops, training_flops_per_byte
 from train.config import ConfigError, TrainConfig
 
 # Table 15, row by row (task, model) → preset
@@ -36,7 +36,10 @@ OTHER_TABLES = {
 }
 PAPER_PRESETS = sorted({*TABLE_15.values(), *OTHER_TABLES.values()})
 # SpaceByte's paper (Slagle 2024): its runs follow the reference code's recipe, not MegaByte's
-SPACEBYTE_PRESETS = {("SpaceByte", "793M+184M"): "text-spacebyte"}
+SPACEBYTE_PRESETS = {("SpaceByte", "793M+184M"): "text-spacebyte", ("Table 3", "SpaceByte"): "pg19-spacebyte",
+                     ("Table 3", "SpaceByte (fixed P)"): "pg19-spacebyte-periodic", ("Table 3", "MegaByte"): "pg19-megabyte"}
+# its Table 3: forward FLOPs per byte of the best PG-19 models at 10^19 training FLOPs
+SPACEBYTE_TABLE_3_FLOPS = {"pg19-spacebyte": 196e6, "pg19-spacebyte-periodic": 343e6, "pg19-megabyte": 219e6}
 TABLE_14_HEAD_WIDTH = {768: 64, 1024: 64, 1536: 96, 2048: 64, 2560: 80, 4096: 128}
 CLASS_OF = {"megabyte": "MegaByte", "transformer": "ByteTransformer", "perceiver_ar": "PerceiverAR",
             "no_local": "NoLocal", "no_global": "NoGlobal", "spacebyte": "SpaceByte"}
@@ -104,6 +107,11 @@ PRESET_SIZES: dict[str, tuple[int, int | None]] = {
     "tiny-audio16k-perceiver-ar": (8_209_920, None),
     # +1%: the position tables (8192 × 768 local, 1344 × 1536 global) and the untied byte head
     "text-spacebyte": (986_321_664, 977_000_000),
+    # +2% to +5%: the paper counts blocks only (201M + 50M, 201M + 113M, 201M + 51M); ours adds the
+    # position tables and the untied byte head
+    "pg19-spacebyte": (256_437_760, 251_000_000),
+    "pg19-spacebyte-periodic": (321_111_296, 314_000_000),
+    "pg19-megabyte": (253_492_736, 252_000_000),
     "tiny-spacebyte": (2_886_528, None),
     "tiny-spacebyte-periodic": (2_881_152, None),
 }
@@ -213,3 +221,10 @@ def test_tiny_modality_presets_train_a_step(family):
 def test_an_unknown_preset_is_one_error_naming_the_valid_ones():
     with pytest.raises(ConfigError, match="'text-large' is not a preset; choose one of .*'text-no-local'"):
         TrainConfig.from_dict({"data": {"datasets": ["d"]}, "model": {"preset": "text-large"}})
+
+
+@pytest.mark.parametrize("name", sorted(SPACEBYTE_TABLE_3_FLOPS))
+def test_spacebyte_papers_pg19_presets_cost_its_table_3_flops(name):
+    """Ours counts the same matmuls and leaves out its rotary positions and q/k norms: 3-5% fewer."""
+    ratio = count_flops(PRESETS[name]).forward_per_byte / SPACEBYTE_TABLE_3_FLOPS[name]
+    assert 0.95 <= ratio <= 1.0, f"{name}: {ratio:.3f} of the paper's forward FLOPs per byte"

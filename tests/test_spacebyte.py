@@ -245,3 +245,17 @@ def test_a_few_training_steps_lower_the_loss():
         losses.append(loss.item())
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     assert losses[-1] < losses[0] - 0.5
+
+
+def test_the_pg19_config_buys_the_papers_budget_with_its_recipe():
+    """train/configs/pg19-spacebyte.toml: 10^19 training FLOPs at batch 64, the reference's optimizer
+    settings, the rate at 0 after the last step."""
+    from train.config import load_config
+    from train.engine import lr_factor
+
+    config = load_config("pg19-spacebyte")
+    optim = config.optim
+    flops = training_flops_per_byte(config.model) * config.data.batch_size * config.model.seq_len * optim.total_steps
+    assert flops == pytest.approx(1e19, rel=1e-4)
+    assert (optim.betas, optim.weight_decay, optim.grad_clip, optim.lr) == ([0.9, 0.98], 0.01, 1.0, 0.005 / 64**0.5)
+    assert optim.warmup_steps == round(optim.total_steps / 100) and lr_factor(optim.total_steps, config) == 0.0
