@@ -19,6 +19,7 @@ import sys
 from compare.suite import SHIPPED_SUITES, Suite
 from compare.sweep import trial
 from pipeline.format.files import write_text_atomically
+from pipeline.format.stats import compressed_bits_per_byte, dataset_chunks, dataset_stats
 from train.plots import plot_runs
 
 # results.md's columns: heading, the result's key, its format
@@ -53,8 +54,6 @@ def write_reports(suite: Suite, results: list[dict]) -> None:
 def validation_scale(suite: Suite) -> dict:
     """The validation bytes' unigram entropy and what each compressor makes of them, in bits per
     byte: kept in OUT/scale.json (computed once; xz -9 takes seconds per megabyte)."""
-    from tools.inspect import compressed_bits_per_byte, dataset_chunks, dataset_stats
-
     path = suite.out_dir / "scale.json"
     if path.is_file():
         return json.loads(path.read_text())

@@ -100,7 +100,7 @@ def test_compressed_bits_per_byte_are_each_compressors_own_figure(dataset):
     import gzip
     import lzma
 
-    from tools.inspect import compressed_bits_per_byte, dataset_chunks
+    from pipeline.format.stats import compressed_bits_per_byte, dataset_chunks
 
     rng = np.random.default_rng(0)
     repetitive = b"def f(x):\n    return x + 1\n" * 2000

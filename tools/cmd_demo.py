@@ -55,7 +55,7 @@ def convert_corpus(data: Path) -> tuple[Path, Path]:
 
 def cmd_demo(args) -> int:
     from model import generate
-    from tools.inspect import compressed_bits_per_byte, dataset_chunks, dataset_stats
+    from pipeline.format.stats import compressed_bits_per_byte, dataset_chunks, dataset_stats
     from pipeline.load.loader import build_validation_loader
     from train.plots import plot_runs
     from train.config import load_config

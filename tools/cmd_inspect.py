@@ -8,6 +8,7 @@ from pathlib import Path
 from tools import inspect, render
 from pipeline.format import storage
 from pipeline.format.errors import DataError
+from pipeline.format.stats import dataset_stats
 from tools.arguments import bounded
 
 MAX_RENDERED = 4096  # --count, --columns: samples in one grid
@@ -68,7 +69,7 @@ def cmd_ls(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    stats = inspect.dataset_stats(args.paths, args.max_samples)
+    stats = dataset_stats(args.paths, args.max_samples)
     print(f"samples        {stats.samples:,}")
     print(f"payload bytes  {stats.payload_bytes:,}")
     print(f"modalities     {json.dumps(stats.modalities)}")
