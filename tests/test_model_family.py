@@ -7,6 +7,7 @@ import torch.nn as nn
 
 from model import MegaByteConfig, build_model, byte_loss, generate_ids
 from model.generate import window_start
+from model.layers import Transformer
 
 from generation_reference import reference_ids
 
@@ -191,18 +192,24 @@ def test_bf16_autocast_forward_backward_and_cached_decoding(name):
     assert out.shape[1] > 5
 
 
-@pytest.mark.parametrize("name", ["conv+cross-patch", "spacebyte"])
-def test_activation_checkpointing_gives_the_same_gradients_with_both_options(name):
-    grads = []
-    for checkpointing in (False, True):
+@pytest.mark.parametrize("name", ["megabyte", "conv+cross-patch", "cross-patch-whole", "no_global", "spacebyte"])
+def test_activation_checkpointing_gives_the_same_gradients_with_both_options(name, monkeypatch):
+    """Without checkpointing, with it, and with the local model's patches checkpointed in pieces of
+    one patch (each with the patch before it, for cross-patch attention)."""
+    results = []
+    for checkpointing, piece in ((False, None), (True, None), (True, 2 * FAMILY[name]["patch_size"])):
+        if piece:
+            monkeypatch.setattr(Transformer, "CHUNK_POSITIONS", piece)  # batch 2: one patch a piece
         torch.manual_seed(0)
         model = build_model(MegaByteConfig(**{**SMALL, **FAMILY[name],
                                               "activation_checkpointing": checkpointing})).double()
         ids = torch.randint(0, 256, (2, T), generator=torch.Generator().manual_seed(0))
-        byte_loss(model(ids), ids).backward()
-        grads.append([p.grad for p in model.parameters()])
-    for with_, without in zip(*grads):
-        torch.testing.assert_close(with_, without, rtol=0, atol=1e-12)
+        logits = model(ids)
+        byte_loss(logits, ids).backward()
+        results.append([logits, *(p.grad for p in model.parameters())])
+    for whole, pieces, without in zip(*results):
+        torch.testing.assert_close(whole, without, rtol=0, atol=1e-12)
+        torch.testing.assert_close(pieces, without, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("fields, message", [
