@@ -15,8 +15,12 @@ import shutil
 import statistics
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.convert.driver import ConvertOptions, convert
+
+if TYPE_CHECKING:  # the converter benchmarks do without torch and the model
+    from model import MegaByteConfig
 
 
 def cpu_name() -> str:
@@ -57,6 +61,30 @@ def parse_setting(item: str) -> tuple[str, object]:
     except ValueError:
         return key, value
 
+
+
+def equal_size_baseline(config: "MegaByteConfig", architecture: str = "transformer", latents: int = 0) -> "MegaByteConfig":
+    """The baseline (transformer or perceiver_ar) at MegaByte's global width and heads, with the
+    depth whose parameter count is nearest. Position tables are left out of the match: they are
+    lookups, not compute, and at long T the baseline's T × D table would otherwise cost it a layer."""
+    import torch
+
+    from model import MegaByteConfig, build_model
+
+    def size(cfg):
+        model = build_model(cfg)
+        return model.num_parameters() - (model.pos_embed.weight.numel() if model.pos_embed is not None else 0)
+
+    with torch.device("meta"):
+        target = size(config)
+        candidates = []
+        for layers in range(1, 65):
+            baseline = MegaByteConfig(architecture=architecture, patch_size=1, local_layers=0, seq_len=config.seq_len,
+                                      global_dim=config.global_dim, global_layers=layers,
+                                      global_heads=config.global_heads, dropout=0.0,
+                                      latents=min(latents, config.seq_len))
+            candidates.append((abs(size(baseline) - target), layers, baseline))
+    return min(candidates, key=lambda c: c[:2])[2]
 
 
 # ---------------------------------------------------------------------------------------------

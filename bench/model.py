@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from common import machine as machine_line, peak_memory_mb  # noqa: E402  (bench/: this runs as a script)
+from common import equal_size_baseline, machine as machine_line, peak_memory_mb  # noqa: E402  (bench/: runs as a script)
 from model import MegaByteConfig, build_model, generate  # noqa: E402
 from model.flops import training_flops_per_byte  # noqa: E402
 
@@ -44,26 +44,6 @@ def megabyte_config(args, seq_len: int) -> MegaByteConfig:
     return MegaByteConfig(seq_len=seq_len, patch_size=args.patch_size, global_dim=args.global_dim,
                           global_layers=args.global_layers, global_heads=args.global_heads, local_dim=args.local_dim,
                           local_layers=args.local_layers, local_heads=args.local_heads, dropout=0.0)
-
-
-def equal_size_baseline(config: MegaByteConfig, architecture: str = "transformer", latents: int = 0) -> MegaByteConfig:
-    """The baseline (transformer or perceiver_ar) at MegaByte's global width and heads, with the
-    depth whose parameter count is nearest. Position tables are left out of the match: they are
-    lookups, not compute, and at long T the baseline's T × D table would otherwise cost it a layer."""
-    def size(cfg):
-        model = build_model(cfg)
-        return model.num_parameters() - (model.pos_embed.weight.numel() if model.pos_embed is not None else 0)
-
-    with torch.device("meta"):
-        target = size(config)
-        candidates = []
-        for layers in range(1, 65):
-            baseline = MegaByteConfig(architecture=architecture, patch_size=1, local_layers=0, seq_len=config.seq_len,
-                                      global_dim=config.global_dim, global_layers=layers,
-                                      global_heads=config.global_heads, dropout=0.0,
-                                      latents=min(latents, config.seq_len))
-            candidates.append((abs(size(baseline) - target), layers, baseline))
-    return min(candidates, key=lambda c: c[:2])[2]
 
 
 def equal_flops_spacebyte(config: MegaByteConfig) -> MegaByteConfig:
