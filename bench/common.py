@@ -50,6 +50,15 @@ def peak_memory_mb(device: str) -> float:
         return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
 
 
+def synchronize(device) -> None:
+    """Wait for the GPU's queued work (device: "cuda", "cuda:0" or a torch.device), so that a clock
+    read after it times that work."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
 def parse_setting(item: str) -> tuple[str, object]:
     """"key=value" → (key, value), the value read as JSON where it is JSON (numbers, true, false),
     else kept as a string; ValueError without the "="."""

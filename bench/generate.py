@@ -26,13 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from common import machine, parse_setting  # noqa: E402  (bench/: this runs as a script)
+from common import machine, parse_setting, synchronize  # noqa: E402  (bench/: this runs as a script)
 from model import PRESETS, MegaByteConfig, build_model, generate  # noqa: E402
-
-
-def synchronize(device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def bytes_per_second(net, batch_size: int, new_bytes: int, warmup_bytes: int, cuda_graphs: bool) -> float:

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from common import machine as machine_line  # noqa: E402  (bench/: this runs as a script)
+from common import machine as machine_line, synchronize  # noqa: E402  (bench/: this runs as a script)
 from model import MegaByteConfig, build_model  # noqa: E402
 
 KERNELS = ("sdpa", "matmul")
@@ -43,11 +43,6 @@ def local_model(preset: dict, P: int, r: int, kernel: str) -> torch.nn.Module:
                             local_attention=kernel)
     torch.manual_seed(0)  # the same weights for both kernels
     return build_model(config).local_model
-
-
-def synchronize(device: str):
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def measure(args, preset: dict, P: int, r: int) -> dict:

@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from common import equal_size_baseline, machine as machine_line, peak_memory_mb  # noqa: E402  (bench/: runs as a script)
+from common import equal_size_baseline, machine as machine_line, peak_memory_mb, synchronize  # noqa: E402  (bench/)
 from model import MegaByteConfig, build_model, generate  # noqa: E402
 from model.flops import training_flops_per_byte  # noqa: E402
 
@@ -155,11 +155,6 @@ def text_prompt(length: int) -> torch.Tensor:
     """(1, length) bytes of English prose: this module's docstring, repeated."""
     text = __doc__.encode()
     return torch.tensor(list((text * (length // len(text) + 1))[:length]))[None]
-
-
-def synchronize(device: str):
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def count(model) -> int:

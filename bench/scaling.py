@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from common import equal_size_baseline, machine, peak_memory_mb  # noqa: E402  (bench/: runs as a script)
+from common import equal_size_baseline, machine, peak_memory_mb, synchronize  # noqa: E402  (bench/: runs as a script)
 from model import MegaByteConfig, build_model, generate  # noqa: E402
 
 LENGTHS = [2**10, 2**12, 2**14, 2**16, 2**18, 2**20, 1_228_800]
@@ -74,8 +74,10 @@ def measure(job: dict) -> dict:
         model.train()
         model(warm, loss=True)[0].backward()
         model.zero_grad(set_to_none=True)
+        synchronize(device)
         start = time.perf_counter()
         model(ids, loss=True)[0].backward()
+        synchronize(device)
         seconds = time.perf_counter() - start
         result = dict(seconds=seconds)
     else:
@@ -87,16 +89,16 @@ def measure(job: dict) -> dict:
         start = time.perf_counter()
         with torch.no_grad():
             generate(model, prompt, 1, seed=0, stop_at_boundary=False)  # the prefill and one byte
+        synchronize(device)
         prefill = time.perf_counter() - start
         start = time.perf_counter()
         with torch.no_grad():
             generate(model, prompt, new, seed=0, stop_at_boundary=False)
+        synchronize(device)
         seconds = time.perf_counter() - start
         # the new bytes alone: the whole call less its prefill (timed on its own above)
         result = dict(seconds=seconds, prefill_seconds=prefill, new_bytes=new,
                       bytes_per_s=new / max(seconds - prefill, 1e-9))
-    if device == "cuda":
-        torch.cuda.synchronize()
     return dict(result, memory_mb=peak_memory_mb(device) - before, params=model.num_parameters(),
                 patch_size=config.patch_size, layers=config.global_layers)
 

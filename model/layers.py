@@ -221,12 +221,13 @@ class CausalSelfAttention(nn.Module):
         S = k.shape[2]
         attend = matmul_attention if self.kernel == "matmul" else F.scaled_dot_product_attention
         dropout_p = self.dropout if self.training else 0.0
-        if self.window and n == S > self.window:  # training, or prefill into an empty cache: in blocks
+        windowed = self.window and S > self.window  # some keys lie beyond a query's window
+        if windowed and n == S:  # training, or prefill into an empty cache: in blocks
             y = sliding_window_attention(q, k, v, self.window, attend, dropout_p)  # (N, nh, n, hs)
         else:
-            if self.window and S > self.window and n == 1:  # one new query reads only the last W keys
+            if windowed and n == 1:  # one new query reads only the last W keys
                 k, v, S = k[:, :, -self.window:], v[:, :, -self.window:], self.window
-            elif self.window and S > self.window:  # a band: query i (key position S-n+i) sees S-n+i-W+1 .. S-n+i
+            elif windowed:  # a band: query i (key position S-n+i) sees S-n+i-W+1 .. S-n+i
                 ones = torch.ones(n, S, dtype=torch.bool, device=x.device)
                 mask = ones.tril(diagonal=S - n) & ~ones.tril(diagonal=S - n - self.window)  # (n, S)
             if mask is None and 1 < n < S:  # queries sit at the end of the keys: bottom-right causal mask
