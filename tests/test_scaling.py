@@ -19,8 +19,9 @@ def test_the_patch_grows_with_the_length_as_the_papers_presets(bench):
 
 
 def test_a_length_predicted_over_the_limit_is_skipped_with_every_longer_one(bench, monkeypatch):
-    """A run took 2 s at T = 1024: 4096 is predicted at ≥ 32 s (the square of the growth), over a
-    limit of 30 s, so it and 16384 are skipped, not run; a failed run stops the sweep too."""
+    """A Transformer step took 2 s at T = 1024: 4096 is predicted at ≥ 32 s (the square of the
+    growth), over a limit of 30 s, so it and 16384 are skipped, not run; a failed run stops the
+    sweep too."""
     ran = []
 
     def fake_spawn(job, limit):
@@ -36,6 +37,15 @@ def test_a_length_predicted_over_the_limit_is_skipped_with_every_longer_one(benc
     rows = bench.sweep(argparse.Namespace(lengths=[1024, 4096], limit=1e9, memory_fraction=0.8),
                        "megabyte", "train", True)
     assert ran == [1024, 1024] and rows[0]["skipped"] == "failed: OOM" and rows[1]["skipped"] == "failed: OOM"
+
+
+def test_megabyte_is_predicted_by_its_patches_not_the_square_of_its_bytes(bench):
+    """From T = 65,536 (P = 8: 8,192 patches) to 2^18 (P = 32: 8,192 patches) MegaByte's attention
+    does not grow: 4× the bytes, 4× the time; the Transformer's is 16×. Memory grows with T."""
+    last = dict(T=2**16, seconds=10.0, memory_mb=100.0)
+    assert bench.predicted(last, "megabyte", 2**18) == (40.0, 400.0)
+    assert bench.predicted(last, "transformer", 2**18) == (160.0, 400.0)
+    assert bench.predicted(dict(last, T=2**14), "megabyte", 2**16) == (160.0, 400.0)  # P = 8 both
 
 
 def test_memory_past_the_machine_is_skipped(bench, monkeypatch):

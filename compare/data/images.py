@@ -1,4 +1,5 @@
-"""The image corpora: photographs cut into tiles, stored at 32×32 (photos32) or 64×64 (photos64)."""
+"""The image corpora: photographs cut into tiles, stored at 32×32 (photos32), 64×64 (photos64) or
+640×640 (photos640, the paper's largest images: 1,228,800 bytes each)."""
 
 from functools import partial
 from pathlib import Path
@@ -10,6 +11,9 @@ HELD_OUT_EVERY = 12  # every 12th photo (1 of 12), its tiles at the first scale
 # (295 KB at either size: scoring every byte of the set stays within a minute for each model on a CPU)
 SHORT_SIDES = (512, 768)  # each photo is cut at these two scales…
 TILE_SCALE = 2  # …into non-overlapping tiles of twice the stored side, which the converter boxes down
+# photos640: the photos' short side is 1200 pixels, so a 640 tile is stored as cut (scale 1), from
+# the photo at a short side of 640 (one tile, the photo's middle band) and of 1280 (six tiles)
+SHORT_SIDES_640 = (640, 1280)
 
 
 def cut_tiles(photo: Path, folder: Path, short_sides: tuple[int, ...], tile: int) -> None:
@@ -28,15 +32,17 @@ def cut_tiles(photo: Path, folder: Path, short_sides: tuple[int, ...], tile: int
                     cut.save(folder / f"{photo.stem}-s{short_side}-y{top:04d}-x{left:04d}.png")
 
 
-def photo_documents(trees: dict[str, Path], staging: Path, image_size: int):
-    """The 12 nature photographs of mate-backgrounds as image_size² tiles; validation: whole photos.
-    A tile covers TILE_SCALE·image_size pixels of the scaled photo, so photos64's tiles show four
-    times the area of photos32's: there are a quarter as many, with the same bytes in all."""
-    tile = TILE_SCALE * image_size
+def photo_documents(trees: dict[str, Path], staging: Path, image_size: int,
+                    short_sides: tuple[int, ...] = SHORT_SIDES, tile_scale: int = TILE_SCALE):
+    """The 12 nature photographs of mate-backgrounds as image_size² tiles; validation: whole photos
+    (their tiles at the first scale). A tile covers tile_scale·image_size pixels of the scaled photo,
+    so photos64's tiles show four times the area of photos32's: there are a quarter as many, with
+    the same bytes in all."""
+    tile = tile_scale * image_size
     photos = sorted((trees["mate-backgrounds"] / "usr/share/backgrounds/mate/nature").glob("*.jpg"))
     train_photos, val_photos = held_out(photos, HELD_OUT_EVERY)
     splits = []
-    for split, chosen, sides in [("train", train_photos, SHORT_SIDES), ("val", val_photos, SHORT_SIDES[:1])]:
+    for split, chosen, sides in [("train", train_photos, short_sides), ("val", val_photos, short_sides[:1])]:
         folder = staging / split
         folder.mkdir()
         for photo in chosen:
@@ -46,10 +52,12 @@ def photo_documents(trees: dict[str, Path], staging: Path, image_size: int):
     converter, train, _ = build_image_converter([str(splits[0])], settings, layout="flat")
     _, val, _ = build_image_converter([str(splits[1])], settings, layout="flat")
     arguments = {"modality": "image", "size": image_size, "resize": "box", "tile": tile,
-                 "short_sides": list(SHORT_SIDES), "val_short_sides": list(SHORT_SIDES[:1]),
+                 "short_sides": list(short_sides), "val_short_sides": list(short_sides[:1]),
                  "val_photos": [p.name for p in val_photos]}
     return train, val, converter, arguments
 
 
 PHOTOS32 = Corpus("photos32", ("mate-backgrounds",), partial(photo_documents, image_size=32))
 PHOTOS64 = Corpus("photos64", ("mate-backgrounds",), partial(photo_documents, image_size=64))
+PHOTOS640 = Corpus("photos640", ("mate-backgrounds",),
+                   partial(photo_documents, image_size=640, short_sides=SHORT_SIDES_640, tile_scale=1))

@@ -4,7 +4,7 @@
         ─▶ documents: KJV chapters · Django .py files · photo tiles · recorded sounds
         ─▶ split, disjoint by document ─▶ pipeline.convert ─▶ OUT/NAME-train, OUT/NAME-val
 
-    python -m compare.data --out data/real [--only kjv|django|photos32|photos64|sounds8k|sounds16k]
+    python -m compare.data --out data/real [--only kjv|django|photos32|photos64|photos640|sounds8k|sounds16k]
 
 Every archive is checked before anything is converted (archives.py). Archives are cached
 (verified) and unpacked under OUT/downloads; a dataset whose index.json exists is not built again.
@@ -19,13 +19,14 @@ from pathlib import Path
 from compare.data import archives
 from compare.data.audio import SOUNDS8K, SOUNDS16K
 from compare.data.corpus import build, is_built, split_dirs
-from compare.data.images import PHOTOS32, PHOTOS64
+from compare.data.images import PHOTOS32, PHOTOS64, PHOTOS640
 from compare.data.text import DJANGO, KJV
 from pipeline.format.errors import DataError, UsageError
 from pipeline.format.files import write_text_atomically
 from pipeline.format.manifest import load_manifest
 
-CORPORA = {corpus.name: corpus for corpus in [KJV, DJANGO, PHOTOS32, PHOTOS64, SOUNDS8K, SOUNDS16K]}
+CORPORA = {corpus.name: corpus for corpus in [KJV, DJANGO, PHOTOS32, PHOTOS64, PHOTOS640, SOUNDS8K,
+                                                           SOUNDS16K]}
 
 
 def write_sources(out: Path, downloads: Path) -> Path:
