@@ -14,6 +14,7 @@ Names are TASK or TASK-VARIANT:
               and 8 kHz audio, for comparisons on real data
     tiny-image64*, tiny-audio16k*   the same three for the paper's 64×64 images and 16 kHz
               16-bit audio, MegaByte in the paper's proportions
+    tiny-image640   a MegaByte of the paper's Img640 shape (1,228,800 bytes, P = 192) at CPU width
     text-spacebyte   SpaceByte-793M+184M (Slagle 2024), sized from its reference code
     pg19-*    the SpaceByte paper's best PG-19 models at 10^19 FLOPs (its Table 3): SpaceByte,
               its fixed-patch ablation and its MegaByte
@@ -271,6 +272,15 @@ PRESETS: dict[str, MegaByteConfig] = {
     "tiny-audio16k-perceiver-ar": MegaByteConfig(architecture="perceiver_ar", seq_len=16384, latents=1024,
                                                  patch_size=1, global_dim=256, global_layers=4, global_heads=4,
                                                  local_layers=0),
+
+    # ---- 640×640 RGB images (1,228,800 bytes): the paper's million-byte sequence on one machine ----
+    # Table 15's Img640 MEGABYTE row (P = 192, an 8×8-pixel tile in the patch scan, K = 6,400
+    # patches, global width 768 so D_G = 4) with 2 global layers for 12 and a local model of
+    # 128 × 2 for 768 × 8. 19.52M parameters (14.18M in the global model, 4.92M of them its
+    # 6,400-row position table), 3.61M training FLOPs per byte. Train it with activation
+    # checkpointing (train/configs/tiny-image640.toml): BENCHMARKS.md "Long sequences" has the cost.
+    "tiny-image640": MegaByteConfig(seq_len=1228800, patch_size=192, global_dim=768, global_layers=2,
+                                    global_heads=12, local_dim=128, local_layers=2, local_heads=2),
 
     # ---- SpaceByte (Slagle 2024, arXiv 2404.14408; model/spacebyte.py) ----
     # SpaceByte-793M+184M, the paper's largest run (PG-19, Stories, arXiv, Github), sized from the

@@ -126,3 +126,19 @@ def test_generation_says_how_fast_it_went_only_when_asked(capsys, monkeypatch):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: a bar
     generate(model, torch.zeros(1, 3, dtype=torch.long), 12, stop_at_boundary=False, progress=True)
     assert "generating 12 bytes: 100%" in capsys.readouterr().err
+
+
+def test_a_long_job_in_a_log_writes_its_pace_as_it_goes(capsys, monkeypatch):
+    """Away from a terminal a line a minute: the bytes done and the bytes/s since the last line
+    (here every update is a minute later)."""
+    from model import progress
+
+    clock = iter(range(0, 1000, 60))
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: float(next(clock)))
+    with progress.Progress("generating", 400) as shown:
+        for _ in range(3):
+            shown.update(100)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["generating ...", "... 100 bytes (25%), 2 bytes/s over the last 60 s",
+                     "... 200 bytes (50%), 2 bytes/s over the last 60 s",
+                     "... 300 bytes (75%), 2 bytes/s over the last 60 s"]

@@ -105,6 +105,7 @@ PRESET_SIZES: dict[str, tuple[int, int | None]] = {
     "tiny-audio16k": (13_250_624, None),
     "tiny-audio16k-transformer": (3_488_000, None),
     "tiny-audio16k-perceiver-ar": (8_209_920, None),
+    "tiny-image640": (19_524_872, None),
     # +1%: the position tables (8192 × 768 local, 1344 × 1536 global) and the untied byte head
     "text-spacebyte": (986_321_664, 977_000_000),
     # +2% to +5%: the paper counts blocks only (201M + 50M, 201M + 113M, 201M + 51M); ours adds the

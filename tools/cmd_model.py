@@ -83,6 +83,9 @@ def register(subparsers) -> None:
     generate.add_argument("--cuda-graphs", action="store_true",
                           help="MegaByte on a CUDA device: run its local step (once per byte) as CUDA graphs")
     generate.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+    generate.add_argument("--no-progress", action="store_true",
+                          help="print no progress on stderr (by default: a bar on a terminal, elsewhere a "
+                               "line at the start, one a minute with the bytes/s, and one at the end)")
     generate.set_defaults(func=cmd_generate)
 
 
@@ -191,7 +194,7 @@ def cmd_generate(args) -> int:
         count = whole if whole > 0 else whole + width  # or up to one when that leaves nothing
     [new] = generate(model, [prompt], count, temperature=args.temperature, top_k=args.top_k,
                      top_p=args.top_p, seed=args.seed, stop_at_boundary=modality == "text",
-                     cuda_graphs=args.cuda_graphs)
+                     cuda_graphs=args.cuda_graphs, progress=not args.no_progress)
     write_output(args, modality, data_arguments, metadata, model, prompt + new)
     return 0
 

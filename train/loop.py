@@ -106,6 +106,8 @@ def train_loop(t: Trainer, stop: StopRequest) -> dict:
                         B_s=f"{last['bytes_per_s']:.3g}", refresh=False)  # update shows it: no lag
         bar.total = reachable_steps(config, state.step, first_step, started)
         bar.update(1)
+        if state.step == first_step + 1 and t.rank == 0 and config.run.progress:
+            tqdm.write(pace(state.step, seconds, step_bytes, bar.total - state.step), file=sys.stderr)
         stopping = bool(stop_reasons)
         every = config.run.checkpoint_every
         if stopping or state.step == total or (every and state.step % every == 0):
@@ -131,6 +133,19 @@ def reachable_steps(config: TrainConfig, step: int, first_step: int, started: fl
     elapsed = time.perf_counter() - started
     left = max(0.0, 60 * config.run.max_minutes - elapsed)
     return min(total, step + int(left * (step - first_step) / elapsed))
+
+
+def pace(step: int, seconds: float, step_bytes: float, steps_left: int) -> str:
+    """The line after a run's first step: how long a step takes, and the rest of the run at that
+    pace (a bar that moves once in minutes says little before it has moved)."""
+    return (f"step {step}: {duration(seconds)} a step ({step_bytes / seconds:,.0f} bytes/s); "
+            f"{steps_left:,} steps left, about {duration(seconds * steps_left)}")
+
+
+def duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def save(t: Trainer) -> Path:
