@@ -20,7 +20,7 @@ from pipeline.format.errors import UsageError
 from tools.cli import main as cli
 from train import checkpoint
 from train.config import load_config
-from train.loop import reachable_steps
+from train.loop import pace, reachable_steps
 from train.state import RunState
 
 from helpers import TINY_MODEL, error_line, losses, run_training, start_training, wait_for_steps, write_config
@@ -342,6 +342,12 @@ def test_the_progress_bar_ends_where_max_minutes_stops_the_run():
     assert reachable_steps(config, 10, 10, minute_ago) == 1000  # no pace yet
     config.run.max_minutes = 0
     assert reachable_steps(config, 10, 0, minute_ago) == 1000
+
+
+def test_the_first_step_says_how_long_the_run_will_take():
+    assert pace(1, 150.0, 1_228_800, 19) == "step 1: 2.5 min a step (8,192 bytes/s); 19 steps left, about 47.5 min"
+    assert pace(5, 0.5, 8192, 795) == "step 5: 0.5 s a step (16,384 bytes/s); 795 steps left, about 6.6 min"
+    assert pace(1, 3600.0, 1_228_800, 2) == "step 1: 60.0 min a step (341 bytes/s); 2 steps left, about 2.0 h"
 
 
 def test_metrics_cut_short_by_a_kill_do_not_stop_a_resume(tmp_path):
