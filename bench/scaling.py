@@ -6,12 +6,14 @@ parameter count.
     python bench/scaling.py --archs megabyte --lengths 8192 1228800 --checkpointing on
     python bench/scaling.py --plot scaling.png --json scaling.json
 
-For each architecture and T, in a fresh process (so each peak is its own):
+For each architecture and T, in a fresh process (so each peak is its own; on a CPU with the
+trainer's allocator setting, train/allocator.py):
 (a) one training step, forward + backward (no optimizer: its cost does not depend on T), batch 1,
     fp32, with activation checkpointing on and off: seconds per byte and the rise of the peak
     resident memory (or CUDA's max allocated) per byte;
 (b) generation of --new-bytes bytes after a prompt that fills the rest of the context, with the
-    caches: the prompt's prefill and the new bytes' bytes/s apart.
+    caches: the prompt's prefill (to the first new byte) and the other new bytes' bytes/s apart,
+    each timed by the clock as generation reaches it.
 MegaByte's patch P grows with T as the paper's presets do: the smallest of 8, 32, 192, 256 that
 divides T and leaves at most 8,192 patches (8 for text lengths, 192 at 1,228,800). The baselines
 have MegaByte's global width and the depth that matches its parameters (bench/common.py);
@@ -34,6 +36,8 @@ import torch  # noqa: E402
 
 from common import equal_size_baseline, machine, peak_memory_mb, synchronize  # noqa: E402  (bench/: runs as a script)
 from model import MegaByteConfig, build_model, generate  # noqa: E402
+from model.generate import generate_ids  # noqa: E402
+from train.allocator import return_freed_memory  # noqa: E402
 
 LENGTHS = [2**10, 2**12, 2**14, 2**16, 2**18, 2**20, 1_228_800]
 PATCHES = (8, 32, 192, 256)
@@ -65,6 +69,8 @@ def measure(job: dict) -> dict:
     """One measurement in this (fresh) process: a training step or a generation."""
     args = argparse.Namespace(**job["args"])
     T, device = job["T"], args.device
+    if device == "cpu":
+        return_freed_memory()  # as the trainer does on a CPU
     config = config_for(args, job["arch"], T, job["checkpointing"])
     torch.manual_seed(0)
     model = build_model(config).to(device)
@@ -85,23 +91,31 @@ def measure(job: dict) -> dict:
         model.eval()
         new = min(args.new_bytes, T - 1)
         prompt = ids[:, : T - new]
-        with torch.no_grad():
-            generate(model, warm[:, : len(warm[0]) // 2], 8, seed=0, stop_at_boundary=False)
+        generate(model, warm[:, : len(warm[0]) // 2], 8, seed=0, stop_at_boundary=False)
+        clock = FirstAndLast(device, new)
         start = time.perf_counter()
-        with torch.no_grad():
-            generate(model, prompt, 1, seed=0, stop_at_boundary=False)  # the prefill and one byte
-        synchronize(device)
-        prefill = time.perf_counter() - start
-        start = time.perf_counter()
-        with torch.no_grad():
-            generate(model, prompt, new, seed=0, stop_at_boundary=False)
-        synchronize(device)
-        seconds = time.perf_counter() - start
-        # the new bytes alone: the whole call less its prefill (timed on its own above)
-        result = dict(seconds=seconds, prefill_seconds=prefill, new_bytes=new,
-                      bytes_per_s=new / max(seconds - prefill, 1e-9))
+        generate_ids(model, prompt, new, generator=torch.Generator(device).manual_seed(0),
+                     stop_at_boundary=False, progress=clock)
+        first, last = clock.stamps
+        # the prompt read (and the first byte sampled), then the other new bytes apart
+        result = dict(seconds=last - start, prefill_seconds=first - start, new_bytes=new,
+                      bytes_per_s=(new - 1) / (last - first))
     return dict(result, memory_mb=peak_memory_mb(device) - before, params=model.num_parameters(),
                 patch_size=config.patch_size, layers=config.global_layers)
+
+
+class FirstAndLast:
+    """generate_ids' progress: the clock when the first new byte is sampled (after the prompt's
+    prefill) and when the last one is, the device synchronised at both."""
+
+    def __init__(self, device: str, total: int):
+        self.device, self.total, self.count, self.stamps = device, total, 0, []
+
+    def update(self, done: int) -> None:
+        self.count += done
+        if self.count in (1, self.total):
+            synchronize(self.device)
+            self.stamps.append(time.perf_counter())
 
 
 def spawn(job: dict, limit: float) -> dict:

@@ -8,6 +8,7 @@ C width, nh heads, hs = C/nh head size, r positions of the previous patch, V voc
 """
 
 import math
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -312,28 +313,32 @@ class Transformer(nn.Module):
             if caches is not None:
                 x = block(x, caches[i])
             elif self.checkpointing and self.training and torch.is_grad_enabled():
-                x = self.checkpointed(block, x)
+                x = self.in_pieces(partial(checkpoint, block, use_reentrant=False), x)
+            elif not torch.is_grad_enabled():  # inference: one piece's activations at a time
+                x = self.in_pieces(block, x)
             else:
                 x = block(x)
         return self.norm(x)
 
-    CHUNK_POSITIONS = 8192  # positions of patches one checkpointed piece holds (below)
+    CHUNK_POSITIONS = 8192  # positions of patches one piece holds (below)
 
-    def checkpointed(self, block: Block, x: torch.Tensor) -> torch.Tensor:
-        """block(x), keeping only its input for backward, which computes the block again. Patches
-        (x (B, K, P, C), the local model) are independent but for the previous patch's last r
-        positions, so they go in pieces of about CHUNK_POSITIONS positions, each with the patch
-        before it (its output dropped): the recomputation in backward then holds one piece's
-        activations at a time, not all T bytes' (BENCHMARKS.md: 11.3 → 6.0 KB a byte at T = 196,608)."""
+    def in_pieces(self, run, x: torch.Tensor) -> torch.Tensor:
+        """run(x), where run is a block or its checkpoint (which keeps only its input for backward
+        and computes the block again there). Patches (x (B, K, P, C), the local model) are
+        independent but for the previous patch's last r positions, so they go in pieces of about
+        CHUNK_POSITIONS positions, each with the patch before it (its output dropped): a block's
+        activations, in inference and in backward's recomputation, are then one piece's at a time,
+        not all T bytes' (BENCHMARKS.md: 11.3 → 6.0 KB a byte for a training step at T = 196,608).
+        Any other x runs whole."""
         if x.dim() != 4:
-            return checkpoint(block, x, use_reentrant=False)
+            return run(x)
         B, K, P, C = x.shape
         k = max(1, self.CHUNK_POSITIONS // (B * P))  # patches a piece
-        before = 1 if block.attn.cross_patch else 0  # the previous patch, for cross-patch attention
+        before = 1 if self.blocks[0].attn.cross_patch else 0  # the previous patch, for cross-patch attention
         pieces = []
         for start in range(0, K, k):
             first = max(0, start - before)
-            y = checkpoint(block, x[:, first:start + k], use_reentrant=False)  # (B, k + before, P, C)
+            y = run(x[:, first:start + k])  # (B, k + before, P, C)
             pieces.append(y[:, start - first:])  # (B, ≤k, P, C)
         return torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0]  # (B, K, P, C)
 

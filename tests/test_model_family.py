@@ -212,6 +212,19 @@ def test_activation_checkpointing_gives_the_same_gradients_with_both_options(nam
         torch.testing.assert_close(pieces, without, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", ["megabyte", "conv+cross-patch", "cross-patch-whole", "no_global", "spacebyte"])
+def test_inference_runs_the_local_model_in_pieces_with_the_same_logits(name, monkeypatch):
+    """Without gradients the local model's patches go in pieces (of one patch here, each with the
+    patch before it): the logits are those of the whole forward."""
+    torch.manual_seed(0)
+    model = build_model(MegaByteConfig(**{**SMALL, **FAMILY[name]})).double().eval()
+    ids = torch.randint(0, 256, (2, T), generator=torch.Generator().manual_seed(0))
+    whole = model(ids)  # with gradients: one piece
+    monkeypatch.setattr(Transformer, "CHUNK_POSITIONS", 2 * FAMILY[name]["patch_size"])  # batch 2
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), whole.detach(), rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("fields, message", [
     (dict(architecture="perceiver"), "architecture must be one of ('megabyte', 'transformer', 'perceiver_ar'"),
     (dict(architecture="perceiver_ar", patch_size=1, local_layers=0), "perceiver_ar needs 1 <= latents <= seq_len"),
