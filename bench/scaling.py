@@ -217,6 +217,39 @@ def plot(rows: list[dict], path: str):
     figure.savefig(path, dpi=120)
 
 
+def table(rows: list[dict]) -> str:
+    """A markdown table, a line per architecture and T: each training step (µs and KB per byte)
+    and generation (prefill seconds, new bytes per second); "—" where the run was skipped."""
+    cells = {}
+    for row in rows:
+        kind = "generate" if row["kind"] == "generate" else "ckpt" if row["checkpointing"] else "train"
+        if "skipped" in row:
+            text = "—"
+        elif kind == "generate":
+            text = f"{row['prefill_seconds']:,.2f} s, {row['bytes_per_s']:,.0f} B/s"
+        else:
+            text = f"{row['seconds'] / row['T'] * 1e6:,.0f} µs, {row['memory_mb'] * 1024 / row['T']:,.1f} KB"
+        cells.setdefault((row["arch"], row["T"]), {})[kind] = text
+        cells[row["arch"], row["T"]].setdefault("P", patch_size(row["T"]) if row["arch"] == "megabyte" else 1)
+    lines = ["| architecture | T | P | training step, a byte | with checkpointing, a byte | generation: prefill, new bytes |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for (arch, T), found in cells.items():
+        lines.append(f"| {arch} | {T:,} | {found['P']} | {found.get('train', '')} | {found.get('ckpt', '')} | "
+                     f"{found.get('generate', '')} |")
+    return "\n".join(lines)
+
+
+def merged(paths: list[str]) -> list[dict]:
+    """The rows of several --json files, a later file's row replacing an earlier one's of the same
+    architecture, kind, checkpointing and T (a sweep run again in part)."""
+    rows = {}
+    for path in paths:
+        with open(path) as f:
+            for row in json.load(f)["rows"]:
+                rows[row["arch"], row["kind"], row["checkpointing"], row["T"]] = row
+    return list(rows.values())
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
@@ -236,6 +269,10 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="write every row here")
     parser.add_argument("--plot", help="write the log–log plot of the training steps here (PNG)")
+    parser.add_argument("--table", action="store_true", help="print the rows as a markdown table at the end")
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="run nothing: the rows of these --json files (a later one's replacing the same "
+                             "runs of an earlier one) go to --json, --plot and --table")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -248,20 +285,28 @@ def main():
             patch_size(T)
         except ValueError as error:
             parser.error(str(error))
-    print(f"machine: {machine(f'torch {torch.__version__}', f'{torch.get_num_threads()} threads')}, {args.device}")
-    print(f"MegaByte: global {args.global_dim}×{args.global_layers}, local {args.local_dim}×{args.local_layers}; "
-          f"baselines at its parameters; batch 1, fp32, limit {args.limit:.0f} s a run")
-    modes = {"on": [True], "off": [False], "both": [False, True]}[args.checkpointing]
-    rows = []
-    for arch in args.archs:
-        for kind in args.kinds:
-            for checkpointing in (modes if kind == "train" else [False]):
-                rows += sweep(args, arch, kind, checkpointing)
+    if args.merge:
+        with open(args.merge[0]) as f:
+            measured_on = json.load(f)["machine"]
+        rows = merged(args.merge)
+    else:
+        measured_on = machine(f"torch {torch.__version__}", f"{torch.get_num_threads()} threads")
+        print(f"machine: {measured_on}, {args.device}")
+        print(f"MegaByte: global {args.global_dim}×{args.global_layers}, local {args.local_dim}×"
+              f"{args.local_layers}; baselines at its parameters; batch 1, fp32, limit {args.limit:.0f} s a run")
+        modes = {"on": [True], "off": [False], "both": [False, True]}[args.checkpointing]
+        rows = []
+        for arch in args.archs:
+            for kind in args.kinds:
+                for checkpointing in (modes if kind == "train" else [False]):
+                    rows += sweep(args, arch, kind, checkpointing)
     if args.json:
         with open(args.json, "w") as out:
-            json.dump(dict(machine=machine(f"torch {torch.__version__}"), args=vars(args), rows=rows), out, indent=1)
+            json.dump(dict(machine=measured_on, args=vars(args), rows=rows), out, indent=1)
     if args.plot:
         plot(rows, args.plot)
+    if args.table:
+        print(table(rows))
 
 
 if __name__ == "__main__":

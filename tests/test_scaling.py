@@ -59,6 +59,20 @@ def test_memory_past_the_machine_is_skipped(bench, monkeypatch):
     assert "skipped" not in rows[1] and "over the machine's memory" in rows[2]["skipped"]
 
 
+def test_a_sweep_run_again_in_part_replaces_its_rows_and_tabulates(bench, tmp_path):
+    first = [dict(arch="megabyte", kind="generate", checkpointing=False, T=1024, prefill_seconds=0.5, bytes_per_s=9.0),
+             dict(arch="megabyte", kind="train", checkpointing=True, T=1024, seconds=0.5, memory_mb=2.0),
+             dict(arch="transformer", kind="train", checkpointing=False, T=1024, skipped="over the limit")]
+    again = [dict(first[0], bytes_per_s=500.0)]
+    for name, rows in (("first.json", first), ("again.json", again)):
+        (tmp_path / name).write_text(json.dumps(dict(machine="m", rows=rows)))
+    rows = bench.merged([str(tmp_path / "first.json"), str(tmp_path / "again.json")])
+    assert len(rows) == 3 and rows[0]["bytes_per_s"] == 500.0
+    lines = bench.table(rows).splitlines()
+    assert lines[2] == "| megabyte | 1,024 | 8 |  | 488 µs, 2.0 KB | 0.50 s, 500 B/s |"
+    assert lines[3] == "| transformer | 1,024 | 1 | — |  |  |"
+
+
 @pytest.mark.slow
 def test_a_tiny_sweep_measures_every_architecture_and_plots(bench, tmp_path, monkeypatch):
     out, picture = tmp_path / "scaling.json", tmp_path / "scaling.png"
