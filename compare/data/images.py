@@ -11,8 +11,9 @@ HELD_OUT_EVERY = 12  # every 12th photo (1 of 12), its tiles at the first scale
 # (295 KB at either size: scoring every byte of the set stays within a minute for each model on a CPU)
 SHORT_SIDES = (512, 768)  # each photo is cut at these two scales…
 TILE_SCALE = 2  # …into non-overlapping tiles of twice the stored side, which the converter boxes down
-# photos640: the photos' short side is 1200 pixels, so a 640 tile is stored as cut (scale 1), from
-# the photo at a short side of 640 (one tile, the photo's middle band) and of 1280 (six tiles)
+# photos640: tiles of 640 stored as cut (scale 1), from each photo scaled to a short side of 640 (one
+# tile) and of 1280 (four or six; the photos' own short sides are 1,024 to 1,920 px, so a few are
+# scaled up a little)
 SHORT_SIDES_640 = (640, 1280)
 
 
