@@ -18,8 +18,9 @@ MegaByte's patch P grows with T as the paper's presets do: the smallest of 8, 32
 divides T and leaves at most 8,192 patches (8 for text lengths, 192 at 1,228,800). The baselines
 have MegaByte's global width and the depth that matches its parameters (bench/common.py);
 PerceiverAR reads with --latents latents. A run the last measured one predicts to take longer than
---limit seconds (its time scaled by T/T' and by the growth of its longest attention: MegaByte's
-patches, the others' bytes) or more memory than the machine has is reported as skipped, not run;
+--limit seconds (its time scaled by T/T' and by what its attention grows with: MegaByte's patches,
+the Transformer's bytes, PerceiverAR's fixed latents) or more memory than the machine has is
+reported as skipped, not run;
 so is every longer T of that architecture after it.
 """
 
@@ -138,20 +139,21 @@ def total_memory_mb() -> float:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
 
 
-def attention_span(arch: str, T: int) -> int:
-    """The longest attention of a step at T: MegaByte's global model over T/P patches, every byte
-    for the others (PerceiverAR's latents attend to all of them)."""
-    return T // patch_size(T) if arch == "megabyte" else T
+def attention_span(arch: str, T: int, latents: int) -> int:
+    """What a step's attention grows with, per byte: MegaByte's global model attends over T/P
+    patches, the Transformer over T bytes; PerceiverAR's latents attend to all T bytes, a cost per
+    byte that its latents fix."""
+    return {"megabyte": T // patch_size(T), "transformer": T, "perceiver_ar": min(latents, T)}[arch]
 
 
-def predicted(last: dict | None, arch: str, T: int) -> tuple[float, float]:
+def predicted(last: dict | None, arch: str, T: int, latents: int) -> tuple[float, float]:
     """(seconds, MB) a run at T will take at least, from the last one measured (at T'): its time
     scaled by T/T' and by the attention's growth (its worst case: a step all attention), memory by
     T/T' (every architecture keeps at least linear state)."""
     if last is None:
         return 0.0, 0.0
     grow = T / last["T"]
-    attention = max(1.0, attention_span(arch, T) / attention_span(arch, last["T"]))
+    attention = max(1.0, attention_span(arch, T, latents) / attention_span(arch, last["T"], latents))
     return last["seconds"] * grow * attention, last["memory_mb"] * grow
 
 
@@ -160,7 +162,7 @@ def sweep(args, arch: str, kind: str, checkpointing: bool) -> list[dict]:
     rows, last, stop = [], None, ""
     for T in args.lengths:
         row = dict(arch=arch, kind=kind, checkpointing=checkpointing, T=T)
-        seconds, memory = predicted(last, arch, T)
+        seconds, memory = predicted(last, arch, T, args.latents)
         if not stop and seconds > args.limit:
             stop = f"predicted ≥ {seconds:.0f} s from T={last['T']:,}, over the limit of {args.limit:.0f} s"
         if not stop and memory > args.memory_fraction * total_memory_mb():

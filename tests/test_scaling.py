@@ -29,23 +29,26 @@ def test_a_length_predicted_over_the_limit_is_skipped_with_every_longer_one(benc
         return dict(seconds=2.0, memory_mb=10.0, patch_size=8)
 
     monkeypatch.setattr(bench, "spawn", fake_spawn)
-    args = argparse.Namespace(lengths=[1024, 4096, 16384], limit=30.0, memory_fraction=0.8)
+    args = argparse.Namespace(lengths=[1024, 4096, 16384], limit=30.0, memory_fraction=0.8, latents=1024)
     rows = bench.sweep(args, "transformer", "train", False)
     assert ran == [1024]
     assert "predicted ≥ 32 s from T=1,024" in rows[1]["skipped"] and "skipped" in rows[2]
     monkeypatch.setattr(bench, "spawn", lambda job, limit: ran.append(job["T"]) or dict(skipped="failed: OOM"))
-    rows = bench.sweep(argparse.Namespace(lengths=[1024, 4096], limit=1e9, memory_fraction=0.8),
+    rows = bench.sweep(argparse.Namespace(lengths=[1024, 4096], limit=1e9, memory_fraction=0.8, latents=1024),
                        "megabyte", "train", True)
     assert ran == [1024, 1024] and rows[0]["skipped"] == "failed: OOM" and rows[1]["skipped"] == "failed: OOM"
 
 
 def test_megabyte_is_predicted_by_its_patches_not_the_square_of_its_bytes(bench):
     """From T = 65,536 (P = 8: 8,192 patches) to 2^18 (P = 32: 8,192 patches) MegaByte's attention
-    does not grow: 4× the bytes, 4× the time; the Transformer's is 16×. Memory grows with T."""
+    does not grow: 4× the bytes, 4× the time; so does PerceiverAR's, whose latents attend to every
+    byte; the Transformer's is 16×. Memory grows with T."""
     last = dict(T=2**16, seconds=10.0, memory_mb=100.0)
-    assert bench.predicted(last, "megabyte", 2**18) == (40.0, 400.0)
-    assert bench.predicted(last, "transformer", 2**18) == (160.0, 400.0)
-    assert bench.predicted(dict(last, T=2**14), "megabyte", 2**16) == (160.0, 400.0)  # P = 8 both
+    assert bench.predicted(last, "megabyte", 2**18, 1024) == (40.0, 400.0)
+    assert bench.predicted(last, "perceiver_ar", 2**18, 1024) == (40.0, 400.0)
+    assert bench.predicted(last, "transformer", 2**18, 1024) == (160.0, 400.0)
+    assert bench.predicted(dict(last, T=2**14), "megabyte", 2**16, 1024) == (160.0, 400.0)  # P = 8 both
+    assert bench.predicted(dict(last, T=512), "perceiver_ar", 1024, 1024) == (40.0, 200.0)  # 512 → 1024 latents
 
 
 def test_memory_past_the_machine_is_skipped(bench, monkeypatch):
@@ -54,7 +57,7 @@ def test_memory_past_the_machine_is_skipped(bench, monkeypatch):
 
     monkeypatch.setattr(bench, "spawn", fake_spawn)
     monkeypatch.setattr(bench, "total_memory_mb", lambda: 3000.0)
-    args = argparse.Namespace(lengths=[1024, 2048, 4096], limit=1e9, memory_fraction=0.8)
+    args = argparse.Namespace(lengths=[1024, 2048, 4096], limit=1e9, memory_fraction=0.8, latents=1024)
     rows = bench.sweep(args, "megabyte", "train", True)
     assert "skipped" not in rows[1] and "over the machine's memory" in rows[2]["skipped"]
 
