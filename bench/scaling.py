@@ -40,7 +40,7 @@ from model import MegaByteConfig, build_model, generate  # noqa: E402
 from model.generate import generate_ids  # noqa: E402
 from train.allocator import return_freed_memory  # noqa: E402
 
-LENGTHS = [2**10, 2**12, 2**14, 2**16, 2**18, 2**20, 1_228_800]
+LENGTHS = [2**10, 2**12, 2**13, 2**14, 2**16, 2**18, 2**20, 1_228_800]
 PATCHES = (8, 32, 192, 256)
 MAX_PATCHES = 8192
 ARCHS = ("megabyte", "transformer", "perceiver_ar")
