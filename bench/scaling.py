@@ -7,7 +7,7 @@ parameter count.
     python bench/scaling.py --plot scaling.png --json scaling.json
 
 For each architecture and T, in a fresh process (so each peak is its own; on a CPU with the
-trainer's allocator setting, train/allocator.py):
+trainer's allocator setting for long sequences, train/allocator.py):
 (a) one training step, forward + backward (no optimizer: its cost does not depend on T), batch 1,
     fp32, with activation checkpointing on and off: seconds per byte and the rise of the peak
     resident memory (or CUDA's max allocated) per byte;
@@ -38,7 +38,7 @@ import torch  # noqa: E402
 from common import equal_size_baseline, machine, peak_memory_mb, synchronize  # noqa: E402  (bench/: runs as a script)
 from model import MegaByteConfig, build_model, generate  # noqa: E402
 from model.generate import generate_ids  # noqa: E402
-from train.allocator import return_freed_memory  # noqa: E402
+from train.allocator import LONG_SEQUENCE, return_freed_memory  # noqa: E402
 
 LENGTHS = [2**10, 2**12, 2**13, 2**14, 2**16, 2**18, 2**20, 1_228_800]
 PATCHES = (8, 32, 192, 256)
@@ -70,7 +70,7 @@ def measure(job: dict) -> dict:
     """One measurement in this (fresh) process: a training step or a generation."""
     args = argparse.Namespace(**job["args"])
     T, device = job["T"], args.device
-    if device == "cpu":
+    if device == "cpu" and T >= LONG_SEQUENCE:
         return_freed_memory()  # as the trainer does on a CPU
     config = config_for(args, job["arch"], T, job["checkpointing"])
     torch.manual_seed(0)

@@ -20,7 +20,6 @@ import torch
 
 from model import build_model
 from pipeline.format.errors import UsageError
-from train.allocator import return_freed_memory
 from train.config import ConfigError, TrainConfig
 from train.reshard import repair_universal_load, universal_folder
 
@@ -47,7 +46,6 @@ def init_distributed() -> tuple[int, int, torch.device]:
 
     logger.setLevel(logging.WARNING)  # its INFO lines would drown the progress bar
     if not gpu:
-        return_freed_memory()  # a long sequence's activation buffers, freed, go back to the system
         prepare_cpu_comm_op(int(os.environ["WORLD_SIZE"]))
     with open(os.devnull, "w") as quiet, redirect_stdout(quiet):  # "... built successfully", each run
         deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo", verbose=False)
