@@ -222,7 +222,7 @@ def fuzz(tmp_path: Path, case: int, kind: str, pristine: dict[str, Path]) -> str
         model.parent.mkdir()
         what, data = damage_safetensors(pristine["weights"].read_bytes(), rng)
         model.write_bytes(data)
-        argv = ["generate", "--model", str(model), "--bytes", "2", "--out", str(out)]
+        argv = ["generate", "--model", str(model), "--bytes", "2", "--out", str(out), "--no-progress"]
     else:
         run_dir = where / "run"
         shutil.copytree(pristine["checkpoint"].parents[1], run_dir)

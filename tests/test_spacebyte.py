@@ -71,12 +71,14 @@ def test_the_global_blocks_run_at_the_position_that_reads_the_boundary_byte():
 def test_targets_past_the_global_positions_are_not_trained():
     """global_len = 2: the third boundary (position 6, reading byte 5) and everything after it get
     no global output; those targets are left out of the loss and counted in untrained_fraction."""
+    torch.manual_seed(0)
     model = build_model(MegaByteConfig(**{**SMALL, "global_len": 2})).double()
     ids = torch.tensor([list(b"a b c d e f g h ")])  # boundaries: bytes 1, 3, 5, ... read at 2, 4, 6, ...
     loss, targets = model(ids, loss=True)
     assert targets == 6 and model.untrained_fraction == pytest.approx(10 / 16)
     logits = model(ids)
-    torch.testing.assert_close(loss, byte_loss(logits[:, :6], ids[:, :6]), rtol=0, atol=1e-12)
+    # both losses take the softmax in fp32 (model/loss.py), in another order: fp32's precision
+    torch.testing.assert_close(loss, byte_loss(logits[:, :6], ids[:, :6]), rtol=1e-6, atol=0)
     ids[0, 12:] = PAD_ID  # PAD targets are not counted in the fraction either
     model(ids)
     assert model.untrained_fraction == pytest.approx(6 / 12)
