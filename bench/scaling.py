@@ -174,7 +174,7 @@ def sweep(args, arch: str, kind: str, checkpointing: bool) -> list[dict]:
         job = dict(kind=kind, arch=arch, T=T, checkpointing=checkpointing, args=vars(args))
         result = spawn(job, args.limit)
         rows.append(dict(row, **result))
-        stop = result.get("skipped", "")
+        stop = f"not run: T={T:,} {result['skipped']}" if "skipped" in result else ""
         last = rows[-1] if not stop else last
         print(line(rows[-1]), flush=True)
     return rows
@@ -221,12 +221,13 @@ def plot(rows: list[dict], path: str):
 
 def table(rows: list[dict]) -> str:
     """A markdown table, a line per architecture and T: each training step (µs and KB per byte)
-    and generation (prefill seconds, new bytes per second); "—" where the run was skipped."""
+    and generation (prefill seconds, new bytes per second); "—" where the run was skipped, "failed"
+    where it ran and gave nothing (killed, out of memory)."""
     cells = {}
     for row in rows:
         kind = "generate" if row["kind"] == "generate" else "ckpt" if row["checkpointing"] else "train"
         if "skipped" in row:
-            text = "—"
+            text = "failed" if row["skipped"].startswith("failed") else "—"
         elif kind == "generate":
             text = f"{row['prefill_seconds']:,.2f} s, {row['bytes_per_s']:,.0f} B/s"
         else:
@@ -235,7 +236,7 @@ def table(rows: list[dict]) -> str:
         cells[row["arch"], row["T"]].setdefault("P", patch_size(row["T"]) if row["arch"] == "megabyte" else 1)
     lines = ["| architecture | T | P | training step, a byte | with checkpointing, a byte | generation: prefill, new bytes |",
              "|---|---:|---:|---:|---:|---:|"]
-    for (arch, T), found in cells.items():
+    for (arch, T), found in sorted(cells.items(), key=lambda item: (ARCHS.index(item[0][0]), item[0][1])):
         lines.append(f"| {arch} | {T:,} | {found['P']} | {found.get('train', '')} | {found.get('ckpt', '')} | "
                      f"{found.get('generate', '')} |")
     return "\n".join(lines)
@@ -249,7 +250,7 @@ def merged(paths: list[str]) -> list[dict]:
         with open(path) as f:
             for row in json.load(f)["rows"]:
                 rows[row["arch"], row["kind"], row["checkpointing"], row["T"]] = row
-    return list(rows.values())
+    return sorted(rows.values(), key=lambda r: (ARCHS.index(r["arch"]), r["kind"], r["checkpointing"], r["T"]))
 
 
 def main():

@@ -36,7 +36,8 @@ def test_a_length_predicted_over_the_limit_is_skipped_with_every_longer_one(benc
     monkeypatch.setattr(bench, "spawn", lambda job, limit: ran.append(job["T"]) or dict(skipped="failed: OOM"))
     rows = bench.sweep(argparse.Namespace(lengths=[1024, 4096], limit=1e9, memory_fraction=0.8, latents=1024),
                        "megabyte", "train", True)
-    assert ran == [1024, 1024] and rows[0]["skipped"] == "failed: OOM" and rows[1]["skipped"] == "failed: OOM"
+    assert ran == [1024, 1024] and rows[0]["skipped"] == "failed: OOM"
+    assert rows[1]["skipped"] == "not run: T=1,024 failed: OOM"
 
 
 def test_megabyte_is_predicted_by_its_patches_not_the_square_of_its_bytes(bench):
@@ -65,15 +66,20 @@ def test_memory_past_the_machine_is_skipped(bench, monkeypatch):
 def test_a_sweep_run_again_in_part_replaces_its_rows_and_tabulates(bench, tmp_path):
     first = [dict(arch="megabyte", kind="generate", checkpointing=False, T=1024, prefill_seconds=0.5, bytes_per_s=9.0),
              dict(arch="megabyte", kind="train", checkpointing=True, T=1024, seconds=0.5, memory_mb=2.0),
-             dict(arch="transformer", kind="train", checkpointing=False, T=1024, skipped="over the limit")]
+             dict(arch="transformer", kind="train", checkpointing=False, T=1024, skipped="over the limit"),
+             dict(arch="megabyte", kind="generate", checkpointing=False, T=512, skipped="failed: exit -9")]
     again = [dict(first[0], bytes_per_s=500.0)]
     for name, rows in (("first.json", first), ("again.json", again)):
         (tmp_path / name).write_text(json.dumps(dict(machine="m", rows=rows)))
     rows = bench.merged([str(tmp_path / "first.json"), str(tmp_path / "again.json")])
-    assert len(rows) == 3 and rows[0]["bytes_per_s"] == 500.0
+    assert len(rows) == 4 and [(r["arch"], r["kind"], r["T"]) for r in rows] == [
+        ("megabyte", "generate", 512), ("megabyte", "generate", 1024), ("megabyte", "train", 1024),
+        ("transformer", "train", 1024)]  # by architecture, kind, checkpointing, T
+    assert rows[1]["bytes_per_s"] == 500.0
     lines = bench.table(rows).splitlines()
-    assert lines[2] == "| megabyte | 1,024 | 8 |  | 488 µs, 2.0 KB | 0.50 s, 500 B/s |"
-    assert lines[3] == "| transformer | 1,024 | 1 | — |  |  |"
+    assert lines[2:] == ["| megabyte | 512 | 8 |  |  | failed |",
+                         "| megabyte | 1,024 | 8 |  | 488 µs, 2.0 KB | 0.50 s, 500 B/s |",
+                         "| transformer | 1,024 | 1 | — |  |  |"]
 
 
 @pytest.mark.slow
