@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from model import MegaByteConfig, build_model, byte_loss
-from model.layers import matmul_attention, rotary_table, rotate
+from model.attention import matmul_attention, rotary_table, rotate
 
 SMALL = dict(seq_len=32, patch_size=4, global_dim=32, global_layers=2, global_heads=2, local_dim=16,
              local_layers=2, local_heads=2, dropout=0.0)

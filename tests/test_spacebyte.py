@@ -11,7 +11,7 @@ import torch.nn as nn
 from model import PRESETS, MegaByteConfig, build_model, byte_loss, generate_ids
 from model.config import BOUNDARY_ID, PAD_ID
 from model.flops import count_flops, training_flops_per_byte
-from model.layers import matmul_attention, sliding_window_attention
+from model.attention import matmul_attention, sliding_window_attention
 from model.spacebyte import word_boundaries
 
 from generation_reference import reference_ids
