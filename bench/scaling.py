@@ -20,8 +20,7 @@ have MegaByte's global width and the depth that matches its parameters (bench/co
 PerceiverAR reads with --latents latents. A run the last measured one predicts to take longer than
 --limit seconds (its time scaled by T/T' and by what its attention grows with: MegaByte's patches,
 the Transformer's bytes, PerceiverAR's fixed latents) or more memory than the machine has is
-reported as skipped, not run;
-so is every longer T of that architecture after it.
+reported as skipped, not run; so is every longer T of that architecture after it.
 """
 
 import argparse
@@ -38,7 +37,7 @@ import torch  # noqa: E402
 from common import equal_size_baseline, machine, peak_memory_mb, synchronize  # noqa: E402  (bench/: runs as a script)
 from model import MegaByteConfig, build_model, generate  # noqa: E402
 from model.generate import generate_ids  # noqa: E402
-from train.allocator import LONG_SEQUENCE, return_freed_memory  # noqa: E402
+from train.allocator import return_freed_memory  # noqa: E402
 
 LENGTHS = [2**10, 2**12, 2**13, 2**14, 2**16, 2**18, 2**20, 1_228_800]
 PATCHES = (8, 32, 192, 256)
@@ -70,8 +69,8 @@ def measure(job: dict) -> dict:
     """One measurement in this (fresh) process: a training step or a generation."""
     args = argparse.Namespace(**job["args"])
     T, device = job["T"], args.device
-    if device == "cpu" and T >= LONG_SEQUENCE:
-        return_freed_memory()  # as the trainer does on a CPU
+    if device == "cpu":
+        return_freed_memory(T)  # as the trainer does on a CPU
     config = config_for(args, job["arch"], T, job["checkpointing"])
     torch.manual_seed(0)
     model = build_model(config).to(device)

@@ -13,7 +13,7 @@ from helpers import REPO
 
 pytestmark = pytest.mark.slow  # a process each
 
-CALL = "from train.allocator import return_freed_memory; print(return_freed_memory())"
+CALL = "from train.allocator import LONG_SEQUENCE, return_freed_memory; print(return_freed_memory(LONG_SEQUENCE))"
 
 
 def called(**environment) -> str:

@@ -22,11 +22,11 @@ LONG_SEQUENCE = 1 << 18  # bytes: a context at least this long is where the thre
 M_MMAP_THRESHOLD = -3  # mallopt's parameter number (glibc's malloc.h)
 
 
-def return_freed_memory() -> bool:
-    """Fix glibc's mmap threshold at MMAP_THRESHOLD; True if it was set here. A threshold the
-    environment sets (MALLOC_MMAP_THRESHOLD_) is left as it is, and so is a C library without
-    mallopt (macOS, musl)."""
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+def return_freed_memory(seq_len: int) -> bool:
+    """For a context of seq_len ≥ LONG_SEQUENCE bytes, fix glibc's mmap threshold at
+    MMAP_THRESHOLD; True if it was set here. Shorter contexts, a threshold the environment sets
+    (MALLOC_MMAP_THRESHOLD_) and a C library without mallopt (macOS, musl) leave it as it is."""
+    if seq_len < LONG_SEQUENCE or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the process's own C library

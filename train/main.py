@@ -17,7 +17,7 @@ import sys
 import torch.distributed as dist
 
 from pipeline.format.errors import report_errors
-from train.allocator import LONG_SEQUENCE, return_freed_memory
+from train.allocator import return_freed_memory
 from train.config import TrainConfig, load_config
 from train.engine import init_distributed
 from train.flags import add_train_flags
@@ -34,8 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run(config: TrainConfig) -> dict:
     """Train as `config` says (or resume it); returns the last step's metrics on every rank."""
     rank, world_size, device = init_distributed()
-    if device.type == "cpu" and config.model.seq_len >= LONG_SEQUENCE:
-        return_freed_memory()  # a long sequence's activation buffers, freed, go back to the system
+    if device.type == "cpu":
+        return_freed_memory(config.model.seq_len)  # a long sequence's freed buffers go back to the system
     stop = StopRequest()
     trainer = None
     try:
